@@ -1,0 +1,1 @@
+"""Domain code shared by every handin component."""

@@ -1,0 +1,102 @@
+"""The ``handin`` command: one entry point for every process kind."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+
+
+def _api(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from core.logs import configure_logging
+
+    configure_logging()
+    uvicorn.run("api.main:create_app", factory=True, host=args.host, port=args.port, log_config=None)
+
+
+def _worker(args: argparse.Namespace) -> None:
+    from workers.run import run_worker
+
+    run_worker(args.task, burst=args.burst)
+
+
+def _router(args: argparse.Namespace) -> None:
+    from router.server import main as router_main
+
+    router_main(host=args.host, port=args.port)
+
+
+def _autoscaler(args: argparse.Namespace) -> None:
+    from autoscaler.main import main as autoscaler_main
+
+    autoscaler_main(once=args.once, dry_run=args.dry_run)
+
+
+def _migrate(_args: argparse.Namespace) -> None:
+    from core.migrate import upgrade
+
+    upgrade()
+
+
+def _seed_demo(_args: argparse.Namespace) -> None:
+    from core.demo import seed_demo
+
+    asyncio.run(seed_demo(print_credentials=True))
+
+
+def _reconcile(_args: argparse.Namespace) -> None:
+    from workers.reconcile import reconcile_once
+
+    asyncio.run(reconcile_once())
+
+
+def _dev(args: argparse.Namespace) -> None:
+    from core.devserver import run_dev
+
+    run_dev(port=args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="handin", description="Asynchronous assignment submission.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, handler: Callable[[argparse.Namespace], None], help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    api = command("api", _api, "serve the web pages and JSON API")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+
+    worker = command("worker", _worker, "run the worker for one pipeline task")
+    worker.add_argument("task")
+    worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+
+    router = command("router", _router, "run the WAMP WebSocket router")
+    router.add_argument("--host", default="127.0.0.1")
+    router.add_argument("--port", type=int, default=8080)
+
+    scaler = command("autoscaler", _autoscaler, "scale the worker pools")
+    scaler.add_argument("--once", action="store_true", help="decide and apply once, then exit")
+    scaler.add_argument("--dry-run", action="store_true", help="decide and log, change nothing")
+
+    command("migrate", _migrate, "bring the database schema up to date")
+    command("seed-demo", _seed_demo, "create the demo course, assignment and users")
+    command("reconcile", _reconcile, "re-enqueue steps whose job vanished or overran")
+
+    dev = command("dev", _dev, "run everything on this machine (what `make run` does)")
+    dev.add_argument("--port", type=int, default=8000)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.handler(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,122 @@
+"""The event bus: append to the audit trail, then publish the envelope to Redis.
+
+Every state change is one event. The row is written in the caller's
+transaction with the next per-topic ``seq``; publishing happens after commit,
+so a subscriber never sees an event the database does not have. If Redis is
+down the event is still in the audit trail and pages catch up with
+``after=seq``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core import keys
+from core.clock import isoformat, utcnow
+from core.models import Event, TopicSeq
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Envelope:
+    seq: int
+    topic: str
+    type: str
+    at: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "topic": self.topic, "type": self.type, "at": self.at, "data": self.data}
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_event(cls, row: Event) -> Envelope:
+        return cls(seq=row.seq, topic=row.topic, type=row.type, at=isoformat(row.at), data=row.data)
+
+
+async def next_seq(session: AsyncSession, topic: str) -> int:
+    """Bump and return the topic's seq; the row lock orders concurrent writers."""
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    statement = (
+        insert(TopicSeq)
+        .values(topic=topic, seq=1)
+        .on_conflict_do_update(index_elements=[TopicSeq.topic], set_={"seq": TopicSeq.seq + 1})
+        .returning(TopicSeq.seq)
+    )
+    return int((await session.execute(statement)).scalar_one())
+
+
+async def record(
+    session: AsyncSession,
+    topic: str,
+    type: str,
+    data: dict[str, Any] | None = None,
+    *,
+    actor: str = "system",
+    actor_id: int | None = None,
+) -> Envelope:
+    """Append one audit event in the caller's transaction and return its envelope."""
+    seq = await next_seq(session, topic)
+    row = Event(topic=topic, seq=seq, type=type, at=utcnow(), data=data or {}, actor=actor, actor_id=actor_id)
+    session.add(row)
+    await session.flush()
+    return Envelope.from_event(row)
+
+
+async def publish(redis: Redis, envelopes: list[Envelope]) -> None:
+    """Publish committed events; a Redis failure is logged, never raised."""
+    if not envelopes:
+        return
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            for envelope in envelopes:
+                pipe.publish(keys.events_channel(envelope.topic), envelope.to_json())
+            await pipe.execute()
+    except (RedisError, OSError) as error:
+        log.warning("event publish failed; audit trail has them", extra={"error": str(error)})
+
+
+async def events_after(session: AsyncSession, topic: str, after: int, limit: int = 500) -> list[Envelope]:
+    rows = await session.scalars(
+        select(Event).where(Event.topic == topic, Event.seq > after).order_by(Event.seq).limit(limit)
+    )
+    return [Envelope.from_event(row) for row in rows]
+
+
+class EventBatch:
+    """Collects envelopes recorded in one transaction, to publish after commit."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+        self.envelopes: list[Envelope] = []
+
+    async def emit(
+        self,
+        topic: str,
+        type: str,
+        data: dict[str, Any] | None = None,
+        *,
+        actor: str = "system",
+        actor_id: int | None = None,
+    ) -> Envelope:
+        envelope = await record(self.session, topic, type, data, actor=actor, actor_id=actor_id)
+        self.envelopes.append(envelope)
+        return envelope
+
+    async def publish(self, redis: Redis) -> None:
+        await publish(redis, self.envelopes)
+        self.envelopes = []

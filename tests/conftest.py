@@ -1,0 +1,111 @@
+"""Shared fixtures: real PostgreSQL and SQLite databases, a private Redis db.
+
+Every fixture module under tests/fixtures/ is loaded as a plugin, so each
+service (clamd, SMTP, S3, the running system) keeps its fixtures in a file
+of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from core.db import make_engine, make_sessionmaker
+from core.models import Base
+from core.settings import Settings
+
+pytest_plugins = sorted(
+    f"tests.fixtures.{path.stem}"
+    for path in (Path(__file__).parent / "fixtures").glob("*.py")
+    if path.stem != "__init__"
+)
+
+PG_ADMIN_DSN = os.environ.get("HANDIN_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+# A Redis database number of the suite's own: `make run` uses 0, the suite never touches it.
+TEST_REDIS_URL = os.environ.get("HANDIN_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+
+
+def pg_url(database: str) -> str:
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    return f"{base}/{database}"
+
+
+async def create_pg_database() -> str:
+    name = f"handin_test_{uuid.uuid4().hex[:12]}"
+    connection = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    return name
+
+
+async def drop_pg_database(name: str) -> None:
+    connection = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """An empty database of each kind, with the schema, dropped afterwards."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path}/handin.db"
+        name = None
+    else:
+        name = await create_pg_database()
+        url = pg_url(name)
+    engine = make_engine(url)
+    async with engine.begin() as connection:
+        await connection.run_sync(Base.metadata.create_all)
+    await engine.dispose()
+    yield url
+    if name:
+        await drop_pg_database(name)
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = make_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return make_sessionmaker(engine)
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[Redis]:
+    """The suite's own Redis database, emptied before and after each test."""
+    client: Redis = Redis.from_url(TEST_REDIS_URL)
+    await client.flushdb()
+    yield client
+    await client.flushdb()
+    await client.aclose()
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Iterator[Settings]:
+    """Settings pointing every component at this test's own database, Redis and folders."""
+    yield Settings(
+        database_url=database_url,
+        redis_url=TEST_REDIS_URL,
+        storage={
+            "incoming_dir": tmp_path / "incoming",
+            "root": tmp_path / "store",
+            "quarantine_dir": tmp_path / "quarantine",
+        },
+        smtp={"outbox_dir": tmp_path / "outbox"},
+        log_json=False,
+    )
