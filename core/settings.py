@@ -109,6 +109,8 @@ class WorkerSettingsSection(BaseModel):
     queue_read_limit: int = 1000
     job_completion_wait_seconds: float = 25.0
     reconcile_interval_seconds: float = 30.0
+    # Each worker process serves /healthz and /metrics here (0 disables).
+    http_port: int = 9100
 
 
 class Settings(BaseSettings):
