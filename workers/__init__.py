@@ -1,0 +1,1 @@
+"""One module per pipeline task, each with its own arq queue and WorkerSettings."""
