@@ -23,6 +23,8 @@ class StorageSettings(BaseModel):
     incoming_dir: Path = VAR_DIR / "incoming"
     root: Path = VAR_DIR / "store"
     quarantine_dir: Path = VAR_DIR / "quarantine"
+    # Rendered previews; unset means a "thumbnails" folder next to `root`.
+    thumbnails_dir: Path | None = None
     s3_bucket: str = "handin"
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
