@@ -115,6 +115,69 @@ class WorkerSettingsSection(BaseModel):
     http_port: int = 9100
 
 
+class PoolScaling(BaseModel):
+    """Bounds and goal for one worker pool, e.g. ``HANDIN_AUTOSCALER__POOLS__SCAN__MAX_REPLICAS=40``."""
+
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=20, ge=0)
+    # How long a job may wait in the queue before the pool should have grown.
+    target_wait_seconds: float = Field(default=30.0, gt=0)
+    # Jobs/s one replica finishes; unset = the profile's default until measured.
+    drain_rate_per_replica: float | None = None
+
+
+class PoolScalingSettings(BaseModel):
+    scan: PoolScaling = PoolScaling()
+    store: PoolScaling = PoolScaling()
+    similarity: PoolScaling = PoolScaling()
+    admin: PoolScaling = PoolScaling()
+    receipt: PoolScaling = PoolScaling()
+    thumbnail: PoolScaling = PoolScaling()
+
+
+class AutoscalerSettings(BaseModel):
+    """The autoscaler (docs/autoscaling.md); e.g. ``HANDIN_AUTOSCALER__BACKEND=kubernetes``."""
+
+    backend: Literal["kubernetes", "local"] = "local"
+    # Kubernetes: Deployments are named f"{deployment_prefix}{task}", e.g. "handin-worker-scan".
+    namespace: str = "default"
+    deployment_prefix: str = "handin-worker-"
+    interval_seconds: float = Field(default=5.0, gt=0)
+    # Pods take this long from scale-up to taking jobs; capacity is requested `lead_seconds` ahead.
+    pod_start_seconds: float = Field(default=60.0, ge=0)
+    lead_seconds: float | None = None  # unset = pod start + one interval
+    horizon_hours: float = Field(default=48.0, gt=0)
+    scale_down_window_seconds: float = Field(default=300.0, ge=0)
+    max_scale_up_step: int = Field(default=100, ge=1)
+    max_scale_down_step: int = Field(default=10, ge=1)
+    # Spare capacity above the forecast arrival rate, for Poisson bursts.
+    headroom: float = Field(default=0.15, ge=0)
+    # Jobs/s one replica drains by profile, until a pool's own rate is measured.
+    default_drain_rate_io: float = Field(default=20.0, gt=0)
+    default_drain_rate_cpu: float = Field(default=1.0, gt=0)
+    # The expected arrival curve before a deadline.
+    final_day_share: float = Field(default=0.86, gt=0, le=1)
+    final_hour_share: float = Field(default=0.40, gt=0, le=1)
+    surge_seconds: float = Field(default=600.0, gt=0)
+    # Share of enrolled students expected to submit at all.
+    submit_share: float = Field(default=0.95, gt=0, le=1)
+    # Leader election: a Lease (kubernetes) or a Redis lock (local).
+    lease_name: str = "handin-autoscaler"
+    lease_duration_seconds: float = Field(default=15.0, gt=0)
+    identity: str | None = None  # unset = hostname and pid
+    # /healthz and /metrics of the autoscaler process (0 disables).
+    http_port: int = 9101
+    pools: PoolScalingSettings = Field(default_factory=PoolScalingSettings)
+
+    @property
+    def lead(self) -> float:
+        return self.lead_seconds if self.lead_seconds is not None else self.pod_start_seconds + self.interval_seconds
+
+    def pool(self, task: str) -> PoolScaling:
+        scaling = getattr(self.pools, task, None)
+        return scaling if isinstance(scaling, PoolScaling) else PoolScaling()
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="HANDIN_", env_nested_delimiter="__", extra="ignore"
@@ -139,6 +202,7 @@ class Settings(BaseSettings):
     similarity: SimilaritySettings = Field(default_factory=SimilaritySettings)
     retries: RetrySettings = Field(default_factory=RetrySettings)
     worker: WorkerSettingsSection = Field(default_factory=WorkerSettingsSection)
+    autoscaler: AutoscalerSettings = Field(default_factory=AutoscalerSettings)
 
     @model_validator(mode="after")
     def _refuse_default_secrets_in_production(self) -> Settings:
