@@ -178,6 +178,20 @@ class AutoscalerSettings(BaseModel):
         return scaling if isinstance(scaling, PoolScaling) else PoolScaling()
 
 
+class RouterSettings(BaseModel):
+    """The WAMP router's limits, e.g. ``HANDIN_ROUTER__SEND_BUFFER_LIMIT_BYTES``."""
+
+    max_message_bytes: int = 64 * 1024
+    ping_interval_seconds: float = 20.0
+    ping_timeout_seconds: float = 20.0
+    # HELLO through WELCOME must finish within this, or the socket is closed.
+    handshake_timeout_seconds: float = 10.0
+    # A subscriber whose unsent backlog passes this is disconnected (slow consumer).
+    send_buffer_limit_bytes: int = 1024 * 1024
+    authz_cache_seconds: float = 10.0
+    shutdown_grace_seconds: float = 5.0
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="HANDIN_", env_nested_delimiter="__", extra="ignore"
@@ -202,6 +216,7 @@ class Settings(BaseSettings):
     similarity: SimilaritySettings = Field(default_factory=SimilaritySettings)
     retries: RetrySettings = Field(default_factory=RetrySettings)
     worker: WorkerSettingsSection = Field(default_factory=WorkerSettingsSection)
+    router: RouterSettings = Field(default_factory=RouterSettings)
     autoscaler: AutoscalerSettings = Field(default_factory=AutoscalerSettings)
 
     @model_validator(mode="after")
