@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -89,3 +90,11 @@ async def can_publish(session: AsyncSession, who: Principal, topic: str) -> bool
         assignment = await session.get(Assignment, int(match.group(2)))
         return assignment is not None and await course_role(session, who.user_id, assignment.course_id) == STAFF
     return False
+
+
+async def invalidate_access(redis: Redis, user_id: int | None = None) -> None:
+    """Tell every router replica to forget cached rights of a user (None: everyone).
+
+    Call it after enrolment changes commit; routers re-check live subscriptions.
+    """
+    await redis.publish(keys.AUTHZ_INVALIDATE_CHANNEL, "*" if user_id is None else str(user_id))
