@@ -1,0 +1,187 @@
+"""The admin step against a stand-in for the central admin system.
+
+The admin system is a third party we cannot run here; tests/fixtures/admin_server.py
+is a fake of it that speaks the real protocol (HTTP + JSON, signature checked,
+dedupe by Idempotency-Key). Everything else is real: a burst arq worker on
+Redis, PostgreSQL and SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from arq.connections import ArqRedis
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from core.models import Event, Submission, SubmissionStep
+from core.queues import enqueue_step
+from core.settings import RetryPolicy, Settings
+from core.storage import Area, make_storage
+from tests.fixtures.admin_server import FakeAdminSystem
+from tests.fixtures.factories import Factory
+from workers import admin
+
+FAST_RETRIES = RetryPolicy(max_tries=4, kind="fixed", delay_seconds=0.05, timeout_seconds=10)
+
+
+async def queued_admin_step(
+    factory: Factory, sessions: async_sessionmaker[AsyncSession], settings: Settings, arq_redis: ArqRedis
+) -> Submission:
+    """A submission as the store step leaves it, with its admin job on the queue."""
+    world = await factory.world()
+    submission = await factory.submission(world, b"An essay on queues.\n", filename="essay.txt")
+    await make_storage(settings).move(Area.incoming, Area.store, submission.storage_key)
+    async with sessions() as session, session.begin():
+        for row in await session.scalars(select(SubmissionStep).where(SubmissionStep.submission_id == submission.id)):
+            if row.step in ("scan", "store"):
+                row.state = "succeeded"
+            elif row.step == admin.TASK:
+                row.state = "queued"
+    await enqueue_step(arq_redis, admin.TASK, submission.id)
+    return submission
+
+
+async def step_row(sessions: async_sessionmaker[AsyncSession], submission_id: int) -> SubmissionStep:
+    async with sessions() as session:
+        row = await session.scalar(
+            select(SubmissionStep).where(
+                SubmissionStep.submission_id == submission_id, SubmissionStep.step == admin.TASK
+            )
+        )
+    assert row is not None
+    return row
+
+
+async def event_types(sessions: async_sessionmaker[AsyncSession], submission_id: int) -> list[str]:
+    async with sessions() as session:
+        rows = await session.scalars(
+            select(Event).where(Event.topic == f"submission.{submission_id}").order_by(Event.seq)
+        )
+        return [f"{row.type}:{row.data.get('step', '')}" for row in rows]
+
+
+def use_admin(settings: Settings, system: FakeAdminSystem, timeout: float = 5.0) -> None:
+    settings.admin.url = system.url
+    settings.admin.secret = system.secret
+    settings.admin.timeout_seconds = timeout
+    settings.retries.admin = FAST_RETRIES
+
+
+async def test_posts_a_signed_record_once(
+    factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, run_burst: Any,
+    admin_system: FakeAdminSystem,
+) -> None:
+    use_admin(settings, admin_system)
+    submission = await queued_admin_step(factory, sessions, settings, arq_redis)
+
+    await run_burst(admin.TASK, admin.handle)
+
+    [request] = admin_system.requests
+    assert request.signature_ok and request.status == 201
+    assert request.headers["idempotency-key"] == f"submission-{submission.id}"
+    record = json.loads(request.body)
+    assert record["id"] == submission.id
+    assert record["sha256"] == submission.sha256 and record["size"] == submission.size
+    assert record["filename"] == "essay.txt" and record["late"] is False
+    assert record["assignment_title"] == "Essay" and record["course_code"].startswith("C")
+    assert record["student_email"].startswith("student") and record["received_at"].endswith("Z")
+    row = await step_row(sessions, submission.id)
+    assert row.state == "succeeded"
+    assert row.result["status"] == 201 and row.result["reference"] == "ADM-000001"
+
+
+async def test_a_forged_signature_is_refused_by_the_receiver(
+    factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, run_burst: Any,
+    admin_system: FakeAdminSystem,
+) -> None:
+    """A wrong shared secret is a configuration error: the step fails with the receiver's words."""
+    use_admin(settings, admin_system)
+    settings.admin.secret = "not-the-shared-secret"
+    submission = await queued_admin_step(factory, sessions, settings, arq_redis)
+
+    await run_burst(admin.TASK, admin.handle)
+
+    row = await step_row(sessions, submission.id)
+    assert row.state == "failed"
+    assert row.error == "admin system answered 401: bad signature"
+    assert admin_system.records == {}
+
+
+async def test_503_twice_then_accepted_files_exactly_one_record(
+    factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, run_burst: Any,
+    admin_system: FakeAdminSystem,
+) -> None:
+    use_admin(settings, admin_system)
+    admin_system.fail_times = 2
+    submission = await queued_admin_step(factory, sessions, settings, arq_redis)
+
+    await run_burst(admin.TASK, admin.handle)
+
+    assert [r.status for r in admin_system.requests] == [503, 503, 201]
+    assert {r.headers["idempotency-key"] for r in admin_system.requests} == {f"submission-{submission.id}"}
+    assert len({r.body for r in admin_system.requests}) == 1  # the same record each time
+    assert len(admin_system.records) == 1
+    row = await step_row(sessions, submission.id)
+    assert row.state == "succeeded" and row.attempts == 3
+    types = await event_types(sessions, submission.id)
+    assert types.count("step.retrying:admin") == 2 and "step.succeeded:admin" in types
+
+
+async def test_422_fails_the_step_with_the_reason(
+    factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, run_burst: Any,
+    admin_system: FakeAdminSystem,
+) -> None:
+    use_admin(settings, admin_system)
+    admin_system.refuse = (422, "unknown course code")
+    submission = await queued_admin_step(factory, sessions, settings, arq_redis)
+
+    await run_burst(admin.TASK, admin.handle)
+
+    assert len(admin_system.requests) == 1  # refused for good: not retried
+    row = await step_row(sessions, submission.id)
+    assert row.state == "failed" and row.attempts == 1
+    assert row.error == "admin system answered 422: unknown course code"
+    async with sessions() as session:
+        refreshed = await session.get(Submission, submission.id)
+    assert refreshed is not None and refreshed.status == "processing"  # other steps still to run
+
+
+async def test_a_hanging_admin_system_is_retried_and_files_once(
+    factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, run_burst: Any,
+    admin_system: FakeAdminSystem,
+) -> None:
+    use_admin(settings, admin_system, timeout=0.3)
+    admin_system.hang_times = 1
+    submission = await queued_admin_step(factory, sessions, settings, arq_redis)
+
+    await run_burst(admin.TASK, admin.handle)
+
+    row = await step_row(sessions, submission.id)
+    assert row.state == "succeeded" and row.attempts == 2
+    async with sessions() as session:
+        retried = await session.scalar(
+            select(Event).where(Event.topic == f"submission.{submission.id}", Event.type == "step.retrying")
+        )
+    assert retried is not None and "did not answer within 0.3 s" in retried.data["error"]
+    # The hung request finally gets through too: the receiver dedupes it by its key.
+    admin_system.release.set()
+    hung = admin_system.requests[0]
+    assert await asyncio.to_thread(hung.answered.wait, 5)
+    assert hung.status == 200
+    assert len(admin_system.records) == 1
+
+
+async def test_no_admin_url_skips_with_a_reason(
+    factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, run_burst: Any
+) -> None:
+    settings.admin.url = None
+    submission = await queued_admin_step(factory, sessions, settings, arq_redis)
+
+    await run_burst(admin.TASK, admin.handle)
+
+    row = await step_row(sessions, submission.id)
+    assert row.state == "skipped"
+    assert "no admin system configured" in row.result["reason"]
