@@ -57,6 +57,11 @@ def ws_ticket_used(ticket_id: str) -> str:
     return f"{PREFIX}:ticket:used:{ticket_id}"
 
 
+def receipt_sent(submission_id: int) -> str:
+    """Set once the mail server accepted a submission's receipt, so a retry sends none."""
+    return f"{PREFIX}:receipt:sent:{submission_id}"
+
+
 def web_session_revoked(session_id: str) -> str:
     return f"{PREFIX}:session:revoked:{session_id}"
 
