@@ -111,6 +111,12 @@ class WorkerSettingsSection(BaseModel):
     queue_read_limit: int = 1000
     job_completion_wait_seconds: float = 25.0
     reconcile_interval_seconds: float = 30.0
+    # The reconciler leaves alone what changed this recently: a step committed as
+    # queued whose job is being enqueued right now must not be enqueued twice.
+    reconcile_grace_seconds: float = 10.0
+    # arq's own job timeout sits this far above the runner's, which must fire first.
+    # It also bounds how long a killed worker's job stays locked (this + timeout + 10 s).
+    job_timeout_margin_seconds: float = 15.0
     # Each worker process serves /healthz and /metrics here (0 disables).
     http_port: int = 9100
 
