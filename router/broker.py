@@ -1,0 +1,276 @@
+"""Redis bridge and fan-out.
+
+A router replica subscribes in Redis only to the topics its local sessions
+want, reference-counted: the first local subscriber subscribes the channel,
+the last one to leave unsubscribes it. Every event read from Redis is parsed
+once, reshaped once per subscriber role (see ``Reshaper``), encoded once per
+(serializer, role) and written to every recipient without waiting on any of
+them; a recipient whose unsent backlog passes the bound is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from websockets.asyncio.server import ServerConnection, broadcast
+
+from core import keys
+from router.metrics import RouterMetrics
+from router.wamp import MAX_ID, JsonSerializer, Serializer, encode_event, encode_json_event, publication_id
+
+log = logging.getLogger(__name__)
+
+# Event data fields only staff and services may see (similarity match details).
+STAFF_ONLY_FIELDS = frozenset({"matches"})
+PRIVILEGED_ROLES = frozenset({"staff", "service"})
+
+# A reshaper sees the envelope and the subscriber's role, and returns the envelope
+# to send (the same object when unchanged, a copy when changed) or None to withhold it.
+Reshaper = Callable[[dict[str, Any], str], dict[str, Any] | None]
+
+
+def hide_staff_only_fields(envelope: dict[str, Any], role: str) -> dict[str, Any] | None:
+    data = envelope.get("data")
+    if role in PRIVILEGED_ROLES or not isinstance(data, dict) or not STAFF_ONLY_FIELDS & data.keys():
+        return envelope
+    return {**envelope, "data": {k: v for k, v in data.items() if k not in STAFF_ONLY_FIELDS}}
+
+
+DEFAULT_RESHAPERS: tuple[Reshaper, ...] = (hide_staff_only_fields,)
+
+
+class Subscriber(Protocol):
+    """What the broker needs from a local session."""
+
+    role: str
+    serializer: Serializer
+    connection: ServerConnection
+
+    def drop_slow(self) -> None: ...
+
+
+@dataclass(eq=False)
+class TopicState:
+    subscription_id: int
+    ready: asyncio.Future[None]
+    subscribers: set[Subscriber] = field(default_factory=set)
+    pending: int = 0  # subscribers waiting for Redis to confirm
+
+
+SUBSCRIBE_CONFIRM_SECONDS = 5.0
+ControlHandler = Callable[[str], None]
+_DROP = object()
+
+
+class Broker:
+    def __init__(
+        self,
+        redis_url: str,
+        metrics: RouterMetrics,
+        *,
+        send_buffer_limit: int,
+        control: dict[str, ControlHandler],
+        reshapers: tuple[Reshaper, ...] = DEFAULT_RESHAPERS,
+    ) -> None:
+        self.redis: Redis = Redis.from_url(redis_url, decode_responses=True)
+        self.pubsub = self.redis.pubsub()
+        self.metrics = metrics
+        self.send_buffer_limit = send_buffer_limit
+        self.control = control
+        self.reshapers = reshapers
+        self.topics: dict[str, TopicState] = {}
+        self._confirmations: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
+        self._exclusions: OrderedDict[tuple[str, int], Subscriber] = OrderedDict()
+        self._reader: asyncio.Task[None] | None = None
+        self.healthy = False
+
+    # Lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.pubsub.subscribe(*self.control)
+        self.healthy = True
+        self._reader = asyncio.create_task(self._read(), name="router-redis-reader")
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        with contextlib.suppress(RedisError, OSError):
+            await self.pubsub.aclose()
+        await self.redis.aclose()
+
+    # Subscriptions ----------------------------------------------------------------
+
+    async def subscribe(self, topic: str) -> int:
+        """Make sure Redis delivers `topic` here; returns the topic's subscription id.
+
+        The caller sends SUBSCRIBED and then calls ``attach`` without awaiting in
+        between, so no EVENT can precede SUBSCRIBED.
+        """
+        state = self.topics.get(topic)
+        if state is None:
+            channel = keys.events_channel(topic)
+            ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            state = TopicState(random.randint(1, MAX_ID), ready)
+            self.topics[topic] = state
+            self._confirmations[channel].append(ready)
+            self.metrics.redis_topics.set(len(self.topics))
+            try:
+                await self.pubsub.subscribe(channel)
+            except (RedisError, OSError) as error:
+                if not ready.done():
+                    ready.set_exception(error)
+        state.pending += 1
+        try:
+            await asyncio.wait_for(asyncio.shield(state.ready), SUBSCRIBE_CONFIRM_SECONDS)
+        except BaseException:
+            state.pending -= 1
+            await self._release_if_unused(topic, state)
+            raise
+        state.pending -= 1
+        return state.subscription_id
+
+    def attach(self, subscriber: Subscriber, topic: str) -> None:
+        self.topics[topic].subscribers.add(subscriber)
+        self.metrics.subscriptions.inc()
+
+    async def detach(self, subscriber: Subscriber, topic: str) -> None:
+        state = self.topics.get(topic)
+        if state is None or subscriber not in state.subscribers:
+            return
+        state.subscribers.discard(subscriber)
+        self.metrics.subscriptions.dec()
+        await self._release_if_unused(topic, state)
+
+    async def release(self, topic: str) -> None:
+        """Undo a ``subscribe`` whose caller went away before ``attach``."""
+        state = self.topics.get(topic)
+        if state is not None:
+            await self._release_if_unused(topic, state)
+
+    async def _release_if_unused(self, topic: str, state: TopicState) -> None:
+        if state.subscribers or state.pending or self.topics.get(topic) is not state:
+            return
+        del self.topics[topic]
+        self.metrics.redis_topics.set(len(self.topics))
+        with contextlib.suppress(RedisError, OSError):
+            await self.pubsub.unsubscribe(keys.events_channel(topic))
+
+    def exclude_once(self, topic: str, seq: int, subscriber: Subscriber) -> None:
+        """Publisher exclusion: skip this subscriber when event (topic, seq) comes back from Redis."""
+        self._exclusions[(topic, seq)] = subscriber
+        while len(self._exclusions) > 10_000:
+            self._exclusions.popitem(last=False)
+
+    # Reading Redis -----------------------------------------------------------------
+
+    async def _read(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                async for message in self.pubsub.listen():
+                    self.healthy = True
+                    backoff = 0.1
+                    self._on_message(message)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as error:
+                # redis-py reconnects and resubscribes on the next read; events in between are
+                # in the audit trail and clients fetch them with after=seq.
+                self.healthy = False
+                log.warning("redis pubsub lost; reconnecting", extra={"error": str(error)})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except Exception:
+                log.exception("router redis reader failed; continuing")
+                await asyncio.sleep(backoff)
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        kind, channel = message.get("type"), message.get("channel")
+        if kind == "subscribe":
+            waiters = self._confirmations.pop(channel, []) if isinstance(channel, str) else []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            return
+        if kind != "message" or not isinstance(channel, str):
+            return
+        data = message.get("data")
+        if not isinstance(data, str):
+            return
+        handler = self.control.get(channel)
+        if handler is not None:
+            handler(data)
+        elif channel.startswith(keys.EVENTS_CHANNEL_PREFIX):
+            self.deliver(channel[len(keys.EVENTS_CHANNEL_PREFIX) :], data)
+
+    # Fan-out -------------------------------------------------------------------------
+
+    def deliver(self, topic: str, raw: str) -> int:
+        """Send one event to every local subscriber of `topic`; returns how many got it."""
+        state = self.topics.get(topic)
+        if state is None or not state.subscribers:
+            return 0
+        try:
+            envelope = json.loads(raw)
+        except ValueError:
+            log.warning("dropped a malformed event", extra={"topic": topic})
+            return 0
+        if not isinstance(envelope, dict) or type(envelope.get("seq")) is not int:
+            log.warning("dropped an event without seq", extra={"topic": topic})
+            return 0
+        self.metrics.events_in.inc()
+        seq: int = envelope["seq"]
+        publication = publication_id(topic, seq)
+        excluded = self._exclusions.pop((topic, seq), None)
+        shaped: dict[str, dict[str, Any] | None] = {}
+        frames: dict[tuple[str, str], Any] = {}
+        groups: dict[tuple[str, str], list[Subscriber]] = defaultdict(list)
+        for subscriber in state.subscribers:
+            if subscriber is excluded:
+                continue
+            key = (subscriber.serializer.name, subscriber.role)
+            if key not in frames:
+                if subscriber.role not in shaped:
+                    shaped[subscriber.role] = self._reshape(envelope, subscriber.role)
+                body = shaped[subscriber.role]
+                if body is None:
+                    frames[key] = _DROP
+                elif body is envelope and isinstance(subscriber.serializer, JsonSerializer):
+                    frames[key] = encode_json_event(state.subscription_id, publication, raw)
+                else:
+                    frames[key] = encode_event(subscriber.serializer, state.subscription_id, publication, body)
+            if frames[key] is not _DROP:
+                groups[key].append(subscriber)
+        sent = 0
+        for key, recipients in groups.items():
+            broadcast([s.connection for s in recipients], frames[key])
+            sent += len(recipients)
+            self.check_backlog(recipients)
+        self.metrics.events_out.inc(sent)
+        return sent
+
+    def _reshape(self, envelope: dict[str, Any], role: str) -> dict[str, Any] | None:
+        body: dict[str, Any] | None = envelope
+        for reshaper in self.reshapers:
+            if body is None:
+                return None
+            body = reshaper(body, role)
+        return body
+
+    def check_backlog(self, subscribers: list[Subscriber]) -> None:
+        for subscriber in subscribers:
+            transport = subscriber.connection.transport
+            if transport is not None and transport.get_write_buffer_size() > self.send_buffer_limit:
+                subscriber.drop_slow()

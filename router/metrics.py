@@ -1,0 +1,29 @@
+"""Prometheus metrics of one router process, served on /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+
+class RouterMetrics:
+    def __init__(self) -> None:
+        # A registry per router, so several routers in one test process don't collide.
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.sessions = Gauge("handin_router_sessions", "Established WAMP sessions", registry=r)
+        self.subscriptions = Gauge("handin_router_subscriptions", "Session subscriptions", registry=r)
+        self.redis_topics = Gauge("handin_router_redis_topics", "Topics subscribed in Redis", registry=r)
+        self.events_in = Counter("handin_router_events_in", "Events received from Redis", registry=r)
+        self.events_out = Counter("handin_router_events_out", "EVENT messages written to sessions", registry=r)
+        self.published = Counter("handin_router_client_publications", "Client PUBLISH stored", registry=r)
+        self.slow_consumers = Counter(
+            "handin_router_slow_consumers_dropped", "Sessions dropped for a send backlog past the bound", registry=r
+        )
+        self.auth_failures = Counter(
+            "handin_router_auth_failures", "Refused authentications", ["reason"], registry=r
+        )
+        self.denied = Counter("handin_router_denied", "Refused SUBSCRIBE/PUBLISH", ["action"], registry=r)
+        self.protocol_errors = Counter("handin_router_protocol_violations", "Sessions aborted", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
