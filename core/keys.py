@@ -89,3 +89,11 @@ def course_topic(course_id: int) -> str:
 
 
 STAFF_DASHBOARD_TOPIC = "staff.dashboard"
+
+
+# Grade release: one deferred job per assignment on the maintenance queue.
+RELEASE_GRADES_FUNCTION = "release_grades"
+
+
+def release_job_id(assignment_id: int) -> str:
+    return f"release-grades:{assignment_id}"

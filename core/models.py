@@ -106,6 +106,8 @@ class Assignment(Base):
     # Accepted kinds as sniffed from content: "pdf", "text", "image", "docx", ...
     accepted_types: Mapped[list[str]] = mapped_column(JSON, default=list)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    # What happens to work handed in between deadline and cut-off, in words shown to students.
+    late_policy: Mapped[str] = mapped_column(Text, default="")
     grades_released_at: Mapped[datetime | None] = mapped_column(default=None)
     release_scheduled_at: Mapped[datetime | None] = mapped_column(default=None)
 
