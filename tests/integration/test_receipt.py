@@ -1,0 +1,183 @@
+"""The receipt step against a real SMTP server (aiosmtpd), real Redis and both databases."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from arq.connections import ArqRedis
+from redis.asyncio import Redis
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from core import keys
+from core.models import Submission, SubmissionStep, User
+from core.queues import enqueue_step
+from core.settings import RetryPolicy, Settings
+from core.storage import Area, make_storage
+from tests.fixtures.factories import Factory
+from tests.fixtures.smtp import ReceivedMail, SmtpServer
+from workers import receipt
+
+CONTENT = b"A short essay about receipts.\n" * 40
+
+
+async def queued_receipt_step(
+    factory: Factory,
+    sessions: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    arq_redis: ArqRedis,
+    *,
+    late: bool = False,
+) -> Submission:
+    """A submission as the store step leaves it, with its receipt job on the queue."""
+    world = await factory.world()
+    submission = await factory.submission(world, CONTENT, filename="my essay.txt")
+    await make_storage(settings).move(Area.incoming, Area.store, submission.storage_key)
+    async with sessions() as session, session.begin():
+        await session.execute(update(Submission).where(Submission.id == submission.id).values(late=late))
+        for row in await session.scalars(select(SubmissionStep).where(SubmissionStep.submission_id == submission.id)):
+            if row.step in ("scan", "store"):
+                row.state = "succeeded"
+            elif row.step == receipt.TASK:
+                row.state = "queued"
+    await enqueue_step(arq_redis, receipt.TASK, submission.id)
+    return submission
+
+
+async def step_row(sessions: async_sessionmaker[AsyncSession], submission_id: int) -> SubmissionStep:
+    async with sessions() as session:
+        row = await session.scalar(
+            select(SubmissionStep).where(
+                SubmissionStep.submission_id == submission_id, SubmissionStep.step == receipt.TASK
+            )
+        )
+    assert row is not None
+    return row
+
+
+def use_smtp(settings: Settings, server: SmtpServer) -> None:
+    settings.smtp.host = server.host
+    settings.smtp.port = server.port
+    settings.smtp.timeout_seconds = 2
+    settings.retries.receipt = RetryPolicy(max_tries=10, kind="fixed", delay_seconds=0.1, timeout_seconds=10)
+
+
+async def test_receipt_tells_the_student_what_was_received(
+    factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, run_burst: Any, smtp_server: SmtpServer
+) -> None:
+    use_smtp(settings, smtp_server)
+    submission = await queued_receipt_step(factory, sessions, settings, arq_redis, late=True)
+
+    await run_burst(receipt.TASK, receipt.handle)
+
+    [mail] = smtp_server.received
+    message = mail.message
+    async with sessions() as session:
+        student = await session.get(User, submission.user_id)
+    assert student is not None and mail.rcpt_tos == [student.email]
+    assert student.email in message["To"]
+    assert message["Message-ID"] == f"<submission-{submission.id}.receipt@handin.local>"
+    assert f"submission {submission.id}" in message["Subject"] and "(late)" in message["Subject"]
+    body = message.get_content()
+    assert f"Submission id:  {submission.id}" in body
+    assert "Assignment:     Essay" in body
+    assert "File name:      my essay.txt" in body
+    assert f"{len(CONTENT):,} bytes" in body
+    assert f"SHA-256:        {submission.sha256}" in body
+    assert submission.received_at.strftime("%Y-%m-%d %H:%M:%S UTC") in body
+    assert "LATE (after the deadline)" in body
+    row = await step_row(sessions, submission.id)
+    assert row.state == "succeeded"
+    assert row.result["message_id"] == message["Message-ID"] and row.result["delivery"] == "smtp"
+
+
+async def test_smtp_down_then_up_sends_exactly_one_receipt(
+    factory: Factory,
+    sessions: Any,
+    settings: Settings,
+    arq_redis: ArqRedis,
+    run_burst: Any,
+    smtp_server: SmtpServer,
+    redis: Redis,
+) -> None:
+    use_smtp(settings, smtp_server)
+    submission = await queued_receipt_step(factory, sessions, settings, arq_redis)
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(keys.events_channel(keys.submission_topic(submission.id)))
+    smtp_server.stop()
+
+    worker = asyncio.create_task(run_burst(receipt.TASK, receipt.handle))
+    try:
+        # Wait for the step to report the outage, then bring the mail server back.
+        async with asyncio.timeout(10):
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+                if message and json.loads(message["data"])["type"] == "step.retrying":
+                    break
+        row = await step_row(sessions, submission.id)
+        assert row.state == "retrying" and "mail server unreachable" in (row.error or "")
+        assert row.result["message_id"] == f"<submission-{submission.id}.receipt@handin.local>"  # the intent
+        smtp_server.start()
+        await asyncio.wait_for(worker, 20)
+    finally:
+        worker.cancel()
+        await pubsub.aclose()
+
+    [mail] = smtp_server.received
+    assert mail.message["Message-ID"] == f"<submission-{submission.id}.receipt@handin.local>"
+    row = await step_row(sessions, submission.id)
+    assert row.state == "succeeded" and row.attempts >= 2
+
+
+async def test_a_repeat_after_the_server_accepted_sends_nothing(
+    factory: Factory,
+    sessions: Any,
+    settings: Settings,
+    arq_redis: ArqRedis,
+    run_burst: Any,
+    smtp_server: SmtpServer,
+) -> None:
+    """A worker that dies after the 250 but before the step commits: the redelivered job must not resend."""
+    use_smtp(settings, smtp_server)
+    submission = await queued_receipt_step(factory, sessions, settings, arq_redis)
+    await run_burst(receipt.TASK, receipt.handle)
+    async with sessions() as session, session.begin():
+        await session.execute(
+            update(SubmissionStep)
+            .where(SubmissionStep.submission_id == submission.id, SubmissionStep.step == receipt.TASK)
+            .values(state="running", started_at=None)
+        )
+    await enqueue_step(arq_redis, receipt.TASK, submission.id)
+
+    await run_burst(receipt.TASK, receipt.handle)
+
+    assert len(smtp_server.received) == 1
+    row = await step_row(sessions, submission.id)
+    assert row.state == "succeeded" and row.result["already_accepted"] is True
+
+
+async def test_without_smtp_the_receipt_goes_to_the_outbox_once(
+    factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, run_burst: Any
+) -> None:
+    settings.smtp.host = None
+    submission = await queued_receipt_step(factory, sessions, settings, arq_redis)
+    await run_burst(receipt.TASK, receipt.handle)
+    # A redelivered job rewrites the same file rather than adding a second one.
+    async with sessions() as session, session.begin():
+        await session.execute(
+            update(SubmissionStep)
+            .where(SubmissionStep.submission_id == submission.id, SubmissionStep.step == receipt.TASK)
+            .values(state="queued")
+        )
+    await enqueue_step(arq_redis, receipt.TASK, submission.id)
+    await run_burst(receipt.TASK, receipt.handle)
+
+    files = list(settings.smtp.outbox_dir.iterdir())
+    assert [path.name for path in files] == [f"submission-{submission.id}.receipt@handin.local.eml"]
+    message = ReceivedMail("", [], files[0].read_bytes()).message
+    assert message["Message-ID"] == f"<submission-{submission.id}.receipt@handin.local>"
+    assert submission.sha256 in message.get_content() and "on time" in message.get_content()
+    row = await step_row(sessions, submission.id)
+    assert row.state == "succeeded" and row.result["delivery"] == "outbox"
