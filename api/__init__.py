@@ -1,0 +1,1 @@
+"""The web service: JSON API, upload intake, pages, health and metrics."""

@@ -1,0 +1,114 @@
+"""Request dependencies: settings, database, Redis, storage and the logged-in user.
+
+Use the ``Annotated`` aliases in route signatures, e.g.
+``async def me(user: CurrentUser, session: SessionDep)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from arq.connections import ArqRedis
+from fastapi import Depends, HTTPException, Request, status
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from core.auth import TokenError, unsign
+from core.clock import utcnow
+from core.models import User, WebSession
+from core.settings import Settings
+from core.storage import Storage
+
+SESSION_COOKIE = "handin_session"
+WEB_SESSION_PURPOSE = "web-session"
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_sessions(request: Request) -> async_sessionmaker[AsyncSession]:
+    sessions: async_sessionmaker[AsyncSession] = request.app.state.sessions
+    return sessions
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """A short-lived session for one request's reads and small writes."""
+    async with get_sessions(request)() as session:
+        yield session
+
+
+def get_redis(request: Request) -> ArqRedis:
+    redis: ArqRedis = request.app.state.redis
+    return redis
+
+
+def get_storage(request: Request) -> Storage:
+    storage: Storage = request.app.state.storage
+    return storage
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionsDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessions)]
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+RedisDep = Annotated[ArqRedis, Depends(get_redis)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
+
+
+def not_logged_in(detail: str = "You are not logged in.") -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail)
+
+
+async def optional_web_session(request: Request) -> WebSession | None:
+    """The live web session named by the cookie, or None (no cookie, forged, expired, logged out).
+
+    Opens and closes its own database session, so a long upload never holds a
+    connection (or SQLite's write lock) just for having been authenticated.
+    """
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        return None
+    settings = get_settings(request)
+    try:
+        session_id = str(unsign(cookie, settings.secret_key, WEB_SESSION_PURPOSE)["sid"])
+    except (TokenError, KeyError):
+        return None
+    async with get_sessions(request)() as db:
+        web_session = await db.get(WebSession, session_id)
+        if web_session is None or web_session.revoked_at is not None or web_session.expires_at <= utcnow():
+            return None
+        user = await db.get(User, web_session.user_id)
+    if user is None:
+        return None
+    request.state.web_session_user = user
+    return web_session
+
+
+async def current_web_session(
+    web_session: Annotated[WebSession | None, Depends(optional_web_session)],
+) -> WebSession:
+    if web_session is None:
+        raise not_logged_in()
+    return web_session
+
+
+async def optional_user(
+    request: Request, web_session: Annotated[WebSession | None, Depends(optional_web_session)]
+) -> User | None:
+    if web_session is None:
+        return None
+    user: User | None = request.state.web_session_user
+    return user
+
+
+async def current_user(user: Annotated[User | None, Depends(optional_user)]) -> User:
+    if user is None:
+        raise not_logged_in()
+    return user
+
+
+CurrentWebSession = Annotated[WebSession, Depends(current_web_session)]
+OptionalWebSession = Annotated[WebSession | None, Depends(optional_web_session)]
+CurrentUser = Annotated[User, Depends(current_user)]
+OptionalUser = Annotated[User | None, Depends(optional_user)]

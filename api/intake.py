@@ -1,0 +1,387 @@
+"""Upload intake: everything that must happen before the student may leave, and nothing more.
+
+Check rights, window and attempts; stream the file into the incoming area
+while hashing it (refusing as soon as it is too big or not an accepted kind);
+write the submission, its step rows and its events in one transaction;
+publish and enqueue the first step; answer 202. Every slow thing is a worker's.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from arq.connections import ArqRedis
+from fastapi import HTTPException, Request, status
+from redis.exceptions import RedisError
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.requests import ClientDisconnect
+
+from api import metrics
+from api.multipart_stream import BodyTooLarge, MalformedUpload, MultipartStream, boundary_of
+from core import keys
+from core.access import STUDENT, course_role
+from core.clock import isoformat, utcnow
+from core.db import transaction
+from core.events import EventBatch
+from core.models import Assignment, Extension, Submission, SubmissionStep, User
+from core.pipeline import FIRST_STEPS, STEPS, StepState, SubmissionStatus
+from core.queues import enqueue_step
+from core.settings import Settings
+from core.sniff import SNIFF_BYTES, TEXT, Sniffed, TextCheck, accepts, sanitise_filename, sniff
+from core.storage import Area, Storage, TooLarge, new_key
+
+log = logging.getLogger(__name__)
+
+FILE_FIELD = "file"
+# Room for the multipart boundaries and part headers around the file itself.
+MULTIPART_OVERHEAD = 64 * 1024
+# After refusing an oversized body, read (and drop) this much more so the client sees the 413.
+DRAIN_AFTER_REFUSAL = 8 * 1024 * 1024
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+KIND_LABELS = {"pdf": "PDF", "text": "plain text", "image": "image (PNG, JPEG, GIF, WebP)", "docx": "Word (DOCX)"}
+
+
+class Refused(HTTPException):
+    """A refusal with its reason for the metrics; the detail is what the student reads."""
+
+    def __init__(self, status_code: int, reason: str, detail: str) -> None:
+        super().__init__(status_code, detail)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Accepted:
+    submission_id: int
+    replayed: bool
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "id": self.submission_id,
+            "topic": keys.submission_topic(self.submission_id),
+            "status_url": f"/api/submissions/{self.submission_id}",
+        }
+
+
+@dataclass(frozen=True)
+class Window:
+    """What the pre-checks decided: the assignment and how this upload counts."""
+
+    assignment: Assignment
+    late: bool
+    max_bytes: int
+
+
+@dataclass(frozen=True)
+class Landed:
+    key: str
+    size: int
+    sha256: str
+    filename: str
+    sniffed: Sniffed
+
+
+class Intake:
+    def __init__(
+        self, settings: Settings, sessions: async_sessionmaker[AsyncSession], redis: ArqRedis, storage: Storage
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.redis = redis
+        self.storage = storage
+
+    async def submit(self, request: Request, user: User, assignment_id: int, idempotency_key: str | None) -> Accepted:
+        try:
+            return await self._submit(request, user, assignment_id, idempotency_key)
+        except Refused as refusal:
+            metrics.upload_refused(refusal.reason)
+            raise
+
+    async def _submit(self, request: Request, user: User, assignment_id: int, idempotency_key: str | None) -> Accepted:
+        now = utcnow()  # the deadline is judged by when the upload started, not how long it took
+        if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+            raise Refused(400, "bad_idempotency_key", "The Idempotency-Key header must be 1-200 printable characters.")
+        async with self.sessions() as session:
+            if idempotency_key and (
+                earlier := await _by_idempotency_key(session, user, assignment_id, idempotency_key)
+            ):
+                return Accepted(earlier, replayed=True)
+            window = await self._check_window(session, user, assignment_id, now)
+        _check_declared_length(request, window.max_bytes)
+        landed = await self._receive_file(request, window)
+        try:
+            accepted, batch = await self._record(user, window, landed, idempotency_key, now)
+        except BaseException:
+            await self.storage.delete(Area.incoming, landed.key)
+            raise
+        if accepted.replayed:
+            await self.storage.delete(Area.incoming, landed.key)
+            return accepted
+        await batch.publish(self.redis)
+        await self._enqueue_first_steps(accepted.submission_id)
+        metrics.upload_accepted(landed.size)
+        return accepted
+
+    async def _check_window(self, session: AsyncSession, user: User, assignment_id: int, now: datetime) -> Window:
+        assignment = await session.get(Assignment, assignment_id)
+        if assignment is None:
+            raise Refused(404, "no_assignment", "There is no such assignment.")
+        if await course_role(session, user.id, assignment.course_id) != STUDENT:
+            raise Refused(
+                403, "not_enrolled", "You are not enrolled as a student on this course, so you cannot submit here."
+            )
+        deadline, cutoff = assignment.deadline, assignment.cutoff_at
+        extension = await session.scalar(
+            select(Extension).where(Extension.assignment_id == assignment.id, Extension.user_id == user.id)
+        )
+        if extension is not None:
+            deadline, cutoff = max(deadline, extension.deadline), max(cutoff, extension.cutoff_at)
+        if now < assignment.opens_at:
+            raise Refused(
+                403, "not_open", f"This assignment opens at {isoformat(assignment.opens_at)}; submit after that."
+            )
+        if now > cutoff:
+            raise Refused(
+                403,
+                "after_cutoff",
+                f"The cut-off for this assignment passed at {isoformat(cutoff)}; submissions are closed.",
+            )
+        await _check_attempts(session, user, assignment)
+        max_bytes = min(assignment.max_bytes, self.settings.max_upload_bytes)
+        return Window(assignment=assignment, late=now > deadline, max_bytes=max_bytes)
+
+    async def _receive_file(self, request: Request, window: Window) -> Landed:
+        try:
+            boundary = boundary_of(request.headers.get("content-type"))
+        except MalformedUpload as error:
+            raise Refused(
+                400, "malformed", f"Send the file as multipart/form-data in a field named '{FILE_FIELD}'."
+            ) from error
+        body = MultipartStream(boundary, request.stream(), max_body_bytes=window.max_bytes + MULTIPART_OVERHEAD)
+        try:
+            return await self._stream_into_incoming(body, window)
+        except (TooLarge, BodyTooLarge) as error:
+            await body.drain(DRAIN_AFTER_REFUSAL)
+            raise _too_large(window.max_bytes) from error
+        except Refused:
+            await body.drain(DRAIN_AFTER_REFUSAL)
+            raise
+        except MalformedUpload as error:
+            raise Refused(400, "malformed", f"The upload was not valid multipart/form-data: {error}.") from error
+        except ClientDisconnect as error:
+            raise Refused(400, "disconnected", "The upload was interrupted before the file arrived.") from error
+
+    async def _stream_into_incoming(self, body: MultipartStream, window: Window) -> Landed:
+        part = await body.next_file(FILE_FIELD)
+        if part is None:
+            raise Refused(422, "no_file", f"No file was sent: put it in the form field named '{FILE_FIELD}'.")
+        data = body.part_data()
+        prefix, complete = bytearray(), True
+        async for chunk in data:
+            prefix += chunk
+            if len(prefix) > window.max_bytes:
+                raise TooLarge(window.max_bytes)
+            if len(prefix) >= SNIFF_BYTES:
+                complete = False
+                break
+        if not prefix:
+            raise Refused(422, "empty", "The file is empty.")
+        sniffed = sniff(bytes(prefix), complete=complete)
+        accepted_types = window.assignment.accepted_types
+        if sniffed is None or not accepts(accepted_types, sniffed):
+            raise Refused(415, "type", _type_refusal(sniffed, accepted_types))
+        key = new_key(window.assignment.id)
+        chunks = _checked(bytes(prefix), data if not complete else None, sniffed)
+        try:
+            stored = await self.storage.put_stream(Area.incoming, key, chunks, max_bytes=window.max_bytes)
+        except NotText as error:
+            raise Refused(415, "type", _type_refusal(None, accepted_types)) from error
+        await body.drain(MULTIPART_OVERHEAD)  # the closing boundary
+        return Landed(key, stored.size, stored.sha256, sanitise_filename(part.filename), sniffed)
+
+    async def _record(
+        self, user: User, window: Window, landed: Landed, idempotency_key: str | None, now: datetime
+    ) -> tuple[Accepted, EventBatch]:
+        """One transaction: submission + step rows + events. Retried if a concurrent upload took the attempt no."""
+        for _ in range(5):
+            try:
+                async with transaction(self.sessions) as session:
+                    if idempotency_key and (
+                        earlier := await _by_idempotency_key(session, user, window.assignment.id, idempotency_key)
+                    ):
+                        return Accepted(earlier, replayed=True), EventBatch(session)
+                    attempt = await _check_attempts(session, user, window.assignment)
+                    submission = await self._insert(session, user, window, landed, idempotency_key, attempt, now)
+                    batch = await _emit_received(session, user, window, submission)
+                return Accepted(submission.id, replayed=False), batch
+            except IntegrityError:
+                # Same idempotency key or same attempt number committed first: look again.
+                log.info("intake raced another upload; retrying", extra={"user_id": user.id})
+        raise Refused(409, "conflict", "Too many uploads at once for this assignment; try again.")
+
+    async def _insert(
+        self,
+        session: AsyncSession,
+        user: User,
+        window: Window,
+        landed: Landed,
+        idempotency_key: str | None,
+        attempt: int,
+        now: datetime,
+    ) -> Submission:
+        submission = Submission(
+            assignment_id=window.assignment.id,
+            user_id=user.id,
+            attempt=attempt,
+            late=window.late,
+            sha256=landed.sha256,
+            size=landed.size,
+            original_filename=landed.filename,
+            content_type=landed.sniffed.content_type,
+            kind=landed.sniffed.kind,
+            storage_key=landed.key,
+            status=SubmissionStatus.processing.value,
+            idempotency_key=idempotency_key,
+            received_at=now,
+        )
+        session.add(submission)
+        await session.flush()
+        for step in STEPS:
+            first = step.name in FIRST_STEPS
+            session.add(
+                SubmissionStep(
+                    submission_id=submission.id,
+                    step=step.name,
+                    state=(StepState.queued if first else StepState.pending).value,
+                    queued_at=now if first else None,
+                )
+            )
+        await session.flush()
+        return submission
+
+    async def _enqueue_first_steps(self, submission_id: int) -> None:
+        for step in FIRST_STEPS:
+            try:
+                await enqueue_step(self.redis, step, submission_id)
+            except (RedisError, OSError) as error:
+                # The step row says "queued"; the reconciler re-enqueues it when Redis is back.
+                log.warning(
+                    "enqueue failed; reconciler will retry",
+                    extra={"submission_id": submission_id, "step": step, "error": str(error)},
+                )
+
+
+class NotText(Exception):
+    """A file that started as text turned out to be binary further in."""
+
+
+async def _checked(prefix: bytes, rest: AsyncIterator[bytes] | None, sniffed: Sniffed) -> AsyncIterator[bytes]:
+    """The file's bytes: the sniffed prefix, then the rest; text stays checked to the end."""
+    check = TextCheck() if sniffed.kind == TEXT else None
+    if check is not None:
+        check.feed(prefix)
+    yield prefix
+    if rest is not None:
+        async for chunk in rest:
+            if check is not None and not check.feed(chunk):
+                raise NotText()
+            yield chunk
+    if check is not None and not check.finish():
+        raise NotText()
+
+
+async def _by_idempotency_key(session: AsyncSession, user: User, assignment_id: int, key: str) -> int | None:
+    return await session.scalar(
+        select(Submission.id).where(
+            Submission.user_id == user.id,
+            Submission.assignment_id == assignment_id,
+            Submission.idempotency_key == key,
+        )
+    )
+
+
+async def _check_attempts(session: AsyncSession, user: User, assignment: Assignment) -> int:
+    """The next attempt number, or a refusal when all are used."""
+    used = await session.scalar(
+        select(func.count(Submission.id)).where(
+            Submission.user_id == user.id, Submission.assignment_id == assignment.id
+        )
+    )
+    if (used or 0) >= assignment.max_attempts:
+        raise Refused(
+            409,
+            "attempts",
+            f"You have used all {assignment.max_attempts} attempts for this assignment.",
+        )
+    return (used or 0) + 1
+
+
+async def _emit_received(session: AsyncSession, user: User, window: Window, submission: Submission) -> EventBatch:
+    batch = EventBatch(session)
+    steps = {step.name: (StepState.queued if step.name in FIRST_STEPS else StepState.pending).value for step in STEPS}
+    await batch.emit(
+        keys.submission_topic(submission.id),
+        "submission.received",
+        {
+            "submission_id": submission.id,
+            "assignment_id": submission.assignment_id,
+            "attempt": submission.attempt,
+            "late": submission.late,
+            "size": submission.size,
+            "sha256": submission.sha256,
+            "filename": submission.original_filename,
+            "kind": submission.kind,
+            "status": submission.status,
+            "steps": steps,
+        },
+        actor="student",
+        actor_id=user.id,
+    )
+    await batch.emit(
+        keys.STAFF_DASHBOARD_TOPIC,
+        "submission.arrived",
+        {
+            "submission_id": submission.id,
+            "assignment_id": submission.assignment_id,
+            "course_id": window.assignment.course_id,
+            "late": submission.late,
+            "size": submission.size,
+            "kind": submission.kind,
+        },
+        actor="student",
+        actor_id=user.id,
+    )
+    return batch
+
+
+def _check_declared_length(request: Request, max_bytes: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes + MULTIPART_OVERHEAD:
+        raise _too_large(max_bytes)
+
+
+def _too_large(max_bytes: int) -> Refused:
+    return Refused(
+        status.HTTP_413_CONTENT_TOO_LARGE,
+        "too_large",
+        f"The file is larger than this assignment's limit of {_size(max_bytes)}.",
+    )
+
+
+def _type_refusal(sniffed: Sniffed | None, accepted_types: list[str]) -> str:
+    accepted = ", ".join(KIND_LABELS.get(kind, kind) for kind in accepted_types) or "any recognised file"
+    found = "we could not recognise its type" if sniffed is None else f"it is a {sniffed.kind} file"
+    return f"This file type is not accepted ({found}). Accepted: {accepted}."
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if count >= scale:
+            return f"{count / scale:.3g} {unit}"
+    return f"{count} bytes"

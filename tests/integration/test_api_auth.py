@@ -1,0 +1,117 @@
+"""Logging in and out, who am I, WebSocket tickets, and the health probes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from fastapi import FastAPI
+from redis.asyncio import Redis
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from api.deps import SESSION_COOKIE
+from api.main import create_app
+from core import keys
+from core.auth import read_ws_ticket
+from core.db import make_engine, make_sessionmaker
+from core.models import WebSession
+from core.settings import Settings
+from tests.fixtures.app import PASSWORD, World
+
+
+async def test_login_me_logout(client: httpx.AsyncClient, world: World) -> None:
+    assert (await client.get("/api/me")).status_code == 401
+    answer = await client.post("/api/login", json={"email": World.email("student"), "password": PASSWORD})
+    assert answer.status_code == 200
+    set_cookie = answer.headers["set-cookie"].lower()
+    assert "httponly" in set_cookie and "samesite=lax" in set_cookie
+    me = (await client.get("/api/me")).json()
+    assert me["email"] == World.email("student")
+    assert me["courses"] == [{"id": world.course_id, "code": "CS101", "title": "Systems", "role": "student"}]
+    assert (await client.post("/api/logout")).status_code == 200
+    assert (await client.get("/api/me")).status_code == 401
+
+
+async def test_wrong_password_and_unknown_email_are_refused_plainly(client: httpx.AsyncClient, world: World) -> None:
+    for email, password in ((World.email("student"), "nope"), ("nobody@test.handin", PASSWORD)):
+        answer = await client.post("/api/login", json={"email": email, "password": password})
+        assert answer.status_code == 401
+        assert answer.json() == {"detail": "Wrong email address or password."}
+        assert SESSION_COOKIE not in answer.cookies
+
+
+async def test_html_form_login_redirects_locally(client: httpx.AsyncClient, world: World) -> None:
+    answer = await client.post(
+        "/api/login", data={"email": World.email("staff"), "password": PASSWORD, "next": "//evil.example/"}
+    )
+    assert answer.status_code == 303
+    assert answer.headers["location"] == "/"
+    assert (await client.get("/api/me")).json()["email"] == World.email("staff")
+
+
+async def test_logout_revokes_the_session_everywhere(
+    app: FastAPI, world: World, redis: Redis, sessions: async_sessionmaker[AsyncSession], settings: Settings
+) -> None:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://handin.test") as http:
+        await http.post("/api/login", json={"email": World.email("student"), "password": PASSWORD})
+        stolen_cookie = http.cookies[SESSION_COOKIE]
+        async with sessions() as session:
+            session_id = (await session.scalars(select(WebSession.id))).one()
+        pubsub = redis.pubsub()
+        await pubsub.subscribe(keys.WEB_SESSION_REVOKED_CHANNEL)
+        await pubsub.get_message(timeout=1)  # the subscribe confirmation
+        assert (await http.post("/api/logout")).status_code == 200
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2)
+        await pubsub.aclose()
+    assert message is not None and message["data"].decode() == session_id
+    ttl = await redis.ttl(keys.web_session_revoked(session_id))
+    assert 0 < ttl <= settings.session_max_age_seconds
+    async with sessions() as session:
+        assert (await session.get(WebSession, session_id)).revoked_at is not None  # type: ignore[union-attr]
+    # The old cookie, replayed after logout, no longer works.
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://handin.test", cookies={SESSION_COOKIE: stolen_cookie}
+    ) as replay:
+        assert (await replay.get("/api/me")).status_code == 401
+
+
+async def test_forged_cookie_is_not_a_session(client: httpx.AsyncClient, world: World) -> None:
+    client.cookies.set(SESSION_COOKIE, "eyJzaWQiOiJ4In0.forged")
+    assert (await client.get("/api/me")).status_code == 401
+
+
+async def test_ws_ticket(client: httpx.AsyncClient, world: World, settings: Settings) -> None:
+    assert (await client.get("/api/ws-ticket")).status_code == 401
+    await client.post("/api/login", json={"email": World.email("student"), "password": PASSWORD})
+    body = (await client.get("/api/ws-ticket")).json()
+    assert body["expires_in"] == settings.ws_ticket_ttl_seconds
+    assert body["router_url"] == settings.router_url
+    ticket = read_ws_ticket(body["ticket"], settings.secret_key)
+    assert ticket.user_id == world.users["student"]
+
+
+async def test_health_ready_and_metrics(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "redis": "ok"}
+    text = (await client.get("/metrics")).text
+    assert 'handin_http_requests_total{method="GET",route="/readyz",status="200"}' in text
+
+
+async def test_readyz_says_what_is_down(settings: Settings, redis: Redis) -> None:
+    broken = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    app = create_app(broken)
+    # The arq pool would refuse to start without Redis; give the app a client pointed at nothing instead.
+    app.state.redis = Redis.from_url(broken.redis_url, socket_connect_timeout=0.5)
+    engine = make_engine(settings.database_url)
+    app.state.sessions = make_sessionmaker(engine)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://handin.test") as http:
+            answer = await asyncio.wait_for(http.get("/readyz"), 10)
+        assert answer.status_code == 503
+        assert answer.json()["detail"] == "not ready: redis unreachable"
+        assert answer.json()["checks"]["database"] == "ok"
+    finally:
+        await app.state.redis.aclose()
+        await engine.dispose()
