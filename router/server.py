@@ -122,6 +122,9 @@ class Router:
             return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
         if self.shutting_down:
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
+        offered = {p.strip() for h in request.headers.get_all("Sec-WebSocket-Protocol") for p in h.split(",")}
+        if not offered & set(wamp.SUBPROTOCOLS):
+            return connection.respond(HTTPStatus.BAD_REQUEST, "offer subprotocol wamp.2.json or wamp.2.msgpack\n")
         return None
 
     # One connection ----------------------------------------------------------------
@@ -349,6 +352,9 @@ async def running_router(settings: Settings, host: str, port: int) -> AsyncItera
             ping_interval=limits.ping_interval_seconds,
             ping_timeout=limits.ping_timeout_seconds,
             close_timeout=2,
+            # permessage-deflate would compress every EVENT once per connection: fan-out cost
+            # grows with subscribers, and a backlog would hide behind compression. Events are small.
+            compression=None,
         ) as server:
             yield router, server
             await router.drain()
