@@ -74,14 +74,15 @@ def _autoscaler_available() -> bool:
 
 
 def run_dev(port: int = 8000, router_port: int = 8080) -> None:
-    from core.demo import seed_demo
+    from core.demo import DEMO_USERS, seed_demo
     from core.migrate import upgrade
 
     settings = get_settings()
     VAR_DIR.mkdir(exist_ok=True)
     redis_process = ensure_redis(settings.redis_url)
     upgrade()
-    credentials = asyncio.run(seed_demo(settings))
+    asyncio.run(seed_demo(settings))
+    credentials = [(demo.role, demo.email, demo.password) for demo in DEMO_USERS]
 
     env = dict(os.environ)
     env.setdefault("HANDIN_PUBLIC_URL", f"http://127.0.0.1:{port}")
@@ -106,9 +107,9 @@ def run_dev(port: int = 8000, router_port: int = 8080) -> None:
     _supervise(children, redis_process)
 
 
-def _print_welcome(url: str, credentials: list[tuple[str, str, str]] | None) -> None:
+def _print_welcome(url: str, credentials: list[tuple[str, str, str]]) -> None:
     lines = ["", f"  handin is running: open {url}", ""]
-    for role, email, password in credentials or []:
+    for role, email, password in credentials:
         lines.append(f"  {role:8} {email:28} password: {password}")
     lines += ["", "  Press Ctrl-C to stop.", ""]
     print("\n".join(lines), flush=True)
