@@ -59,7 +59,8 @@ def step_function(task: str, handler: Handler, settings: Settings) -> Function:
         return await run_step(ctx, task, submission_id, handler)
 
     # arq's own timeout backs up the runner's: the runner times out first and retries.
-    return func(job, name=task, timeout=policy.timeout_seconds + 15, max_tries=policy.max_tries + ARQ_EXTRA_TRIES)
+    timeout = policy.timeout_seconds + settings.worker.job_timeout_margin_seconds
+    return func(job, name=task, timeout=timeout, max_tries=policy.max_tries + ARQ_EXTRA_TRIES)
 
 
 def worker_settings(

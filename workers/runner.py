@@ -11,6 +11,7 @@ as transient until the task's ``max_tries`` is used up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -84,7 +85,15 @@ async def run_step(ctx: dict[str, Any], step: str, submission_id: int, handler: 
     redis: ArqRedis = ctx["redis"]
     policy = settings.retry_policy(step)
 
-    started = await _start(sessions, redis, step, submission_id, policy.timeout_seconds)
+    started = await _start(sessions, redis, step, submission_id, policy.timeout_seconds, policy.max_tries)
+    if isinstance(started, _Abandoned):
+        # Every attempt so far ended with the worker gone (killed, OOM): a file that
+        # takes the worker down must not be retried for ever.
+        await finish_step(
+            sessions, redis, submission_id, step, StepState.failed,
+            error=f"the worker stopped during each of {started.attempts} attempts (gave up)",
+        )
+        return "failed"
     if isinstance(started, str):
         return started
     row, submission = started
@@ -93,6 +102,12 @@ async def run_step(ctx: dict[str, Any], step: str, submission_id: int, handler: 
     )
     try:
         outcome = await asyncio.wait_for(handler(step_ctx), timeout=policy.timeout_seconds)
+    except asyncio.CancelledError:
+        # The worker is shutting down (or arq's backstop timeout fired). Say so in the
+        # row, so the next delivery starts at once instead of waiting out the time limit.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(_mark_retrying(sessions, redis, submission_id, step, "worker stopped mid-step", 0))
+        raise
     except PermanentStepError as error:
         await finish_step(sessions, redis, submission_id, step, StepState.failed, error=str(error))
         return "failed"
@@ -125,9 +140,19 @@ async def _lock_step(session: AsyncSession, submission_id: int, step: str) -> Su
     )
 
 
+@dataclass(frozen=True)
+class _Abandoned:
+    attempts: int
+
+
 async def _start(
-    sessions: async_sessionmaker[AsyncSession], redis: ArqRedis, step: str, submission_id: int, time_limit: float
-) -> str | tuple[SubmissionStep, Submission]:
+    sessions: async_sessionmaker[AsyncSession],
+    redis: ArqRedis,
+    step: str,
+    submission_id: int,
+    time_limit: float,
+    max_tries: int,
+) -> str | _Abandoned | tuple[SubmissionStep, Submission]:
     now = utcnow()
     async with sessions() as session, session.begin():
         row = await _lock_step(session, submission_id, step)
@@ -148,6 +173,8 @@ async def _start(
             # Another delivery of this job is still within its time: let it finish.
             remaining = (row.started_at + timedelta(seconds=time_limit) - now).total_seconds()
             raise Retry(defer=timedelta(seconds=max(1.0, remaining)))
+        if state == StepState.running and row.wait_until is None and row.attempts >= max_tries:
+            return _Abandoned(row.attempts)
         row.state = StepState.running.value
         row.attempts += 1
         row.started_at = now
@@ -265,6 +292,39 @@ async def finish_step(
     for name in to_enqueue:
         await enqueue_step(redis, name, submission_id)
     return True
+
+
+async def settle_submission(
+    sessions: async_sessionmaker[AsyncSession], redis: ArqRedis, submission_id: int
+) -> tuple[list[str], str | None]:
+    """Queue steps that are ready and finish the submission if every step ended.
+
+    For the reconciler: finish_step does both in the transaction that ends a
+    step, so this only finds work when that was cut short. Returns the steps
+    queued and the submission's new final status, if it got one.
+    """
+    topic = keys.submission_topic(submission_id)
+    async with sessions() as session, session.begin():
+        submission = await session.scalar(
+            select(Submission).where(Submission.id == submission_id).with_for_update()
+        )
+        if submission is None or submission.completed_at is not None:
+            return [], None
+        rows = {
+            row.step: row
+            for row in await session.scalars(
+                select(SubmissionStep).where(SubmissionStep.submission_id == submission_id)
+            )
+        }
+        now = utcnow()
+        batch = EventBatch(session)
+        to_enqueue = await _advance(batch, topic, submission, rows, now)
+        await _finish_submission_if_done(batch, submission, rows, now)
+        finished = submission.status if submission.completed_at is not None else None
+    await batch.publish(redis)
+    for name in to_enqueue:
+        await enqueue_step(redis, name, submission_id)
+    return to_enqueue, finished
 
 
 async def _advance(
