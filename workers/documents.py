@@ -1,0 +1,227 @@
+"""Turning a submitted file into a small preview picture (no I/O beyond the file itself).
+
+Every renderer runs in a worker thread: decoding is CPU-bound. Untrusted input
+is the norm here, so each one bounds its work: images are measured from their
+header before any pixel is decoded, PDFs are rendered at thumbnail scale, text
+and DOCX are read only as far as a preview needs.
+
+Text extraction for the similarity check lives in core/similarity/; this
+module only draws.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from xml.etree import ElementTree
+
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+
+THUMB_WIDTH = 320
+THUMB_MAX_HEIGHT = 480
+# Text, DOCX and icon previews are drawn as a page with A4's proportions.
+PAGE_SIZE = (THUMB_WIDTH, 452)
+PAGE_MARGIN = 12
+# Refuse to decode images above this many pixels (a 40 MP photo still passes).
+MAX_SOURCE_PIXELS = 50_000_000
+# Pillow's own guard as a backstop: it errors above twice this.
+Image.MAX_IMAGE_PIXELS = MAX_SOURCE_PIXELS
+# Enough text for a page of preview, however long the file.
+TEXT_PREFIX_BYTES = 64 * 1024
+MAX_DOCX_XML_BYTES = 20 * 1024 * 1024
+MAX_DOCX_PARAGRAPHS = 80
+WORD_NS = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# PDFium is not thread-safe: one render at a time per process.
+_PDFIUM_LOCK = threading.Lock()
+
+
+class DocumentError(Exception):
+    """The file cannot be previewed: corrupt, encrypted or too large. Retrying will not help."""
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    png: bytes
+    width: int
+    height: int
+    # What was drawn: "image", "pdf", "text", "docx" or "icon" (a generic picture, not the content).
+    source: str
+    note: str | None = None
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    try:
+        return ImageFont.truetype("DejaVuSansMono.ttf", size)
+    except OSError:
+        return ImageFont.load_default(size=size)
+
+
+def fit(image: Image.Image) -> Image.Image:
+    """Shrink (never enlarge) to at most 320 px wide and 480 px tall, keeping proportions."""
+    image.thumbnail((THUMB_WIDTH, THUMB_MAX_HEIGHT), Image.Resampling.LANCZOS)
+    return image
+
+
+def render_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_SOURCE_PIXELS:
+                raise DocumentError(f"image is {width}x{height} pixels, too large to preview")
+            # JPEG can decode at 1/2, 1/4, 1/8 scale: much less work for a big photo.
+            image.draft("RGB", (THUMB_WIDTH * 2, THUMB_MAX_HEIGHT * 2))
+            upright = ImageOps.exif_transpose(image)  # also decodes the (first) frame
+            has_alpha = upright.mode in ("RGBA", "LA", "PA") or "transparency" in upright.info
+            return upright.convert("RGBA" if has_alpha else "RGB")
+    except DocumentError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise DocumentError(f"image too large to preview: {error}") from error
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
+        raise DocumentError(f"not a readable image: {error}") from error
+
+
+def render_pdf(path: Path) -> Image.Image:
+    import pypdfium2 as pdfium  # only this worker pays for loading PDFium
+
+    with _PDFIUM_LOCK:
+        try:
+            document = pdfium.PdfDocument(str(path))
+        except pdfium.PdfiumError as error:
+            raise DocumentError(f"not a readable PDF: {error}") from error
+        try:
+            if len(document) == 0:
+                raise DocumentError("the PDF has no pages")
+            page = document[0]
+            try:
+                width, height = page.get_size()
+                if width <= 0 or height <= 0:
+                    raise DocumentError("the PDF's first page has no size")
+                # Render straight at thumbnail scale: a poster-sized page costs no more than a letter.
+                scale = min(THUMB_WIDTH / width, THUMB_MAX_HEIGHT / height)
+                bitmap = page.render(scale=scale)
+                return bitmap.to_pil().convert("RGB")
+            finally:
+                page.close()
+        except pdfium.PdfiumError as error:
+            raise DocumentError(f"cannot render the PDF's first page: {error}") from error
+        finally:
+            document.close()
+
+
+def decode_text(data: bytes) -> str:
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16", errors="replace")
+    return data.decode("utf-8-sig", errors="replace")
+
+
+def _wrap(line: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int) -> list[str]:
+    """Break a line where it would run past the page edge."""
+    pieces: list[str] = []
+    while line and font.getlength(line) > width:
+        cut = max(1, int(len(line) * width / font.getlength(line)))
+        while cut > 1 and font.getlength(line[:cut]) > width:
+            cut -= 1
+        space = line.rfind(" ", 0, cut)
+        if space > cut // 2:  # prose reads better broken between words
+            cut = space + 1
+        pieces.append(line[:cut].rstrip())
+        line = line[cut:]
+    pieces.append(line)
+    return pieces
+
+
+def render_text(text: str, *, title: str | None = None) -> Image.Image:
+    """The first lines of `text` drawn on a white page."""
+    page = Image.new("RGB", PAGE_SIZE, "white")
+    draw = ImageDraw.Draw(page)
+    font, line_height = _font(10), 13
+    inner = PAGE_SIZE[0] - 2 * PAGE_MARGIN
+    y = PAGE_MARGIN
+    if title:
+        draw.text((PAGE_MARGIN, y), title[:40], font=_font(12), fill="#1f4e79")
+        y += 20
+    room = (PAGE_SIZE[1] - PAGE_MARGIN - y) // line_height
+    lines: list[str] = []
+    for raw in text.splitlines():
+        lines.extend(_wrap(_CONTROL_CHARS.sub("", raw.expandtabs(4)).rstrip(), font, inner))
+        if len(lines) >= room:
+            break
+    if not any(line.strip() for line in lines):
+        lines = ["(no text)"]
+    for line in lines[:room]:
+        draw.text((PAGE_MARGIN, y), line, font=font, fill="#222222")
+        y += line_height
+    return page
+
+
+def docx_paragraphs(path: Path) -> list[str]:
+    """The text of a DOCX's first paragraphs, read from word/document.xml."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            info = archive.getinfo("word/document.xml")
+            if info.file_size > MAX_DOCX_XML_BYTES:
+                raise DocumentError("the DOCX's text part is too large to preview")
+            with archive.open(info) as part:
+                xml = part.read(MAX_DOCX_XML_BYTES + 1)
+    except (zipfile.BadZipFile, KeyError, OSError, EOFError) as error:
+        raise DocumentError(f"not a readable DOCX: {error}") from error
+    if b"<!DOCTYPE" in xml.upper():
+        # Word never writes a DTD; refusing one rules out entity-expansion tricks.
+        raise DocumentError("the DOCX's text declares a DTD; refused")
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError as error:
+        raise DocumentError(f"the DOCX's text is not valid XML: {error}") from error
+    paragraphs: list[str] = []
+    for paragraph in root.iter(f"{WORD_NS}p"):
+        paragraphs.append("".join(node.text or "" for node in paragraph.iter(f"{WORD_NS}t")))
+        if len(paragraphs) >= MAX_DOCX_PARAGRAPHS:
+            break
+    return paragraphs
+
+
+def render_icon(filename: str) -> Image.Image:
+    """A generic document picture labelled with the file's extension."""
+    page = Image.new("RGB", PAGE_SIZE, "#f3f4f6")
+    draw = ImageDraw.Draw(page)
+    width, height = PAGE_SIZE
+    fold = 60
+    outline = [(40, 40), (width - 40 - fold, 40), (width - 40, 40 + fold), (width - 40, height - 40), (40, height - 40)]
+    draw.polygon(outline, fill="white", outline="#6b7280", width=3)
+    corner = [(width - 40 - fold, 40), (width - 40 - fold, 40 + fold), (width - 40, 40 + fold)]
+    draw.line(corner, fill="#6b7280", width=3)
+    extension = Path(filename).suffix.lstrip(".").upper()[:6] or "FILE"
+    font = _font(44)
+    text_width = draw.textlength(extension, font=font)
+    draw.text(((width - text_width) / 2, height / 2 - 26), extension, font=font, fill="#374151")
+    return page
+
+
+def render_thumbnail(kind: str, filename: str, path: Path) -> Thumbnail:
+    """The preview of one stored file, as PNG bytes no wider than 320 px."""
+    note: str | None = None
+    if kind == "image":
+        source, image = "image", render_image(path)
+    elif kind == "pdf":
+        source, image = "pdf", render_pdf(path)
+    elif kind == "text":
+        with open(path, "rb") as handle:
+            source, image = "text", render_text(decode_text(handle.read(TEXT_PREFIX_BYTES)))
+    elif kind == "docx":
+        paragraphs = [p for p in docx_paragraphs(path) if p.strip()]
+        if paragraphs:
+            source, image = "docx", render_text("\n".join(paragraphs), title=filename)
+        else:
+            source, image, note = "icon", render_icon(filename), "the document has no text to preview"
+    else:
+        source, image, note = "icon", render_icon(filename), f"no preview for {kind!r} files"
+    image = fit(image)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return Thumbnail(buffer.getvalue(), image.width, image.height, source, note)
