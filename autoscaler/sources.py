@@ -98,7 +98,9 @@ class RateMeter:
 
     @property
     def arrival_rate(self) -> float:
-        return self._arrival or 0.0
+        # The smoothed rate only decays towards zero; below a job per ~15 minutes it is zero.
+        rate = self._arrival or 0.0
+        return rate if rate >= 1e-3 else 0.0
 
     @property
     def drain_rate(self) -> float:
