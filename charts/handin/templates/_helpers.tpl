@@ -336,3 +336,18 @@ securityContext:
   seccompProfile:
     type: RuntimeDefault
 {{- end -}}
+
+{{/*
+A worker entry with its defaults filled in (autoscale true, one replica, 1..10).
+hasKey, not `default`/`merge`: an explicit `autoscale: false` must stay false.
+Call with a worker map; use as: include "handin.worker" $raw | fromYaml
+*/}}
+{{- define "handin.worker" -}}
+{{- $worker := deepCopy . -}}
+{{- range $key, $value := dict "autoscale" true "replicas" 1 "minReplicas" 1 "maxReplicas" 10 -}}
+{{- if not (hasKey $worker $key) -}}
+{{- $_ := set $worker $key $value -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $worker -}}
+{{- end -}}

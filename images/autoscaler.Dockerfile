@@ -1,0 +1,28 @@
+# syntax=docker/dockerfile:1.7
+# The autoscaler: scales the worker Deployments through their scale subresource.
+# Build from the repository root: docker build -f images/autoscaler.Dockerfile .
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+RUN python -m venv /opt/venv
+WORKDIR /src
+COPY pyproject.toml ./
+COPY core ./core
+COPY autoscaler ./autoscaler
+RUN /opt/venv/bin/pip install . && /opt/venv/bin/python -m compileall -q /opt/venv/lib
+
+FROM ${PYTHON_IMAGE} AS runtime
+RUN groupadd --system --gid 10001 handin \
+    && useradd --system --uid 10001 --gid handin --home-dir /app --shell /usr/sbin/nologin handin \
+    && mkdir -p /app/var && chown handin:handin /app/var
+COPY --from=build /opt/venv /opt/venv
+# DEV=1 (skaffold's dev profile only): the app user may overwrite synced .py files.
+ARG DEV=""
+RUN if [ -n "$DEV" ]; then chown -R handin:handin /opt/venv/lib; fi
+WORKDIR /app
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+LABEL org.opencontainers.image.title="handin-autoscaler" org.opencontainers.image.source="https://github.com/handin/handin"
+USER 10001:10001
+EXPOSE 9101
+CMD ["handin", "autoscaler"]
