@@ -139,7 +139,7 @@ class MultipartStream:
                 "headers",
                 PartHeaders(
                     name=options.get(b"name", b"").decode("utf-8", "replace"),
-                    filename=filename.decode("utf-8", "replace") if filename is not None else None,
+                    filename=_unescape_filename(filename.decode("utf-8", "replace")) if filename is not None else None,
                     content_type=content_type.decode("latin-1") if content_type else None,
                 ),
             )
@@ -155,3 +155,8 @@ class MultipartStream:
 
     def _on_part_end(self) -> None:
         self._events.append(("end", None))
+
+
+def _unescape_filename(name: str) -> str:
+    """Browsers send `"`, CR and LF in a filename as %22, %0D, %0A (WHATWG HTML form encoding)."""
+    return name.replace("%22", '"').replace("%0D", "\r").replace("%0A", "\n")

@@ -26,7 +26,7 @@ from core.grades import (
     schedule_release,
     staff_assignment,
 )
-from core.models import Assignment, Enrolment, Event, Submission, SubmissionStep, User
+from core.models import Assignment, Enrolment, Event, Submission, SubmissionStep, TopicSeq, User
 from core.pipeline import STEP_NAMES
 
 router = APIRouter(prefix="/api", tags=["staff"])
@@ -133,6 +133,11 @@ async def submissions_table(
     if ids:
         for step in await session.scalars(select(SubmissionStep).where(SubmissionStep.submission_id.in_(ids))):
             steps[step.submission_id][step.step] = step
+    topics = [keys.submission_topic(i) for i in ids]
+    seqs: dict[str, int] = {}
+    if topics:
+        found = await session.execute(select(TopicSeq.topic, TopicSeq.seq).where(TopicSeq.topic.in_(topics)))
+        seqs = {topic: int(seq) for topic, seq in found.all()}
     names = {
         u.id: u.name
         for u in await session.scalars(select(User).where(User.id.in_({s.user_id for s in submissions} or {0})))
@@ -143,6 +148,7 @@ async def submissions_table(
         row = {
             "id": submission.id,
             "topic": keys.submission_topic(submission.id),
+            "seq": seqs.get(keys.submission_topic(submission.id), 0),
             "student": names.get(submission.user_id, "?"),
             "attempt": submission.attempt,
             "received_at": isoformat(submission.received_at),

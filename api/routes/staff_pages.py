@@ -76,16 +76,26 @@ def form_values(assignment: Assignment | None) -> dict[str, Any]:
     if assignment is None:
         now = utcnow().replace(second=0, microsecond=0)
         return {
-            "title": "", "description": "", "late_policy": "",
-            "opens_at": isoformat(now), "deadline": isoformat(now + timedelta(days=7)),
+            "title": "",
+            "description": "",
+            "late_policy": "",
+            "opens_at": isoformat(now),
+            "deadline": isoformat(now + timedelta(days=7)),
             "cutoff_at": isoformat(now + timedelta(days=8)),
-            "max_mb": 20, "accepted_types": ["pdf", "text", "docx"], "max_attempts": 3,
+            "max_mb": 20,
+            "accepted_types": ["pdf", "text", "docx"],
+            "max_attempts": 3,
         }
     return {
-        "title": assignment.title, "description": assignment.description, "late_policy": assignment.late_policy,
-        "opens_at": isoformat(assignment.opens_at), "deadline": isoformat(assignment.deadline),
-        "cutoff_at": isoformat(assignment.cutoff_at), "max_mb": round(assignment.max_bytes / 1024 / 1024, 2),
-        "accepted_types": list(assignment.accepted_types), "max_attempts": assignment.max_attempts,
+        "title": assignment.title,
+        "description": assignment.description,
+        "late_policy": assignment.late_policy,
+        "opens_at": isoformat(assignment.opens_at),
+        "deadline": isoformat(assignment.deadline),
+        "cutoff_at": isoformat(assignment.cutoff_at),
+        "max_mb": round(assignment.max_bytes / 1024 / 1024, 2),
+        "accepted_types": list(assignment.accepted_types),
+        "max_attempts": assignment.max_attempts,
     }
 
 
@@ -137,7 +147,11 @@ def echo_form(form: Any) -> dict[str, Any]:
     values = {key: form.get(key, "") for key in ("title", "description", "late_policy", "max_mb", "max_attempts")}
     values["accepted_types"] = form.getlist("accepted_types")
     for name in ("opens_at", "deadline", "cutoff_at"):
-        values[name + "_local"] = form.get(name, "")
+        # The page's script sends UTC; hand it back as UTC so the script shows it in local time again.
+        try:
+            values[name] = isoformat(parse_local(str(form.get(name, "")), 0))
+        except ValueError:
+            values[name] = ""
     return values
 
 
@@ -149,8 +163,15 @@ async def new_assignment(request: Request, course_id: int, user: OptionalUser, s
     if course is None or await course_role(session, user.id, course_id) != "staff":
         return await not_found(request, session, user, "course")
     return await render(
-        request, session, user, "staff/assignment_form.html", course=course, assignment=None,
-        values=form_values(None), errors=[], kinds=KINDS,
+        request,
+        session,
+        user,
+        "staff/assignment_form.html",
+        course=course,
+        assignment=None,
+        values=form_values(None),
+        errors=[],
+        kinds=KINDS,
     )
 
 
@@ -167,8 +188,16 @@ async def create_assignment(
     fields, errors = read_assignment_form(form)
     if errors:
         return await render(
-            request, session, user, "staff/assignment_form.html", status_code=422, course=course, assignment=None,
-            values=echo_form(form), errors=errors, kinds=KINDS,
+            request,
+            session,
+            user,
+            "staff/assignment_form.html",
+            status_code=422,
+            course=course,
+            assignment=None,
+            values=echo_form(form),
+            errors=errors,
+            kinds=KINDS,
         )
     async with sessions() as db, db.begin():
         assignment = Assignment(course_id=course_id, **fields)
@@ -176,8 +205,11 @@ async def create_assignment(
         await db.flush()
         batch = EventBatch(db)
         await batch.emit(
-            keys.course_topic(course_id), "assignment.created",
-            {"assignment_id": assignment.id, "title": assignment.title}, actor=f"staff:{user.id}", actor_id=user.id,
+            keys.course_topic(course_id),
+            "assignment.created",
+            {"assignment_id": assignment.id, "title": assignment.title},
+            actor=f"staff:{user.id}",
+            actor_id=user.id,
         )
     await batch.publish(redis)
     return RedirectResponse(f"/staff/assignments/{assignment.id}", status_code=303)
@@ -191,8 +223,15 @@ async def edit_assignment(request: Request, assignment_id: int, user: OptionalUs
     if assignment is None:
         return await not_found(request, session, user, "assignment")
     return await render(
-        request, session, user, "staff/assignment_form.html", course=await session.get(Course, assignment.course_id),
-        assignment=assignment, values=form_values(assignment), errors=[], kinds=KINDS,
+        request,
+        session,
+        user,
+        "staff/assignment_form.html",
+        course=await session.get(Course, assignment.course_id),
+        assignment=assignment,
+        values=form_values(assignment),
+        errors=[],
+        kinds=KINDS,
         **await extension_context(session, assignment),
     )
 
@@ -215,7 +254,11 @@ async def extension_context(session: SessionDep, assignment: Assignment) -> dict
 
 @router.post("/assignments/{assignment_id}/edit", response_class=HTMLResponse)
 async def update_assignment(
-    request: Request, assignment_id: int, user: OptionalUser, session: SessionDep, sessions: SessionsDep,
+    request: Request,
+    assignment_id: int,
+    user: OptionalUser,
+    session: SessionDep,
+    sessions: SessionsDep,
     redis: RedisDep,
 ) -> Response:
     if user is None:
@@ -227,9 +270,17 @@ async def update_assignment(
     fields, errors = read_assignment_form(form)
     if errors:
         return await render(
-            request, session, user, "staff/assignment_form.html", status_code=422,
-            course=await session.get(Course, assignment.course_id), assignment=assignment,
-            values=echo_form(form), errors=errors, kinds=KINDS, **await extension_context(session, assignment),
+            request,
+            session,
+            user,
+            "staff/assignment_form.html",
+            status_code=422,
+            course=await session.get(Course, assignment.course_id),
+            assignment=assignment,
+            values=echo_form(form),
+            errors=errors,
+            kinds=KINDS,
+            **await extension_context(session, assignment),
         )
     async with sessions() as db, db.begin():
         row = await db.get(Assignment, assignment_id)
@@ -239,13 +290,19 @@ async def update_assignment(
         batch = EventBatch(db)
         # Open student pages move their countdowns at once.
         await batch.emit(
-            keys.assignment_topic(assignment_id), "assignment.updated",
+            keys.assignment_topic(assignment_id),
+            "assignment.updated",
             {
-                "assignment_id": assignment_id, "title": row.title, "opens_at": isoformat(row.opens_at),
-                "deadline": isoformat(row.deadline), "cutoff_at": isoformat(row.cutoff_at),
-                "max_attempts": row.max_attempts, "late_policy": row.late_policy,
+                "assignment_id": assignment_id,
+                "title": row.title,
+                "opens_at": isoformat(row.opens_at),
+                "deadline": isoformat(row.deadline),
+                "cutoff_at": isoformat(row.cutoff_at),
+                "max_attempts": row.max_attempts,
+                "late_policy": row.late_policy,
             },
-            actor=f"staff:{user.id}", actor_id=user.id,
+            actor=f"staff:{user.id}",
+            actor_id=user.id,
         )
     await batch.publish(redis)
     return RedirectResponse(f"/staff/assignments/{assignment_id}?saved=1", status_code=303)
@@ -253,7 +310,11 @@ async def update_assignment(
 
 @router.post("/assignments/{assignment_id}/extensions", response_class=HTMLResponse)
 async def save_extension(
-    request: Request, assignment_id: int, user: OptionalUser, session: SessionDep, sessions: SessionsDep,
+    request: Request,
+    assignment_id: int,
+    user: OptionalUser,
+    session: SessionDep,
+    sessions: SessionsDep,
     redis: RedisDep,
 ) -> Response:
     if user is None:
@@ -279,9 +340,17 @@ async def save_extension(
         errors.append("Enter the extended deadline and cut-off.")
     if errors:
         return await render(
-            request, session, user, "staff/assignment_form.html", status_code=422,
-            course=await session.get(Course, assignment.course_id), assignment=assignment,
-            values=form_values(assignment), errors=errors, kinds=KINDS, **await extension_context(session, assignment),
+            request,
+            session,
+            user,
+            "staff/assignment_form.html",
+            status_code=422,
+            course=await session.get(Course, assignment.course_id),
+            assignment=assignment,
+            values=form_values(assignment),
+            errors=errors,
+            kinds=KINDS,
+            **await extension_context(session, assignment),
         )
     async with sessions() as db, db.begin():
         extension = await db.scalar(
@@ -293,9 +362,11 @@ async def save_extension(
         extension.deadline, extension.cutoff_at = deadline, cutoff
         batch = EventBatch(db)
         await batch.emit(
-            keys.user_topic(student_id), "extension.updated",
+            keys.user_topic(student_id),
+            "extension.updated",
             {"assignment_id": assignment_id, "deadline": isoformat(deadline), "cutoff_at": isoformat(cutoff)},
-            actor=f"staff:{user.id}", actor_id=user.id,
+            actor=f"staff:{user.id}",
+            actor_id=user.id,
         )
     await batch.publish(redis)
     return RedirectResponse(f"/staff/assignments/{assignment_id}/edit#extensions", status_code=303)
@@ -303,8 +374,13 @@ async def save_extension(
 
 @router.post("/assignments/{assignment_id}/extensions/{extension_id}/delete", response_class=HTMLResponse)
 async def delete_extension(
-    request: Request, assignment_id: int, extension_id: int, user: OptionalUser, session: SessionDep,
-    sessions: SessionsDep, redis: RedisDep,
+    request: Request,
+    assignment_id: int,
+    extension_id: int,
+    user: OptionalUser,
+    session: SessionDep,
+    sessions: SessionsDep,
+    redis: RedisDep,
 ) -> Response:
     if user is None:
         return to_login(request)
@@ -316,10 +392,15 @@ async def delete_extension(
         batch = EventBatch(db)
         if extension is not None and extension.assignment_id == assignment_id:
             await batch.emit(
-                keys.user_topic(extension.user_id), "extension.updated",
-                {"assignment_id": assignment_id, "deadline": isoformat(assignment.deadline),
-                 "cutoff_at": isoformat(assignment.cutoff_at)},
-                actor=f"staff:{user.id}", actor_id=user.id,
+                keys.user_topic(extension.user_id),
+                "extension.updated",
+                {
+                    "assignment_id": assignment_id,
+                    "deadline": isoformat(assignment.deadline),
+                    "cutoff_at": isoformat(assignment.cutoff_at),
+                },
+                actor=f"staff:{user.id}",
+                actor_id=user.id,
             )
             await db.delete(extension)
     await batch.publish(redis)
@@ -338,9 +419,16 @@ async def assignment_table(request: Request, assignment_id: int, user: OptionalU
         return await not_found(request, session, user, "assignment")
     topic = keys.assignment_topic(assignment_id)
     return await render(
-        request, session, user, "staff/assignment.html", assignment=assignment,
-        course=await session.get(Course, assignment.course_id), topic=topic, seq=await topic_seq(session, topic),
-        progress=await marking_progress(session, assignment_id), saved=request.query_params.get("saved") == "1",
+        request,
+        session,
+        user,
+        "staff/assignment.html",
+        assignment=assignment,
+        course=await session.get(Course, assignment.course_id),
+        topic=topic,
+        seq=await topic_seq(session, topic),
+        progress=await marking_progress(session, assignment_id),
+        saved=request.query_params.get("saved") == "1",
     )
 
 
@@ -365,14 +453,23 @@ async def submission_detail(
         owner = await session.get(User, other.user_id)
         matches.append(
             {
-                "match": match, "other": other, "owner": owner,
+                "match": match,
+                "other": other,
+                "owner": owner,
                 "mine_text": await text_excerpt(storage, submission),
                 "other_text": await text_excerpt(storage, other),
             }
         )
     return await render(
-        request, session, user, "staff/submission.html", **context, student=student, matches=matches,
+        request,
+        session,
+        user,
+        "staff/submission.html",
+        **context,
+        student=student,
+        matches=matches,
         progress=await marking_progress(session, assignment.id),
+        assignment_seq=await topic_seq(session, keys.assignment_topic(assignment.id)),
     )
 
 
@@ -395,6 +492,10 @@ async def dashboard(request: Request, user: OptionalUser, session: SessionDep) -
     if not courses:
         return await not_found(request, session, user, "dashboard")
     return await render(
-        request, session, user, "staff/dashboard.html", topic=keys.STAFF_DASHBOARD_TOPIC,
+        request,
+        session,
+        user,
+        "staff/dashboard.html",
+        topic=keys.STAFF_DASHBOARD_TOPIC,
         seq=await topic_seq(session, keys.STAFF_DASHBOARD_TOPIC),
     )

@@ -1,0 +1,413 @@
+"""Uploading a submission: every check a student can run into, against real databases, Redis and disk."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from arq.jobs import Job, JobStatus
+from fastapi import FastAPI
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from core import keys
+from core.clock import utcnow
+from core.db import transaction
+from core.models import Event, Extension, Submission, SubmissionStep
+from core.pipeline import STEP_NAMES
+from core.settings import Settings
+from tests.fixtures.app import PASSWORD, World, make_assignment
+
+Login = Callable[[str], Awaitable[httpx.AsyncClient]]
+PDF = b"%PDF-1.7\n" + b"1 0 obj << /Type /Catalog >> endobj\n" * 50
+LIMIT = 1024 * 1024  # the test assignment's max_bytes
+
+
+def upload_url(assignment_id: int) -> str:
+    return f"/api/assignments/{assignment_id}/submissions"
+
+
+def incoming_files(settings: Settings) -> list[Path]:
+    root = settings.storage.incoming_dir
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+async def count(sessions: async_sessionmaker[AsyncSession], model: type) -> int:
+    async with sessions() as session:
+        return int(await session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+async def nothing_was_kept(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> bool:
+    return incoming_files(settings) == [] and await count(sessions, Submission) == 0
+
+
+async def test_happy_path(
+    as_user: Login, world: World, sessions: async_sessionmaker[AsyncSession], settings: Settings, redis: Redis
+) -> None:
+    student = await as_user("student")
+    dashboard = redis.pubsub()
+    await dashboard.subscribe(keys.events_channel(keys.STAFF_DASHBOARD_TOPIC))
+    await dashboard.get_message(timeout=1)
+
+    answer = await student.post(upload_url(world.assignment_id), files={"file": ("essay.pdf", PDF, "application/pdf")})
+
+    assert answer.status_code == 202, answer.text
+    body = answer.json()
+    submission_id = body["id"]
+    assert body == {
+        "id": submission_id,
+        "topic": f"submission.{submission_id}",
+        "status_url": f"/api/submissions/{submission_id}",
+    }
+    async with sessions() as session:
+        submission = await session.get(Submission, submission_id)
+        assert submission is not None
+        steps = {s.step: s for s in await session.scalars(select(SubmissionStep))}
+        events = list(await session.scalars(select(Event).order_by(Event.id)))
+    assert (submission.attempt, submission.late, submission.status) == (1, False, "processing")
+    assert submission.user_id == world.users["student"]
+    assert submission.sha256 == hashlib.sha256(PDF).hexdigest() and submission.size == len(PDF)
+    assert (submission.kind, submission.content_type, submission.original_filename) == (
+        "pdf",
+        "application/pdf",
+        "essay.pdf",
+    )
+    stored = settings.storage.incoming_dir / submission.storage_key
+    assert stored.read_bytes() == PDF
+    assert set(steps) == set(STEP_NAMES)
+    assert steps["scan"].state == "queued" and steps["scan"].queued_at is not None
+    assert all(steps[name].state == "pending" for name in STEP_NAMES if name != "scan")
+    received = [e for e in events if e.topic == f"submission.{submission_id}"]
+    assert [(e.seq, e.type) for e in received] == [(1, "submission.received")]
+    assert received[0].actor_id == world.users["student"]
+    assert [e.type for e in events if e.topic == keys.STAFF_DASHBOARD_TOPIC] == ["submission.arrived"]
+    # The first step waits in its own arq queue under its idempotent job id.
+    assert await redis.zscore("handin:queue:scan", f"scan:{submission_id}") is not None
+    job = Job(f"scan:{submission_id}", redis, _queue_name=keys.queue_name("scan"))
+    assert await job.status() == JobStatus.queued
+    # The staff dashboard heard about it, after commit. (Pub/sub spans Redis dbs: skip other runs' chatter.)
+    heard = await next_envelope(dashboard, "submission.arrived", submission_id)
+    assert heard["data"]["assignment_id"] == world.assignment_id
+
+
+async def next_envelope(pubsub: PubSub, type: str, submission_id: int) -> dict[str, Any]:
+    async with asyncio.timeout(5):
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+            if message is None:
+                continue
+            envelope = json.loads(message["data"])
+            if envelope["type"] == type and envelope["data"].get("submission_id") == submission_id:
+                await pubsub.aclose()
+                return dict(envelope)
+
+
+async def test_not_logged_in(client: httpx.AsyncClient, world: World) -> None:
+    answer = await client.post(upload_url(world.assignment_id), files={"file": ("a.pdf", PDF)})
+    assert answer.status_code == 401
+
+
+async def test_oversized_by_content_length_is_refused_up_front(
+    as_user: Login, world: World, sessions: async_sessionmaker[AsyncSession], settings: Settings
+) -> None:
+    student = await as_user("student")
+    answer = await student.post(
+        upload_url(world.assignment_id), files={"file": ("big.pdf", PDF + b"0" * (LIMIT + 1), "application/pdf")}
+    )
+    assert answer.status_code == 413
+    assert answer.json()["detail"] == "The file is larger than this assignment's limit of 1 MB."
+    assert await nothing_was_kept(sessions, settings)
+
+
+async def test_just_over_the_limit_is_refused_while_streaming(
+    as_user: Login, world: World, sessions: async_sessionmaker[AsyncSession], settings: Settings
+) -> None:
+    """Within the multipart allowance the Content-Length passes; the byte count while streaming catches it."""
+    student = await as_user("student")
+    data = PDF + b"0" * (LIMIT - len(PDF) + 1)
+    answer = await student.post(upload_url(world.assignment_id), files={"file": ("big.pdf", data, "application/pdf")})
+    assert answer.status_code == 413
+    assert await nothing_was_kept(sessions, settings)
+    exactly = PDF + b"0" * (LIMIT - len(PDF))
+    answer = await student.post(upload_url(world.assignment_id), files={"file": ("ok.pdf", exactly, "application/pdf")})
+    assert answer.status_code == 202
+
+
+async def test_oversized_chunked_body_is_refused_while_streaming(
+    live_server: str, world: World, sessions: async_sessionmaker[AsyncSession], settings: Settings
+) -> None:
+    """A real server, a body without Content-Length: the 413 comes before the body ends, nothing is kept."""
+    boundary = "handinboundary42"
+    sent = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal sent
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="huge.pdf"\r\n'
+            "Content-Type: application/pdf\r\n\r\n"
+        ).encode()
+        yield PDF
+        for _ in range(3 * LIMIT // 65536):
+            sent += 65536
+            yield b"0" * 65536
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    async with httpx.AsyncClient(base_url=live_server, timeout=20) as http:
+        await http.post("/api/login", json={"email": World.email("student"), "password": PASSWORD})
+        answer = await http.post(
+            upload_url(world.assignment_id),
+            content=body(),
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+    assert "content-length" not in answer.request.headers
+    assert answer.request.headers["transfer-encoding"] == "chunked"
+    assert answer.status_code == 413, answer.text
+    assert await nothing_was_kept(sessions, settings)
+
+
+async def test_empty_file(
+    as_user: Login, world: World, sessions: async_sessionmaker[AsyncSession], settings: Settings
+) -> None:
+    student = await as_user("student")
+    answer = await student.post(upload_url(world.assignment_id), files={"file": ("empty.pdf", b"", "application/pdf")})
+    assert answer.status_code == 422
+    assert answer.json()["detail"] == "The file is empty."
+    assert await nothing_was_kept(sessions, settings)
+
+
+async def test_missing_file_field(as_user: Login, world: World) -> None:
+    student = await as_user("student")
+    answer = await student.post(upload_url(world.assignment_id), files={"attachment": ("a.pdf", PDF)})
+    assert answer.status_code == 422
+    assert "field named 'file'" in answer.json()["detail"]
+
+
+async def test_executable_named_pdf_is_refused_by_content(
+    as_user: Login, world: World, sessions: async_sessionmaker[AsyncSession], settings: Settings
+) -> None:
+    student = await as_user("student")
+    elf = b"\x7fELF\x02\x01\x01\x00" + b"\x00" * 56 + bytes(range(256)) * 8
+    answer = await student.post(upload_url(world.assignment_id), files={"file": ("essay.pdf", elf, "application/pdf")})
+    assert answer.status_code == 415
+    detail = answer.json()["detail"]
+    assert "not accepted" in detail and "PDF" in detail and "plain text" in detail and "Word (DOCX)" in detail
+    assert await nothing_was_kept(sessions, settings)
+
+
+async def test_text_that_turns_binary_past_the_sniffed_prefix(
+    as_user: Login, world: World, sessions: async_sessionmaker[AsyncSession], settings: Settings
+) -> None:
+    student = await as_user("student")
+    data = b"all text here\n" * 10_000 + b"\x00\x01\x02binary tail"
+    answer = await student.post(upload_url(world.assignment_id), files={"file": ("notes.txt", data, "text/plain")})
+    assert answer.status_code == 415
+    assert await nothing_was_kept(sessions, settings)
+
+
+async def test_kind_not_accepted_by_this_assignment(
+    as_user: Login, world: World, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    pdf_only = await make_assignment(sessions, world.course_id, accepted_types=["pdf"])
+    student = await as_user("student")
+    answer = await student.post(upload_url(pdf_only), files={"file": ("notes.txt", b"just words\n", "text/plain")})
+    assert answer.status_code == 415
+    assert answer.json()["detail"] == "This file type is not accepted (it is a text file). Accepted: PDF."
+
+
+HOSTILE_NAMES = [
+    ("../../../etc/passwd.pdf", "passwd.pdf"),
+    ("..\\..\\boot.ini.pdf", "boot.ini.pdf"),
+    ('quote"and\r\nnewline.pdf', "quote_and newline.pdf"),
+    ("a" * 1000 + ".pdf", "a" * 251 + ".pdf"),
+    ("..", "submission"),
+]
+
+
+async def test_hostile_filenames_are_sanitised_and_never_used_as_keys(
+    as_user: Login, world: World, sessions: async_sessionmaker[AsyncSession], settings: Settings
+) -> None:
+    assignment = await make_assignment(sessions, world.course_id, max_attempts=len(HOSTILE_NAMES))
+    student = await as_user("student")
+    for hostile, expected in HOSTILE_NAMES:
+        answer = await student.post(upload_url(assignment), files={"file": (hostile, PDF, "application/pdf")})
+        assert answer.status_code == 202, answer.text
+        async with sessions() as session:
+            submission = await session.get(Submission, answer.json()["id"])
+        assert submission is not None
+        assert submission.original_filename == expected
+        assert re.fullmatch(rf"{assignment}/[0-9a-f]{{32}}", submission.storage_key)
+        assert (settings.storage.incoming_dir / submission.storage_key).read_bytes() == PDF
+    assert len(incoming_files(settings)) == len(HOSTILE_NAMES)
+
+
+async def test_raw_control_bytes_in_a_filename(
+    as_user: Login, world: World, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """A hostile client (not a browser) sends control characters and a right-to-left override unescaped."""
+    student = await as_user("student")
+    name = "evil\x00\x1b[2J\x7f\tname\u202efdp.pdf".encode()
+    body = (
+        b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="'
+        + name
+        + b'"\r\n\r\n'
+        + PDF
+        + b"\r\n--b0undary--\r\n"
+    )
+    answer = await student.post(
+        upload_url(world.assignment_id),
+        content=body,
+        headers={"Content-Type": "multipart/form-data; boundary=b0undary"},
+    )
+    assert answer.status_code == 202, answer.text
+    async with sessions() as session:
+        submission = await session.get(Submission, answer.json()["id"])
+    assert submission is not None and submission.original_filename == "evil[2J namefdp.pdf"
+
+
+async def test_who_may_submit(as_user: Login, world: World) -> None:
+    for who in ("outsider", "staff"):
+        answer = await (await as_user(who)).post(upload_url(world.assignment_id), files={"file": ("a.pdf", PDF)})
+        assert answer.status_code == 403
+        assert answer.json()["detail"].startswith("You are not enrolled as a student")
+    answer = await (await as_user("student")).post(upload_url(999_999), files={"file": ("a.pdf", PDF)})
+    assert answer.status_code == 404
+
+
+async def test_before_open(as_user: Login, world: World, sessions: async_sessionmaker[AsyncSession]) -> None:
+    now = utcnow()
+    later = await make_assignment(
+        sessions, world.course_id, opens_at=now + timedelta(hours=1), deadline=now + timedelta(days=1)
+    )
+    answer = await (await as_user("student")).post(upload_url(later), files={"file": ("a.pdf", PDF)})
+    assert answer.status_code == 403
+    assert answer.json()["detail"].startswith("This assignment opens at ")
+
+
+async def test_after_deadline_is_late_and_after_cutoff_is_refused(
+    as_user: Login, world: World, sessions: async_sessionmaker[AsyncSession], settings: Settings
+) -> None:
+    now = utcnow()
+    past_deadline = await make_assignment(
+        sessions, world.course_id, deadline=now - timedelta(minutes=1), cutoff_at=now + timedelta(hours=1)
+    )
+    closed = await make_assignment(
+        sessions, world.course_id, deadline=now - timedelta(hours=2), cutoff_at=now - timedelta(hours=1)
+    )
+    student = await as_user("student")
+    late = await student.post(upload_url(past_deadline), files={"file": ("a.pdf", PDF)})
+    assert late.status_code == 202
+    async with sessions() as session:
+        assert (await session.get(Submission, late.json()["id"])).late is True  # type: ignore[union-attr]
+    refused = await student.post(upload_url(closed), files={"file": ("a.pdf", PDF)})
+    assert refused.status_code == 403
+    assert "cut-off for this assignment passed" in refused.json()["detail"]
+    assert len(incoming_files(settings)) == 1
+
+
+async def test_extension_is_honoured(as_user: Login, world: World, sessions: async_sessionmaker[AsyncSession]) -> None:
+    now = utcnow()
+    closed = await make_assignment(
+        sessions, world.course_id, deadline=now - timedelta(hours=2), cutoff_at=now - timedelta(hours=1)
+    )
+    async with transaction(sessions) as session:
+        session.add(
+            Extension(
+                assignment_id=closed,
+                user_id=world.users["student"],
+                deadline=now + timedelta(days=1),
+                cutoff_at=now + timedelta(days=2),
+            )
+        )
+    answer = await (await as_user("student")).post(upload_url(closed), files={"file": ("a.pdf", PDF)})
+    assert answer.status_code == 202
+    async with sessions() as session:
+        assert (await session.get(Submission, answer.json()["id"])).late is False  # type: ignore[union-attr]
+    # The extension is personal: a classmate is still refused.
+    other = await (await as_user("student2")).post(upload_url(closed), files={"file": ("a.pdf", PDF)})
+    assert other.status_code == 403
+
+
+async def test_attempts_used_up(as_user: Login, world: World, sessions: async_sessionmaker[AsyncSession]) -> None:
+    twice = await make_assignment(sessions, world.course_id, max_attempts=2)
+    student = await as_user("student")
+    attempts = [await student.post(upload_url(twice), files={"file": ("a.pdf", PDF)}) for _ in range(3)]
+    assert [a.status_code for a in attempts] == [202, 202, 409]
+    assert attempts[2].json()["detail"] == "You have used all 2 attempts for this assignment."
+    async with sessions() as session:
+        numbers = sorted(await session.scalars(select(Submission.attempt).where(Submission.assignment_id == twice)))
+    assert numbers == [1, 2]
+
+
+async def test_retry_with_the_same_idempotency_key_returns_the_original(
+    as_user: Login, world: World, sessions: async_sessionmaker[AsyncSession], settings: Settings
+) -> None:
+    student = await as_user("student")
+    headers = {"Idempotency-Key": "upload-7f3a"}
+    first = await student.post(upload_url(world.assignment_id), files={"file": ("a.pdf", PDF)}, headers=headers)
+    again = await student.post(upload_url(world.assignment_id), files={"file": ("a.pdf", PDF)}, headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    assert await count(sessions, Submission) == 1
+    assert len(incoming_files(settings)) == 1
+    # Another key is another submission; another student's same key is theirs alone.
+    other = await student.post(
+        upload_url(world.assignment_id), files={"file": ("a.pdf", PDF)}, headers={"Idempotency-Key": "upload-8000"}
+    )
+    classmate = await (await as_user("student2")).post(
+        upload_url(world.assignment_id), files={"file": ("a.pdf", PDF)}, headers=headers
+    )
+    assert len({first.json()["id"], other.json()["id"], classmate.json()["id"]}) == 3
+
+
+async def test_concurrent_uploads_with_one_idempotency_key_make_one_submission(
+    app: FastAPI, world: World, sessions: async_sessionmaker[AsyncSession], settings: Settings
+) -> None:
+    clients = [httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") for _ in range(4)]
+    try:
+        for http in clients:
+            await http.post("/api/login", json={"email": World.email("student"), "password": PASSWORD})
+        answers = await asyncio.gather(
+            *(
+                http.post(
+                    upload_url(world.assignment_id),
+                    files={"file": ("a.pdf", PDF)},
+                    headers={"Idempotency-Key": "same-key"},
+                )
+                for http in clients
+            )
+        )
+    finally:
+        for http in clients:
+            await http.aclose()
+    assert [a.status_code for a in answers] == [202] * 4
+    assert len({a.json()["id"] for a in answers}) == 1
+    assert await count(sessions, Submission) == 1
+    assert len(incoming_files(settings)) == 1
+
+
+async def test_bad_idempotency_key(as_user: Login, world: World) -> None:
+    student = await as_user("student")
+    answer = await student.post(
+        upload_url(world.assignment_id), files={"file": ("a.pdf", PDF)}, headers={"Idempotency-Key": "x" * 201}
+    )
+    assert answer.status_code == 400
+
+
+async def test_upload_metrics(as_user: Login, world: World, client: httpx.AsyncClient) -> None:
+    student = await as_user("student")
+    await student.post(upload_url(world.assignment_id), files={"file": ("a.pdf", PDF)})
+    await student.post(upload_url(world.assignment_id), files={"file": ("e.pdf", b"")})
+    text = (await client.get("/metrics")).text
+    assert 'handin_uploads_total{outcome="accepted",reason=""}' in text
+    assert 'handin_uploads_total{outcome="refused",reason="empty"}' in text
+    assert 'route="/api/assignments/{assignment_id}/submissions",status="202"' in text
