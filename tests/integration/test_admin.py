@@ -16,15 +16,15 @@ from arq.connections import ArqRedis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from core.models import Event, Submission, SubmissionStep
+from core import keys
+from core.models import Submission, SubmissionStep
 from core.queues import enqueue_step
-from core.settings import RetryPolicy, Settings
+from core.settings import Settings
 from core.storage import Area, make_storage
 from tests.fixtures.admin_server import FakeAdminSystem
 from tests.fixtures.factories import Factory
+from tests.fixtures.pipeline import events, quick_retries, step_events, step_row
 from workers import admin
-
-FAST_RETRIES = RetryPolicy(max_tries=4, kind="fixed", delay_seconds=0.05, timeout_seconds=10)
 
 
 async def queued_admin_step(
@@ -44,30 +44,15 @@ async def queued_admin_step(
     return submission
 
 
-async def step_row(sessions: async_sessionmaker[AsyncSession], submission_id: int) -> SubmissionStep:
-    async with sessions() as session:
-        row = await session.scalar(
-            select(SubmissionStep).where(
-                SubmissionStep.submission_id == submission_id, SubmissionStep.step == admin.TASK
-            )
-        )
-    assert row is not None
-    return row
-
-
-async def event_types(sessions: async_sessionmaker[AsyncSession], submission_id: int) -> list[str]:
-    async with sessions() as session:
-        rows = await session.scalars(
-            select(Event).where(Event.topic == f"submission.{submission_id}").order_by(Event.seq)
-        )
-        return [f"{row.type}:{row.data.get('step', '')}" for row in rows]
+async def admin_row(sessions: async_sessionmaker[AsyncSession], submission_id: int) -> SubmissionStep:
+    return await step_row(sessions, submission_id, admin.TASK)
 
 
 def use_admin(settings: Settings, system: FakeAdminSystem, timeout: float = 5.0) -> None:
     settings.admin.url = system.url
     settings.admin.secret = system.secret
     settings.admin.timeout_seconds = timeout
-    settings.retries.admin = FAST_RETRIES
+    quick_retries(settings, admin.TASK, max_tries=4)
 
 
 async def test_posts_a_signed_record_once(
@@ -88,7 +73,7 @@ async def test_posts_a_signed_record_once(
     assert record["filename"] == "essay.txt" and record["late"] is False
     assert record["assignment_title"] == "Essay" and record["course_code"].startswith("C")
     assert record["student_email"].startswith("student") and record["received_at"].endswith("Z")
-    row = await step_row(sessions, submission.id)
+    row = await admin_row(sessions, submission.id)
     assert row.state == "succeeded"
     assert row.result["status"] == 201 and row.result["reference"] == "ADM-000001"
 
@@ -104,7 +89,7 @@ async def test_a_forged_signature_is_refused_by_the_receiver(
 
     await run_burst(admin.TASK, admin.handle)
 
-    row = await step_row(sessions, submission.id)
+    row = await admin_row(sessions, submission.id)
     assert row.state == "failed"
     assert row.error == "admin system answered 401: bad signature"
     assert admin_system.records == {}
@@ -124,10 +109,10 @@ async def test_503_twice_then_accepted_files_exactly_one_record(
     assert {r.headers["idempotency-key"] for r in admin_system.requests} == {f"submission-{submission.id}"}
     assert len({r.body for r in admin_system.requests}) == 1  # the same record each time
     assert len(admin_system.records) == 1
-    row = await step_row(sessions, submission.id)
+    row = await admin_row(sessions, submission.id)
     assert row.state == "succeeded" and row.attempts == 3
-    types = await event_types(sessions, submission.id)
-    assert types.count("step.retrying:admin") == 2 and "step.succeeded:admin" in types
+    types = await step_events(sessions, submission.id, admin.TASK)
+    assert types.count("step.retrying") == 2 and types[-1] == "step.succeeded"
 
 
 async def test_422_fails_the_step_with_the_reason(
@@ -141,7 +126,7 @@ async def test_422_fails_the_step_with_the_reason(
     await run_burst(admin.TASK, admin.handle)
 
     assert len(admin_system.requests) == 1  # refused for good: not retried
-    row = await step_row(sessions, submission.id)
+    row = await admin_row(sessions, submission.id)
     assert row.state == "failed" and row.attempts == 1
     assert row.error == "admin system answered 422: unknown course code"
     async with sessions() as session:
@@ -159,13 +144,10 @@ async def test_a_hanging_admin_system_is_retried_and_files_once(
 
     await run_burst(admin.TASK, admin.handle)
 
-    row = await step_row(sessions, submission.id)
+    row = await admin_row(sessions, submission.id)
     assert row.state == "succeeded" and row.attempts == 2
-    async with sessions() as session:
-        retried = await session.scalar(
-            select(Event).where(Event.topic == f"submission.{submission.id}", Event.type == "step.retrying")
-        )
-    assert retried is not None and "did not answer within 0.3 s" in retried.data["error"]
+    [retried] = await events(sessions, keys.submission_topic(submission.id), "step.retrying")
+    assert "did not answer within 0.3 s" in retried.data["error"]
     # The hung request finally gets through too: the receiver dedupes it by its key.
     admin_system.release.set()
     hung = admin_system.requests[0]
@@ -182,6 +164,6 @@ async def test_no_admin_url_skips_with_a_reason(
 
     await run_burst(admin.TASK, admin.handle)
 
-    row = await step_row(sessions, submission.id)
+    row = await admin_row(sessions, submission.id)
     assert row.state == "skipped"
     assert "no admin system configured" in row.result["reason"]

@@ -14,9 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from core import keys
 from core.models import Submission, SubmissionStep, User
 from core.queues import enqueue_step
-from core.settings import RetryPolicy, Settings
+from core.settings import Settings
 from core.storage import Area, make_storage
 from tests.fixtures.factories import Factory
+from tests.fixtures.pipeline import quick_retries, step_row
 from tests.fixtures.smtp import ReceivedMail, SmtpServer
 from workers import receipt
 
@@ -46,22 +47,15 @@ async def queued_receipt_step(
     return submission
 
 
-async def step_row(sessions: async_sessionmaker[AsyncSession], submission_id: int) -> SubmissionStep:
-    async with sessions() as session:
-        row = await session.scalar(
-            select(SubmissionStep).where(
-                SubmissionStep.submission_id == submission_id, SubmissionStep.step == receipt.TASK
-            )
-        )
-    assert row is not None
-    return row
+async def receipt_row(sessions: async_sessionmaker[AsyncSession], submission_id: int) -> SubmissionStep:
+    return await step_row(sessions, submission_id, receipt.TASK)
 
 
 def use_smtp(settings: Settings, server: SmtpServer) -> None:
     settings.smtp.host = server.host
     settings.smtp.port = server.port
     settings.smtp.timeout_seconds = 2
-    settings.retries.receipt = RetryPolicy(max_tries=10, kind="fixed", delay_seconds=0.1, timeout_seconds=10)
+    quick_retries(settings, receipt.TASK, max_tries=10, delay_seconds=0.1)
 
 
 async def test_receipt_tells_the_student_what_was_received(
@@ -88,7 +82,7 @@ async def test_receipt_tells_the_student_what_was_received(
     assert f"SHA-256:        {submission.sha256}" in body
     assert submission.received_at.strftime("%Y-%m-%d %H:%M:%S UTC") in body
     assert "LATE (after the deadline)" in body
-    row = await step_row(sessions, submission.id)
+    row = await receipt_row(sessions, submission.id)
     assert row.state == "succeeded"
     assert row.result["message_id"] == message["Message-ID"] and row.result["delivery"] == "smtp"
 
@@ -116,7 +110,7 @@ async def test_smtp_down_then_up_sends_exactly_one_receipt(
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
                 if message and json.loads(message["data"])["type"] == "step.retrying":
                     break
-        row = await step_row(sessions, submission.id)
+        row = await receipt_row(sessions, submission.id)
         assert row.state == "retrying" and "mail server unreachable" in (row.error or "")
         assert row.result["message_id"] == f"<submission-{submission.id}.receipt@handin.local>"  # the intent
         smtp_server.start()
@@ -127,7 +121,7 @@ async def test_smtp_down_then_up_sends_exactly_one_receipt(
 
     [mail] = smtp_server.received
     assert mail.message["Message-ID"] == f"<submission-{submission.id}.receipt@handin.local>"
-    row = await step_row(sessions, submission.id)
+    row = await receipt_row(sessions, submission.id)
     assert row.state == "succeeded" and row.attempts >= 2
 
 
@@ -154,7 +148,7 @@ async def test_a_repeat_after_the_server_accepted_sends_nothing(
     await run_burst(receipt.TASK, receipt.handle)
 
     assert len(smtp_server.received) == 1
-    row = await step_row(sessions, submission.id)
+    row = await receipt_row(sessions, submission.id)
     assert row.state == "succeeded" and row.result["already_accepted"] is True
 
 
@@ -179,5 +173,5 @@ async def test_without_smtp_the_receipt_goes_to_the_outbox_once(
     message = ReceivedMail("", [], files[0].read_bytes()).message
     assert message["Message-ID"] == f"<submission-{submission.id}.receipt@handin.local>"
     assert submission.sha256 in message.get_content() and "on time" in message.get_content()
-    row = await step_row(sessions, submission.id)
+    row = await receipt_row(sessions, submission.id)
     assert row.state == "succeeded" and row.result["delivery"] == "outbox"
