@@ -1,0 +1,185 @@
+"""The similarity step with the built-in provider: real files, real Redis, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from arq.connections import ArqRedis
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from core.models import Event, Fingerprint, Submission, SubmissionStep, User
+from core.queues import enqueue_step
+from core.settings import Settings
+from core.storage import Area, make_storage
+from tests.fixtures.factories import Factory, World
+from workers import similarity
+
+_VOCABULARY = random.Random(1)
+WORDS = ["".join(_VOCABULARY.choices("abcdefghijklmnopqrstuvwxyz", k=2 + i % 9)) for i in range(800)]
+
+
+def essay(seed: int, chars: int) -> str:
+    rng = random.Random(seed)
+    sentences: list[str] = []
+    size = 0
+    while size < chars:
+        sentence = " ".join(rng.choices(WORDS, k=rng.randint(6, 18))).capitalize() + "."
+        sentences.append(sentence)
+        size += len(sentence) + 1
+    return "\n".join(sentences)
+
+
+async def queued_similarity_step(
+    factory: Factory,
+    sessions: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    arq_redis: ArqRedis,
+    world: World,
+    content: bytes,
+    *,
+    user: User | None = None,
+    filename: str = "essay.txt",
+    kind: str = "text",
+    content_type: str = "text/plain",
+) -> Submission:
+    """A submission as the store step leaves it: file in the store, similarity job queued."""
+    submission = await factory.submission(
+        world, content, filename=filename, kind=kind, content_type=content_type, user=user
+    )
+    await make_storage(settings).move(Area.incoming, Area.store, submission.storage_key)
+    async with sessions() as session, session.begin():
+        for row in await session.scalars(select(SubmissionStep).where(SubmissionStep.submission_id == submission.id)):
+            if row.step in ("scan", "store"):
+                row.state = "succeeded"
+            elif row.step == similarity.STEP:
+                row.state = "queued"
+    await enqueue_step(arq_redis, similarity.STEP, submission.id)
+    return submission
+
+
+async def similarity_row(sessions: async_sessionmaker[AsyncSession], submission_id: int) -> SubmissionStep:
+    async with sessions() as session:
+        row = await session.scalar(
+            select(SubmissionStep).where(
+                SubmissionStep.submission_id == submission_id, SubmissionStep.step == similarity.STEP
+            )
+        )
+    assert row is not None
+    return row
+
+
+async def run(run_burst: Any, settings: Settings) -> None:
+    await run_burst(similarity.STEP, similarity.handle, functions=similarity.functions(settings))
+
+
+async def test_a_copy_of_40_percent_scores_near_40_and_names_the_source(
+    factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, run_burst: Any
+) -> None:
+    world = await factory.world()
+    source_text = essay(1, 6000)
+    first = await queued_similarity_step(
+        factory, sessions, settings, arq_redis, world, source_text.encode(), user=world.student
+    )
+    await run(run_burst, settings)
+
+    start = source_text.index("\n", 1500) + 1
+    copied = source_text[start : start + 2400]
+    own = essay(2, 3600)
+    # The copy is re-wrapped and re-cased: normalising still finds it.
+    copy_text = own[:1800] + "\n" + copied.upper().replace("\n", "  ") + "\n" + own[1800:]
+    second = await queued_similarity_step(
+        factory, sessions, settings, arq_redis, world, copy_text.encode("cp1252"), user=world.other_student
+    )
+    await run(run_burst, settings)
+
+    first_row, second_row = await similarity_row(sessions, first.id), await similarity_row(sessions, second.id)
+    assert first_row.state == "succeeded" and first_row.result["score"] == 0.0
+    assert first_row.result["fingerprints"] > 400
+    assert second_row.state == "succeeded"
+    result = second_row.result
+    assert 32 <= result["score"] <= 48, result["score"]
+    top = result["matches"][0]
+    assert top["submission_id"] == first.id and top["user_id"] == world.student.id
+    assert top["score"] == result["score"]
+    # The spans cover the copied passage of the second document.
+    copy_at = copy_text.index(copied.upper()[:40])
+    assert all(copy_at - 25 <= start and end <= copy_at + len(copied) + 25 for start, end in top["spans"])
+    async with sessions() as session:
+        indexed = await session.scalar(select(func.count()).select_from(Fingerprint))
+        event = await session.scalar(
+            select(Event).where(Event.topic == f"submission.{second.id}", Event.type == "step.succeeded")
+        )
+    assert indexed == first_row.result["fingerprints"] + result["fingerprints"]
+    assert event is not None and event.data["result"]["score"] == result["score"]
+
+
+async def test_the_same_students_resubmission_is_not_copying(
+    factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, run_burst: Any
+) -> None:
+    world = await factory.world()
+    draft = essay(3, 3000)
+    await queued_similarity_step(factory, sessions, settings, arq_redis, world, draft.encode())
+    await run(run_burst, settings)
+    again = await queued_similarity_step(factory, sessions, settings, arq_redis, world, (draft + " Fixed.").encode())
+    await run(run_burst, settings)
+
+    row = await similarity_row(sessions, again.id)
+    assert row.state == "succeeded"
+    assert row.result["score"] == 0.0 and row.result["matches"] == []
+
+
+async def test_other_assignments_are_not_compared(
+    factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, run_burst: Any
+) -> None:
+    text = essay(4, 3000).encode()
+    world, other_world = await factory.world(), await factory.world()
+    await queued_similarity_step(factory, sessions, settings, arq_redis, world, text)
+    await run(run_burst, settings)
+    elsewhere = await queued_similarity_step(factory, sessions, settings, arq_redis, other_world, text)
+    await run(run_burst, settings)
+
+    assert (await similarity_row(sessions, elsewhere.id)).result["score"] == 0.0
+
+
+async def test_an_image_is_skipped_with_no_text_to_compare(
+    factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, run_burst: Any
+) -> None:
+    world = await factory.world()
+    png = b"\x89PNG\r\n\x1a\n" + bytes(200)
+    image = await queued_similarity_step(
+        factory, sessions, settings, arq_redis, world, png, filename="photo.png", kind="image",
+        content_type="image/png",
+    )
+    await run(run_burst, settings)
+
+    row = await similarity_row(sessions, image.id)
+    assert row.state == "skipped"
+    assert row.result["reason"] == "no text to compare"
+
+
+async def test_a_rerun_replaces_its_index_rows_instead_of_doubling_them(
+    factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, run_burst: Any
+) -> None:
+    world = await factory.world()
+    text = essay(5, 3000).encode()
+    submission = await queued_similarity_step(factory, sessions, settings, arq_redis, world, text)
+    await run(run_burst, settings)
+    # As if the job was delivered again after its worker died before recording success.
+    async with sessions() as session, session.begin():
+        row = await session.scalar(
+            select(SubmissionStep).where(
+                SubmissionStep.submission_id == submission.id, SubmissionStep.step == similarity.STEP
+            )
+        )
+        assert row is not None
+        row.state = "queued"
+    await enqueue_step(arq_redis, similarity.STEP, submission.id)
+    await run(run_burst, settings)
+
+    row = await similarity_row(sessions, submission.id)
+    async with sessions() as session:
+        indexed = await session.scalar(select(func.count()).select_from(Fingerprint))
+    assert row.state == "succeeded" and row.attempts == 2
+    assert indexed == row.result["fingerprints"]
