@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.routes import auth, flash, health, pages, staff, staff_pages, submissions, topics
+from api.routes import auth, flash, health, pages, similarity_webhook, staff, staff_pages, submissions, topics
 
 routers: list[APIRouter] = [
     health.router,
@@ -15,4 +15,5 @@ routers: list[APIRouter] = [
     flash.router,
     pages.router,
     staff_pages.router,
+    similarity_webhook.router,
 ]
