@@ -1,0 +1,221 @@
+"""The shared step runner, driven through real arq burst workers on the `store` queue.
+
+The handlers here are stand-ins written for each test (named for what they
+do); what is under test is the runner around them: states, events, retries,
+time limits and repeated deliveries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import update
+
+from core.clock import utcnow
+from core.models import SubmissionStep
+from core.queues import enqueue_step, job_exists
+from core.settings import Settings
+from tests.fixtures.pipeline import events, quick_retries, step_events, step_row, step_states, submission_row
+from tests.fixtures.workers import burst_worker
+from workers import scan
+from workers.runner import Outcome, PermanentStepError, StepContext, TransientStepError
+
+FAN_OUT = ("similarity", "admin", "receipt", "thumbnail")
+
+
+async def _at_store(factory: Any, arq_redis: Any, run_burst: Any) -> Any:
+    """A submission whose scan is done (skipped: no scanner) and whose store job is queued."""
+    world = await factory.world()
+    submission = await factory.submission(world, b"runner test\n")
+    await enqueue_step(arq_redis, "scan", submission.id)
+    await run_burst("scan", scan.handle)
+    assert (await step_row(factory.sessions, submission.id, "store")).state == "queued"
+    return submission
+
+
+async def _set_store_row(sessions: Any, submission_id: int, **values: Any) -> None:
+    async with sessions() as session, session.begin():
+        await session.execute(
+            update(SubmissionStep)
+            .where(SubmissionStep.submission_id == submission_id, SubmissionStep.step == "store")
+            .values(**values)
+        )
+
+
+async def test_a_handler_that_hangs_past_its_time_limit_is_retried_not_dropped(
+    factory: Any, settings: Settings, sessions: Any, arq_redis: Any, run_burst: Any
+) -> None:
+    """arq would fail a job that hits its own timeout; the runner's shorter limit turns it into a retry."""
+    quick_retries(settings, "store", timeout_seconds=0.5)
+    submission = await _at_store(factory, arq_redis, run_burst)
+    attempts: list[int] = []
+
+    async def hangs_on_first_attempt(ctx: StepContext) -> Outcome:
+        attempts.append(ctx.attempt)
+        if ctx.attempt == 1:
+            await asyncio.sleep(60)
+        return Outcome(result={"attempt": ctx.attempt})
+
+    started = time.monotonic()
+    worker = await run_burst("store", hangs_on_first_attempt)
+
+    assert time.monotonic() - started < 10
+    assert attempts == [1, 2]
+    assert (worker.jobs_retried, worker.jobs_failed, worker.jobs_complete) == (1, 0, 1)
+    row = await step_row(sessions, submission.id, "store")
+    assert (row.state, row.attempts, row.result) == ("succeeded", 2, {"attempt": 2})
+    assert await step_events(sessions, submission.id, "store") == [
+        "step.queued", "step.running", "step.retrying", "step.running", "step.succeeded",
+    ]
+    retrying = await events(sessions, f"submission.{submission.id}", "step.retrying")
+    assert retrying[0].data["error"] == "timed out"
+
+
+async def test_a_step_that_already_succeeded_is_a_no_op_when_delivered_again(
+    factory: Any, settings: Settings, sessions: Any, arq_redis: Any, run_burst: Any
+) -> None:
+    submission = await _at_store(factory, arq_redis, run_burst)
+    calls: list[int] = []
+
+    async def counts_calls(ctx: StepContext) -> Outcome:
+        calls.append(ctx.attempt)
+        return Outcome(result={"done": True})
+
+    await run_burst("store", counts_calls)
+    for _ in range(2):
+        await enqueue_step(arq_redis, "store", submission.id)
+        await run_burst("store", counts_calls)
+
+    assert calls == [1]
+    succeeded = [e for e in await events(sessions, f"submission.{submission.id}", "step.succeeded")]
+    assert [e.data["step"] for e in succeeded] == ["store"]
+    assert (await step_row(sessions, submission.id, "store")).attempts == 1
+
+
+async def test_transient_failures_retry_with_the_task_delay_then_fail_with_the_reason(
+    factory: Any, settings: Settings, sessions: Any, arq_redis: Any, run_burst: Any
+) -> None:
+    quick_retries(settings, "store", max_tries=3, kind="exponential", delay_seconds=0.2, max_delay_seconds=5)
+    submission = await _at_store(factory, arq_redis, run_burst)
+
+    async def always_unavailable(ctx: StepContext) -> Outcome:
+        raise TransientStepError("upstream said 503")
+
+    await run_burst("store", always_unavailable)
+
+    row = await step_row(sessions, submission.id, "store")
+    assert (row.state, row.attempts) == ("failed", 3)
+    assert row.error == "upstream said 503 (gave up after 3 attempts)"
+    retrying = await events(sessions, f"submission.{submission.id}", "step.retrying")
+    assert [e.data["retry_in_seconds"] for e in retrying] == [0.2, 0.4]  # exponential
+    states = await step_states(sessions, submission.id)
+    assert {name: states[name] for name in FAN_OUT} == dict.fromkeys(FAN_OUT, "skipped")
+    assert (await submission_row(sessions, submission.id)).status == "needs_attention"
+
+
+async def test_an_unexpected_exception_counts_as_transient(
+    factory: Any, settings: Settings, sessions: Any, arq_redis: Any, run_burst: Any
+) -> None:
+    quick_retries(settings, "store")
+    submission = await _at_store(factory, arq_redis, run_burst)
+
+    async def crashes_once(ctx: StepContext) -> Outcome:
+        if ctx.attempt == 1:
+            raise KeyError("surprise")
+        return Outcome()
+
+    await run_burst("store", crashes_once)
+
+    row = await step_row(sessions, submission.id, "store")
+    assert (row.state, row.attempts) == ("succeeded", 2)
+
+
+async def test_a_permanent_failure_is_not_retried(
+    factory: Any, settings: Settings, sessions: Any, arq_redis: Any, run_burst: Any
+) -> None:
+    quick_retries(settings, "store")
+    submission = await _at_store(factory, arq_redis, run_burst)
+
+    async def refuses(ctx: StepContext) -> Outcome:
+        raise PermanentStepError("admin system answered 422: unknown course")
+
+    await run_burst("store", refuses)
+
+    row = await step_row(sessions, submission.id, "store")
+    assert (row.state, row.attempts, row.error) == ("failed", 1, "admin system answered 422: unknown course")
+
+
+async def test_a_second_delivery_while_the_first_is_within_its_time_limit_is_put_back(
+    factory: Any, settings: Settings, sessions: Any, arq_redis: Any, run_burst: Any
+) -> None:
+    quick_retries(settings, "store", timeout_seconds=60)
+    submission = await _at_store(factory, arq_redis, run_burst)
+    await _set_store_row(sessions, submission.id, state="running", attempts=1, started_at=utcnow())
+    calls: list[int] = []
+
+    async def must_not_run(ctx: StepContext) -> Outcome:
+        calls.append(ctx.attempt)
+        return Outcome()
+
+    await run_burst("store", must_not_run, max_burst_jobs=1)
+
+    assert calls == []
+    row = await step_row(sessions, submission.id, "store")
+    assert (row.state, row.attempts) == ("running", 1)
+    assert await job_exists(arq_redis, "store", submission.id)  # deferred until the time limit
+
+
+async def test_a_step_whose_worker_died_on_every_attempt_gives_up(
+    factory: Any, settings: Settings, sessions: Any, arq_redis: Any, run_burst: Any
+) -> None:
+    """A file that takes the worker down each time (say, out of memory) must not loop for ever."""
+    quick_retries(settings, "store", max_tries=3, timeout_seconds=5)
+    submission = await _at_store(factory, arq_redis, run_burst)
+    long_ago = utcnow() - timedelta(minutes=10)
+    await _set_store_row(sessions, submission.id, state="running", attempts=3, started_at=long_ago)
+    calls: list[int] = []
+
+    async def must_not_run(ctx: StepContext) -> Outcome:
+        calls.append(ctx.attempt)
+        return Outcome()
+
+    await run_burst("store", must_not_run)
+
+    assert calls == []
+    row = await step_row(sessions, submission.id, "store")
+    assert row.state == "failed"
+    assert row.error == "the worker stopped during each of 3 attempts (gave up)"
+    assert (await submission_row(sessions, submission.id)).status == "needs_attention"
+
+
+async def test_a_worker_shutting_down_mid_step_hands_the_step_back_at_once(
+    factory: Any, settings: Settings, sessions: Any, arq_redis: Any, run_burst: Any
+) -> None:
+    """A scale-down cancels running jobs; the next delivery must not wait out the time limit."""
+    quick_retries(settings, "store", timeout_seconds=60)
+    submission = await _at_store(factory, arq_redis, run_burst)
+    busy = asyncio.Event()
+
+    async def blocks_on_first_attempt(ctx: StepContext) -> Outcome:
+        if ctx.attempt == 1:
+            busy.set()
+            await asyncio.sleep(60)
+        return Outcome(result={"attempt": ctx.attempt})
+
+    worker = burst_worker("store", blocks_on_first_attempt, settings)
+    running = asyncio.create_task(worker.main())
+    try:
+        await asyncio.wait_for(busy.wait(), 10)
+        worker.handle_sig(signal.SIGTERM)  # what arq does on SIGTERM once its grace is over
+        await asyncio.wait_for(running, 10)
+    finally:
+        await worker.close()
+
+    row = await step_row(sessions, submission.id, "store")
+    assert (row.state, row.attempts, row.result) == ("succeeded", 2, {"attempt": 2})
+    retrying = await events(sessions, f"submission.{submission.id}", "step.retrying")
+    assert [e.data["error"] for e in retrying] == ["worker stopped mid-step"]

@@ -1,0 +1,46 @@
+"""clamd's INSTREAM answers and framing, without a daemon."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from workers.clamd import MAX_CHUNK, ClamdError, ClamdSizeLimitExceeded, frame_chunk, parse_scan_reply
+from workers.maintenance import cron_schedule
+
+
+def test_clean_answer() -> None:
+    verdict = parse_scan_reply("stream: OK\0")
+    assert (verdict.infected, verdict.signature) == (False, None)
+
+
+def test_found_answer_names_the_signature() -> None:
+    verdict = parse_scan_reply("stream: Eicar-Test-Signature.UNOFFICIAL FOUND\0")
+    assert (verdict.infected, verdict.signature) == (True, "Eicar-Test-Signature.UNOFFICIAL")
+
+
+def test_size_limit_is_its_own_error() -> None:
+    with pytest.raises(ClamdSizeLimitExceeded):
+        parse_scan_reply("INSTREAM size limit exceeded. ERROR\0")
+
+
+@pytest.mark.parametrize("reply", ["", "stream: lstat() failed: No such file. ERROR\0", "UNKNOWN COMMAND\0"])
+def test_other_answers_are_errors_never_clean(reply: str) -> None:
+    with pytest.raises(ClamdError):
+        parse_scan_reply(reply)
+
+
+def test_frames_carry_a_big_endian_length_and_stay_small() -> None:
+    data = bytes(range(256)) * (MAX_CHUNK // 256 * 2 + 1)
+    frames = frame_chunk(data)
+    assert len(frames) == 3
+    assert all(struct.unpack(">I", frame[:4])[0] == len(frame) - 4 <= MAX_CHUNK for frame in frames)
+    assert b"".join(frame[4:] for frame in frames) == data
+    assert frame_chunk(b"") == []
+
+
+def test_reconcile_interval_becomes_a_cron_schedule() -> None:
+    assert cron_schedule(30) == {"second": {0, 30}}
+    assert cron_schedule(5)["second"] == set(range(0, 60, 5))
+    assert cron_schedule(300) == {"minute": set(range(0, 60, 5)), "second": {0}}
