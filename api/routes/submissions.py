@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -16,7 +17,7 @@ from core.access import STAFF, can_view_submission, course_role
 from core.events import events_after
 from core.models import Assignment, Submission, User
 from core.pipeline import SubmissionStatus
-from core.storage import Area, Storage
+from core.storage import Area, ObjectMissing, Storage
 
 router = APIRouter(prefix="/api", tags=["submissions"])
 NOT_FOUND = "There is no such submission, or it is not yours to see."
@@ -66,7 +67,7 @@ async def download(
         raise HTTPException(410, "This file was flagged by the virus scan and quarantined; it cannot be downloaded.")
     area = await _where_is(storage, submission.storage_key)
     return StreamingResponse(
-        storage.open(area, submission.storage_key),
+        _open_following_moves(storage, area, submission.storage_key),
         media_type=submission.content_type,
         headers={
             "Content-Disposition": content_disposition(submission.original_filename),
@@ -109,6 +110,18 @@ async def _visible_submission(session: SessionDep, user: User, submission_id: in
 async def _is_staff_for(session: SessionDep, user: User, submission: Submission) -> bool:
     assignment = await session.get(Assignment, submission.assignment_id)
     return assignment is not None and await course_role(session, user.id, assignment.course_id) == STAFF
+
+
+async def _open_following_moves(storage: Storage, area: Area, key: str) -> AsyncIterator[bytes]:
+    """The store step may move the file between our look and our read: then read it where it went."""
+    try:
+        async for chunk in storage.open(area, key):
+            yield chunk
+    except ObjectMissing:
+        if area != Area.incoming:
+            raise
+        async for chunk in storage.open(Area.store, key):
+            yield chunk
 
 
 async def _where_is(storage: Storage, key: str) -> Area:
