@@ -105,7 +105,8 @@ def render_pdf(path: Path) -> Image.Image:
                 # Render straight at thumbnail scale: a poster-sized page costs no more than a letter.
                 scale = min(THUMB_WIDTH / width, THUMB_MAX_HEIGHT / height)
                 bitmap = page.render(scale=scale)
-                return bitmap.to_pil().convert("RGB")
+                rendered: Image.Image = bitmap.to_pil().convert("RGB")
+                return rendered
             finally:
                 page.close()
         except pdfium.PdfiumError as error:
