@@ -102,7 +102,7 @@ async def test_slow_consumer_is_dropped_and_others_get_everything(
     settings: Settings, redis: Redis, wamp_world: World
 ) -> None:
     user = await wamp_world.user("svc", service=True)
-    topic = "staff.dashboard"
+    topic = f"user.{user}"
     async with router_with(settings, send_buffer_limit_bytes=64 * 1024) as running:
         # The slow peer: a tiny receive window, and it stops reading once subscribed.
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -65,7 +65,7 @@ def test_arbitrary_frames_never_crash(frame: bytes | str) -> None:
         drive(session, serializer, frame)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(messages, max_size=8), st.booleans(), st.sampled_from(["json", "msgpack"]))
 def test_message_sequences_never_crash(sequence: list[Any], handshake_first: bool, kind: str) -> None:
     serializer = JSON if kind == "json" else MSGPACK
