@@ -39,6 +39,9 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    storage = ctx.get("storage")
+    if storage is not None:
+        await storage.close()
     engine = ctx.get("engine")
     if engine is not None:
         await engine.dispose()
