@@ -297,13 +297,14 @@ async def _checked(prefix: bytes, rest: AsyncIterator[bytes] | None, sniffed: Sn
 
 
 async def _by_idempotency_key(session: AsyncSession, user: User, assignment_id: int, key: str) -> int | None:
-    return await session.scalar(
+    found: int | None = await session.scalar(
         select(Submission.id).where(
             Submission.user_id == user.id,
             Submission.assignment_id == assignment_id,
             Submission.idempotency_key == key,
         )
     )
+    return found
 
 
 async def _check_attempts(session: AsyncSession, user: User, assignment: Assignment) -> int:
