@@ -174,8 +174,7 @@ def test_every_container_has_probes_resources_and_a_locked_down_security_context
             assert security.get("allowPrivilegeEscalation") is False, where
             assert security.get("capabilities") == {"drop": ["ALL"]}, where
             assert security.get("privileged") is not True, where
-            if values_file.name != "values-kind.yaml" or "dev" not in where:
-                assert security.get("readOnlyRootFilesystem") is True, where
+            assert security.get("readOnlyRootFilesystem") is True, where
             # Long-running containers are probed; one-shot Jobs, init containers and test pods are not.
             if manifest["kind"] == "Deployment" and container in spec["containers"]:
                 assert "livenessProbe" in container and "readinessProbe" in container, where
