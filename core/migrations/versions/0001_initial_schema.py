@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-27 07:32:21.591468
+Create Date: 2026-11-27 07:51:01.514831
 """
 
 from collections.abc import Sequence
@@ -55,6 +55,7 @@ def upgrade() -> None:
     sa.Column('max_bytes', sa.BigInteger(), nullable=False),
     sa.Column('accepted_types', sa.JSON(), nullable=False),
     sa.Column('max_attempts', sa.Integer(), nullable=False),
+    sa.Column('late_policy', sa.Text(), nullable=False),
     sa.Column('grades_released_at', core.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('release_scheduled_at', core.models.UTCDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['course_id'], ['courses.id'], ondelete='CASCADE'),
