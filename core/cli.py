@@ -50,7 +50,10 @@ def _seed_demo(_args: argparse.Namespace) -> None:
 def _reconcile(_args: argparse.Namespace) -> None:
     from workers.reconcile import reconcile_once
 
-    asyncio.run(reconcile_once())
+    report = asyncio.run(reconcile_once())
+    print(report.summary())
+    for item in report.requeued:
+        print(f"  requeued {item.step} of submission {item.submission_id}: {item.reason}")
 
 
 def _dev(args: argparse.Namespace) -> None:
