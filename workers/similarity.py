@@ -39,11 +39,13 @@ POLL_ACTOR = "worker:similarity-poll"
 
 
 async def handle(ctx: StepContext) -> Outcome:
-    provider = make_provider(ctx.settings, ctx.sessions)
-
     async def remember(result: dict[str, Any]) -> None:
         await save_result(ctx.sessions, ctx.submission.id, result)
 
+    try:
+        provider = make_provider(ctx.settings, ctx.sessions)
+    except ProviderRejected as error:  # misconfigured: no retry will help
+        raise PermanentStepError(str(error)) from error
     try:
         outcome = await provider.check(CheckRequest(ctx.submission, ctx.storage, ctx.previous_result, remember))
     except ProviderUnavailable as error:

@@ -183,3 +183,48 @@ async def test_a_rerun_replaces_its_index_rows_instead_of_doubling_them(
         indexed = await session.scalar(select(func.count()).select_from(Fingerprint))
     assert row.state == "succeeded" and row.attempts == 2
     assert indexed == row.result["fingerprints"]
+
+
+async def test_a_look_up_costs_the_same_however_many_submissions_came_before(
+    factory: Factory, sessions: Any, engine: Any
+) -> None:
+    """Only this document's own hashes are asked for, in batches: more history, no more queries."""
+    from sqlalchemy import event
+
+    from core.similarity import index
+    from core.similarity.winnowing import fingerprint
+
+    world = await factory.world()
+    text = essay(40, 20_000)
+    prints = fingerprint(text, 25, 20)
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "FROM fingerprints" in statement:
+            statements.append(statement)
+
+    async def look_up() -> tuple[int, index.Hits]:
+        statements.clear()
+        event.listen(engine.sync_engine, "before_cursor_execute", count)
+        try:
+            async with sessions() as session:
+                hits = await index.lookup(
+                    session, world.assignment.id, (p.hash for p in prints), exclude_user_id=world.student.id
+                )
+        finally:
+            event.remove(engine.sync_engine, "before_cursor_execute", count)
+        return len(statements), hits
+
+    source = await factory.submission(world, b"x", user=world.other_student)
+    async with sessions() as session, session.begin():
+        await index.replace(session, world.assignment.id, source.id, fingerprint(text[:5000], 25, 20))
+    few_queries, few_hits = await look_up()
+    for seed in range(6):
+        other = await factory.submission(world, b"x", user=world.other_student)
+        async with sessions() as session, session.begin():
+            await index.replace(session, world.assignment.id, other.id, fingerprint(essay(100 + seed, 10_000), 25, 20))
+    many_queries, many_hits = await look_up()
+
+    distinct = len({p.hash for p in prints})
+    assert few_queries == many_queries == -(-distinct // index.LOOKUP_BATCH)
+    assert set(many_hits.owners) == {source.id} and many_hits.holders == few_hits.holders
