@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from arq.jobs import Job, JobStatus
 from fastapi import FastAPI
 from redis.asyncio import Redis
@@ -111,9 +112,48 @@ async def next_envelope(pubsub: PubSub, type: str, submission_id: int) -> dict[s
                 return dict(envelope)
 
 
-async def test_not_logged_in(client: httpx.AsyncClient, world: World) -> None:
-    answer = await client.post(upload_url(world.assignment_id), files={"file": ("a.pdf", PDF)})
-    assert answer.status_code == 401
+async def test_requests_refused_before_any_file_is_kept(
+    client: httpx.AsyncClient,
+    as_user: Login,
+    world: World,
+    sessions: async_sessionmaker[AsyncSession],
+    settings: Settings,
+) -> None:
+    url = upload_url(world.assignment_id)
+    assert (await client.post(url, files={"file": ("a.pdf", PDF)})).status_code == 401
+    student = await as_user("student")
+    missing = await student.post(url, files={"attachment": ("a.pdf", PDF)})
+    assert missing.status_code == 422
+    assert "field named 'file'" in missing.json()["detail"]
+    bad_key = await student.post(url, files={"file": ("a.pdf", PDF)}, headers={"Idempotency-Key": "x" * 201})
+    assert bad_key.status_code == 400
+    not_multipart = await student.post(url, content=PDF, headers={"Content-Type": "application/pdf"})
+    assert not_multipart.status_code == 400
+    assert "multipart/form-data" in not_multipart.json()["detail"]
+    assert await nothing_was_kept(sessions, settings)
+
+
+async def test_a_failure_while_recording_leaves_nothing_behind(
+    app: FastAPI,
+    world: World,
+    sessions: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The submission, its steps and its events are one transaction; the landed file is removed too."""
+
+    async def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("event store unavailable")
+
+    monkeypatch.setattr("api.intake._emit_received", broken)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://handin.test") as http:
+        await http.post("/api/login", json={"email": World.email("student"), "password": PASSWORD})
+        answer = await http.post(upload_url(world.assignment_id), files={"file": ("a.pdf", PDF)})
+    assert answer.status_code == 500
+    assert await nothing_was_kept(sessions, settings)
+    assert await count(sessions, SubmissionStep) == 0
+    assert await count(sessions, Event) == 0
 
 
 async def test_oversized_by_content_length_is_refused_up_front(
@@ -182,13 +222,6 @@ async def test_empty_file(
     assert answer.status_code == 422
     assert answer.json()["detail"] == "The file is empty."
     assert await nothing_was_kept(sessions, settings)
-
-
-async def test_missing_file_field(as_user: Login, world: World) -> None:
-    student = await as_user("student")
-    answer = await student.post(upload_url(world.assignment_id), files={"attachment": ("a.pdf", PDF)})
-    assert answer.status_code == 422
-    assert "field named 'file'" in answer.json()["detail"]
 
 
 async def test_executable_named_pdf_is_refused_by_content(
@@ -393,14 +426,6 @@ async def test_concurrent_uploads_with_one_idempotency_key_make_one_submission(
     assert len({a.json()["id"] for a in answers}) == 1
     assert await count(sessions, Submission) == 1
     assert len(incoming_files(settings)) == 1
-
-
-async def test_bad_idempotency_key(as_user: Login, world: World) -> None:
-    student = await as_user("student")
-    answer = await student.post(
-        upload_url(world.assignment_id), files={"file": ("a.pdf", PDF)}, headers={"Idempotency-Key": "x" * 201}
-    )
-    assert answer.status_code == 400
 
 
 async def test_upload_metrics(as_user: Login, world: World, client: httpx.AsyncClient) -> None:
