@@ -60,6 +60,7 @@ def pool_limits(settings: Settings, task: str) -> PoolLimits:
         max_scale_down_step=section.max_scale_down_step,
         scale_down_window=section.scale_down_window_seconds,
         headroom=section.headroom,
+        burst_factor=section.burst_factor,
         lead=section.lead,
     )
 

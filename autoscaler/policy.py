@@ -25,9 +25,10 @@ class PoolLimits:
     max_replicas: int = 20
     target_wait: float = 30.0
     max_scale_up_step: int = 100
-    max_scale_down_step: int = 10
-    scale_down_window: float = 300.0
-    headroom: float = 0.15
+    max_scale_down_step: int = 100
+    scale_down_window: float = 60.0
+    headroom: float = 0.10
+    burst_factor: float = 1.0
     lead: float = 65.0
 
 
@@ -96,18 +97,31 @@ def reactive_replicas(inputs: PoolInputs, limits: PoolLimits) -> int:
     """Serve the measured arrival rate and clear the waiting jobs within the target wait."""
     drain = max(inputs.drain_rate, 1e-9)
     waiting = inputs.ready + inputs.due_soon
-    rate = inputs.arrival_rate * (1 + limits.headroom) + waiting / limits.target_wait
+    serving = serving_replicas(inputs.arrival_rate, drain, limits) + waiting / limits.target_wait / drain
     # Everything in the pool (running too) must be done within the target wait.
     in_pool = (waiting + inputs.running) / (drain * limits.target_wait)
-    return math.ceil(max(rate / drain, in_pool) - 1e-9)
+    return math.ceil(max(serving, in_pool) - 1e-9)
 
 
 def forecast_replicas(inputs: PoolInputs, limits: PoolLimits) -> int:
     """Capacity for what the forecast and the earlier steps will send within the lead time."""
     drain = max(inputs.drain_rate, 1e-9)
     coming = inputs.forecast_jobs + inputs.upstream
-    rate = max(inputs.forecast_peak_rate, coming / max(limits.lead, 1e-9)) * (1 + limits.headroom)
-    return math.ceil(rate / drain - 1e-9)
+    rate = max(inputs.forecast_peak_rate, coming / max(limits.lead, 1e-9))
+    return math.ceil(serving_replicas(rate, drain, limits) - 1e-9)
+
+
+def serving_replicas(rate: float, drain: float, limits: PoolLimits) -> float:
+    """Replicas to serve `rate` jobs/s without queueing: square-root staffing.
+
+    The offered load R = rate / drain in replicas, a proportional headroom,
+    and burst_factor x sqrt(R) for Poisson bursts: a small pool needs
+    relatively more spare capacity than a large one to keep waits near zero.
+    """
+    if rate <= 0:
+        return 0.0
+    load = rate / drain
+    return load * (1 + limits.headroom) + limits.burst_factor * math.sqrt(load)
 
 
 def decide(

@@ -153,11 +153,12 @@ class AutoscalerSettings(BaseModel):
     pod_start_seconds: float = Field(default=60.0, ge=0)
     lead_seconds: float | None = None  # unset = pod start + one interval
     horizon_hours: float = Field(default=48.0, gt=0)
-    scale_down_window_seconds: float = Field(default=300.0, ge=0)
+    scale_down_window_seconds: float = Field(default=60.0, ge=0)
     max_scale_up_step: int = Field(default=100, ge=1)
-    max_scale_down_step: int = Field(default=10, ge=1)
-    # Spare capacity above the forecast arrival rate, for Poisson bursts.
-    headroom: float = Field(default=0.15, ge=0)
+    max_scale_down_step: int = Field(default=100, ge=1)
+    # Spare capacity above an arrival rate: headroom x load + burst_factor x sqrt(load) replicas.
+    headroom: float = Field(default=0.10, ge=0)
+    burst_factor: float = Field(default=1.0, ge=0)
     # Jobs/s one replica drains by profile, until a pool's own rate is measured.
     default_drain_rate_io: float = Field(default=20.0, gt=0)
     default_drain_rate_cpu: float = Field(default=1.0, gt=0)

@@ -76,12 +76,16 @@ async def test_a_backlog_is_patched_onto_the_deployment_scale(
     decisions = await scaler.cycle()
 
     assert {d.task: d.desired for d in decisions}["scan"] == 5
-    # The later steps expect those 1,000 jobs within the lead time (65 s): the CPU-bound
-    # pools (1 job/s per replica, 15% headroom) grow ahead of them, the io pools need no more.
+    # The later steps expect those 1,000 jobs within the lead time (65 s), ~15.4 jobs/s:
+    # load x 1.1 + sqrt(load) replicas: 2 for the io pools (20 jobs/s each), 21 for the
+    # CPU-bound ones (1 job/s each), capped at their maximum of 20.
     assert kube.patches() == [
         (SCALE.format("scan"), {"spec": {"replicas": 5}}),
-        (SCALE.format("similarity"), {"spec": {"replicas": 18}}),
-        (SCALE.format("thumbnail"), {"spec": {"replicas": 18}}),
+        (SCALE.format("store"), {"spec": {"replicas": 2}}),
+        (SCALE.format("similarity"), {"spec": {"replicas": 20}}),
+        (SCALE.format("admin"), {"spec": {"replicas": 2}}),
+        (SCALE.format("receipt"), {"spec": {"replicas": 2}}),
+        (SCALE.format("thumbnail"), {"spec": {"replicas": 20}}),
     ]
     assert kube.replicas("exam-worker-scan") == 5
 

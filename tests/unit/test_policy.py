@@ -12,7 +12,10 @@ from autoscaler.policy import (
     queue_read_limit_problems,
 )
 
-LIMITS = PoolLimits(min_replicas=1, max_replicas=50, target_wait=30, scale_down_window=300, headroom=0.0)
+# No spare capacity here, so the arithmetic stays visible; square-root staffing has its own test.
+LIMITS = PoolLimits(
+    min_replicas=1, max_replicas=50, target_wait=30, scale_down_window=300, headroom=0.0, burst_factor=0.0
+)
 
 
 def inputs(**fields: object) -> PoolInputs:
@@ -77,8 +80,18 @@ def test_the_forecast_grows_the_pool_before_the_backlog_exists() -> None:
 
 
 def test_jobs_waiting_upstream_count_as_coming() -> None:
-    limits = PoolLimits(lead=60, headroom=0.0)
+    limits = PoolLimits(lead=60, headroom=0.0, burst_factor=0.0)
     assert decide(inputs(upstream=1200), limits, now=0).desired == 2  # 20/s over the lead
+
+
+def test_spare_capacity_follows_square_root_staffing() -> None:
+    """A small pool gets relatively more spare replicas than a large one, against Poisson bursts."""
+    limits = PoolLimits(max_replicas=500, max_scale_up_step=500, headroom=0.1, burst_factor=1.0)
+    small = decide(inputs(drain_rate=1.0, forecast_peak_rate=4.0), limits, now=0)
+    large = decide(inputs(drain_rate=1.0, forecast_peak_rate=100.0), limits, now=0)
+    assert small.desired == 7  # 4 x 1.1 + sqrt(4) = 6.4
+    assert large.desired == 120  # 100 x 1.1 + sqrt(100) = 120
+    assert small.desired / 4 > large.desired / 100
 
 
 def test_measured_arrival_rate_counts_completions_and_queue_growth() -> None:
