@@ -56,14 +56,19 @@ async def similarity_report(
         return {"status": "ignored", "reason": "report not complete"}
 
     async with sessions() as session:
-        submission_id = await session.scalar(
-            select(SubmissionStep.submission_id)
-            .where(
-                SubmissionStep.step == STEP,
-                SubmissionStep.result["provider_submission_id"].as_string() == report.provider_submission_id,
+        # Waiting steps first (few, and `state` is indexed); then finished ones, for a repeated delivery.
+        for states in ([StepState.running.value], [state.value for state in StepState]):
+            submission_id = await session.scalar(
+                select(SubmissionStep.submission_id)
+                .where(
+                    SubmissionStep.state.in_(states),
+                    SubmissionStep.step == STEP,
+                    SubmissionStep.result["provider_submission_id"].as_string() == report.provider_submission_id,
+                )
+                .limit(1)
             )
-            .limit(1)
-        )
+            if submission_id is not None:
+                break
     if submission_id is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no submission waits for this report")
     recorded = await finish_step(
