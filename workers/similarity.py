@@ -75,10 +75,16 @@ async def poll(ctx: dict[str, Any], submission_id: int, number: int) -> str:
         return "missing"
     if StepState(row.state) in TERMINAL_STATES:
         return "already " + row.state  # the webhook (or another poll) got there first
+    if row.state != StepState.running.value:
+        return "step not waiting"  # it failed over to a retry, which starts polls of its own
+    if row.wait_until is None:
+        # The step's own job has not recorded "waiting" yet: finishing now would race it.
+        await schedule_poll(redis, settings, submission_id, number + 1)
+        return "step not waiting yet"
     state = dict(row.result or {})
     provider_id = state.get("provider_submission_id")
     if not provider_id:
-        return "not submitted yet"  # the step itself is (re)running
+        return "not submitted"
 
     provider = ExternalProvider.from_settings(settings)
     score: float | None = None

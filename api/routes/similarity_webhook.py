@@ -58,8 +58,8 @@ async def similarity_report(
     async with sessions() as session:
         # Waiting steps first (few, and `state` is indexed); then finished ones, for a repeated delivery.
         for states in ([StepState.running.value], [state.value for state in StepState]):
-            submission_id = await session.scalar(
-                select(SubmissionStep.submission_id)
+            row = await session.scalar(
+                select(SubmissionStep)
                 .where(
                     SubmissionStep.state.in_(states),
                     SubmissionStep.step == STEP,
@@ -67,10 +67,14 @@ async def similarity_report(
                 )
                 .limit(1)
             )
-            if submission_id is not None:
+            if row is not None:
                 break
-    if submission_id is None:
+    if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no submission waits for this report")
+    if row.state == StepState.running.value and row.wait_until is None:
+        # Our worker is still handing the file over; the provider retries (and polling backs it up).
+        raise HTTPException(status.HTTP_409_CONFLICT, "not ready for this report yet; retry later")
+    submission_id = row.submission_id
     recorded = await finish_step(
         sessions,
         redis,

@@ -314,3 +314,31 @@ async def test_a_refusal_fails_the_step_with_the_reason_and_no_retry(
     assert ("400" in error and "not licensed" in error) if refusal == "bad request" else "401" in error
     assert await step_events(sessions, submission.id, similarity.STEP) == ["step.running", "step.failed"]
     assert provider.submissions == {}
+
+
+async def test_a_webhook_before_the_step_let_go_is_refused_for_a_retry(
+    factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, redis: Redis,
+    similarity_provider: FakeProvider,
+) -> None:
+    """A fast provider's report may beat our worker's own "waiting" record: it must not be overwritten."""
+    use_provider(settings, similarity_provider)
+    submission = await submitted(factory, sessions, settings, arq_redis)
+    where = (SubmissionStep.submission_id == submission.id, SubmissionStep.step == similarity.STEP)
+    handing_over = {"provider": "external", "provider_submission_id": "p-1", "uploaded": True}
+    async with sessions() as session, session.begin():
+        await session.execute(update(SubmissionStep).where(*where).values(state="running", result=handing_over))
+    body = json.dumps({"submission_id": "p-1", "status": "COMPLETE", "overall_match_percentage": 12}).encode()
+    headers = {SIGNATURE_HEADER: sign(WEBHOOK_SECRET, body), EVENT_TYPE_HEADER: "SIMILARITY_COMPLETE"}
+
+    async with serve(create_app(settings)) as api_url, httpx.AsyncClient(base_url=api_url) as http:
+        early = await http.post("/api/webhooks/similarity", content=body, headers=headers)
+        assert early.status_code == 409
+        assert (await step_row(sessions, submission.id, similarity.STEP)).result == handing_over
+        async with sessions() as session, session.begin():
+            await session.execute(
+                update(SubmissionStep).where(*where).values(wait_until=utcnow() + timedelta(minutes=5))
+            )
+        retried = await http.post("/api/webhooks/similarity", content=body, headers=headers)
+    assert (retried.status_code, retried.json()["status"]) == (200, "recorded")
+    row = await step_row(sessions, submission.id, similarity.STEP)
+    assert (row.state, row.result["score"]) == ("succeeded", 12.0)
