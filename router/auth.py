@@ -67,6 +67,7 @@ async def authenticate_ticket(
 
 
 SUBSCRIBE, PUBLISH = "subscribe", "publish"
+MAX_CACHED_USERS = 50_000
 
 
 class Authorizer:
@@ -79,6 +80,8 @@ class Authorizer:
 
     async def allowed(self, who: access.Principal, action: str, topic: str) -> bool:
         now = time.monotonic()
+        if len(self._cache) > MAX_CACHED_USERS:
+            self._cache.clear()  # crude but bounded; answers are cheap to recompute
         per_user = self._cache.setdefault(who.user_id, {})
         hit = per_user.get((action, topic))
         if hit is not None and hit[1] > now:

@@ -22,7 +22,9 @@ from typing import Any, Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from websockets.asyncio.server import ServerConnection, broadcast
+from websockets.asyncio.server import ServerConnection
+from websockets.frames import OP_BINARY, OP_TEXT, Frame
+from websockets.protocol import State
 
 from core import keys
 from router.metrics import RouterMetrics
@@ -255,9 +257,9 @@ class Broker:
                 groups[key].append(subscriber)
         sent = 0
         for key, recipients in groups.items():
-            broadcast([s.connection for s in recipients], frames[key])
-            sent += len(recipients)
-            self.check_backlog(recipients)
+            wire = websocket_frame(frames[key])
+            for subscriber in recipients:
+                sent += self.write(subscriber, wire)
         self.metrics.events_out.inc(sent)
         return sent
 
@@ -269,8 +271,22 @@ class Broker:
             body = reshaper(body, role)
         return body
 
-    def check_backlog(self, subscribers: list[Subscriber]) -> None:
-        for subscriber in subscribers:
-            transport = subscriber.connection.transport
-            if transport is not None and transport.get_write_buffer_size() > self.send_buffer_limit:
-                subscriber.drop_slow()
+    def write(self, subscriber: Subscriber, wire: bytes) -> bool:
+        """Queue one serialised WebSocket frame without waiting; drop the subscriber past the bound."""
+        connection = subscriber.connection
+        transport = connection.transport
+        if connection.protocol.state is not State.OPEN or transport is None or transport.is_closing():
+            return False
+        transport.write(wire)
+        if transport.get_write_buffer_size() > self.send_buffer_limit:
+            subscriber.drop_slow()
+        return True
+
+
+def websocket_frame(message: str | bytes) -> bytes:
+    """A whole server-to-client frame (unmasked, uncompressed), built once and written to every
+    recipient as it is. websockets itself writes whole frames synchronously, so ours never
+    interleave with its pings, pongs or close frames."""
+    if isinstance(message, str):
+        return Frame(OP_TEXT, message.encode()).serialize(mask=False)
+    return Frame(OP_BINARY, message).serialize(mask=False)

@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
-from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
+from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -32,7 +32,7 @@ from core.events import EventBatch
 from core.settings import Settings, get_settings
 from router import wamp
 from router.auth import PUBLISH, SUBSCRIBE, AuthenticationFailed, Authorizer, Identity, authenticate_ticket
-from router.broker import Broker
+from router.broker import Broker, websocket_frame
 from router.metrics import RouterMetrics
 
 log = logging.getLogger("router")
@@ -46,6 +46,9 @@ CLIENT_MESSAGE_TYPE = "message"
 class Peer:
     """One WebSocket connection and the WAMP session on it."""
 
+    # Thousands of these live at once: no per-instance __dict__.
+    __slots__ = ("connection", "dropped", "gone", "identity", "protocol", "role", "router", "serializer")
+
     def __init__(self, router: Router, connection: ServerConnection, serializer: wamp.Serializer) -> None:
         self.router = router
         self.connection = connection
@@ -58,8 +61,7 @@ class Peer:
 
     def send(self, frame: str | bytes) -> None:
         # Written synchronously like events, so replies and EVENTs keep their order.
-        broadcast([self.connection], frame)
-        self.router.broker.check_backlog([self])
+        self.router.broker.write(self, websocket_frame(frame))
 
     def drop_slow(self) -> None:
         if self.dropped:

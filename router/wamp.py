@@ -276,7 +276,7 @@ class Phase(enum.Enum):
     CLOSED = "closed"
 
 
-@dataclass
+@dataclass(slots=True)
 class BrokerSession:
     """One WAMP session's protocol state on the router side."""
 
