@@ -222,7 +222,8 @@ async def _mark_waiting(
 ) -> None:
     async with sessions() as session, session.begin():
         row = await _lock_step(session, submission_id, step)
-        if row is None:
+        # The third party may have answered (webhook) before we got here.
+        if row is None or StepState(row.state).terminal:
             return
         row.result = outcome.result
         row.wait_until = utcnow() + timedelta(seconds=outcome.wait_seconds or 3600)
