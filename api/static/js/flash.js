@@ -158,9 +158,9 @@ if (topic) {
   follow(topic, Number(document.body.dataset.userSeq || 0), (envelope) => {
     if (envelope.type === 'flash') showFlash(envelope.data);
     if (envelope.type === 'flash.confirmed') {
-      // Seen in another tab: drop it here too.
+      // Seen or dismissed in another tab: drop it here too (this tab's own confirmations stay on screen).
       const view = shown.get(envelope.data.id);
-      if (view) { view.confirmed = true; remove(view); }
+      if (view && !view.confirmed) { view.confirmed = true; remove(view); }
     }
   });
 }

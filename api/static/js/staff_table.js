@@ -140,7 +140,8 @@ follow(root.dataset.topic, Number(root.dataset.seq), (envelope) => {
   if (envelope.type === 'marking.updated') {
     progress.textContent = `${data.graded} of ${data.submissions} submissions marked.`;
   } else if (envelope.type === 'grades.released') {
-    setReleaseText(`Grades released ${localTime(data.released_at)}.`);
+    setReleaseText(`Grades released ${localTime(data.released_at)}: `
+      + `${data.grades_sent} grades sent, ${data.flashes_created} students told.`);
     announce('Grades released.');
   } else if (envelope.type === 'grades.release_scheduled') {
     setReleaseText(`Release scheduled for ${localTime(data.at)}.`);

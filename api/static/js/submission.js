@@ -44,7 +44,9 @@ function setStep(envelope) {
   const time = item.querySelector('.step-time');
   time.replaceChildren(timeElement(envelope.at, clockTime(envelope.at)));
   const detail = detailFor(envelope);
-  if (detail !== null) item.querySelector('.step-detail').textContent = detail;
+  const detailElement = item.querySelector('.step-detail');
+  if (detail !== null) detailElement.textContent = detail;
+  else if (['succeeded', 'failed', 'skipped'].includes(state)) detailElement.textContent = '';
   if (envelope.type !== 'step.progress') {
     document.getElementById('step-announcer').textContent = `${label(item)}: ${STATE_TEXT[state] || state}`;
   }
