@@ -182,3 +182,56 @@ async def test_a_stale_release_job_does_nothing(
     async with sessions() as session:
         assignment = await session.get(Assignment, world.assignment.id)
     assert assignment is not None and assignment.grades_released_at is None
+
+
+async def test_the_staff_json_api_grades_releases_and_refuses_clearly(
+    as_user: Any, world: Any, sessions: async_sessionmaker[AsyncSession], redis: Redis
+) -> None:
+    """Through the real app: the calls the staff pages make, and what students and outsiders get."""
+
+    staff, student, other_staff = await as_user("staff"), await as_user("student"), await as_user("other_staff")
+    upload = await student.post(
+        f"/api/assignments/{world.assignment_id}/submissions", files={"file": ("essay.txt", b"my essay text " * 20)}
+    )
+    assert upload.status_code == 202, upload.text
+    submission_id = upload.json()["id"]
+
+    for who in (student, other_staff):
+        refused = await who.put(f"/api/submissions/{submission_id}/grade", json={"grade": "A", "feedback": ""})
+        assert refused.status_code == 404
+        assert refused.json()["detail"]
+    graded = await staff.put(f"/api/submissions/{submission_id}/grade", json={"grade": "B", "feedback": "Fine."})
+    assert graded.status_code == 200 and graded.json()["progress"] == {"submissions": 1, "graded": 1}
+
+    # Before release the student's own view carries no grade.
+    assert (await student.get(f"/api/submissions/{submission_id}")).json()["grade"] is None
+    past = await staff.post(f"/api/assignments/{world.assignment_id}/release", json={"at": "2001-01-01T00:00:00Z"})
+    assert past.status_code == 422 and "future" in past.json()["detail"]
+    table = await staff.get(f"/api/staff/assignments/{world.assignment_id}/submissions?filter=all")
+    assert [row["grade"] for row in table.json()["rows"]] == ["B"]
+    assert (await student.get(f"/api/staff/assignments/{world.assignment_id}/submissions")).status_code == 404
+
+    released = await staff.post(f"/api/assignments/{world.assignment_id}/release", json={})
+    assert released.status_code == 200 and released.json()["flashes_created"] == 2
+    assert (await student.get(f"/api/submissions/{submission_id}")).json()["grade"] == "B"
+
+    flashes = (await student.get("/api/flashes")).json()["flashes"]
+    assert [f["link_url"] for f in flashes] == [f"/submissions/{submission_id}"]
+    confirm_url = f"/api/flashes/{flashes[0]['id']}/confirm"
+    assert (await other_staff.post(confirm_url, json={"reason": "seen"})).status_code == 404
+    assert (await student.post(confirm_url, json={"reason": "seen"})).status_code == 204
+    assert (await student.get("/api/flashes")).json()["flashes"] == []
+
+
+async def test_pages_render_for_their_people_and_hide_from_others(as_user: Any, world: Any) -> None:
+    staff, student, outsider = await as_user("staff"), await as_user("student"), await as_user("outsider")
+    assert (await student.get("/courses")).status_code == 200
+    page = await student.get(f"/assignments/{world.assignment_id}")
+    assert page.status_code == 200 and 'id="upload-form"' in page.text
+    assert (await outsider.get(f"/assignments/{world.assignment_id}")).status_code == 404
+    assert (await student.get("/staff/dashboard")).status_code == 404
+    staff_page = await staff.get(f"/staff/assignments/{world.assignment_id}")
+    assert staff_page.status_code == 200 and "Release grades now" in staff_page.text
+    assert (await staff.get("/staff/dashboard")).status_code == 200
+    dashboard = await staff.get("/api/staff/dashboard")
+    assert dashboard.status_code == 200 and len(dashboard.json()["arrivals_per_minute"]) == 60
