@@ -45,9 +45,10 @@ async def principal_for(session: AsyncSession, user_id: int) -> Principal | None
 
 
 async def course_role(session: AsyncSession, user_id: int, course_id: int) -> str | None:
-    return await session.scalar(
+    role: str | None = await session.scalar(
         select(Enrolment.role).where(Enrolment.user_id == user_id, Enrolment.course_id == course_id)
     )
+    return role
 
 
 async def can_view_submission(session: AsyncSession, user_id: int, submission: Submission) -> bool:

