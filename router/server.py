@@ -61,7 +61,7 @@ class Peer:
 
     def send(self, frame: str | bytes) -> None:
         # Written synchronously like events, so replies and EVENTs keep their order.
-        self.router.broker.write(self, websocket_frame(frame))
+        self.router.broker.write_now(self, websocket_frame(frame))
 
     def drop_slow(self) -> None:
         if self.dropped:
