@@ -86,9 +86,17 @@ def essay(words: int = 400) -> bytes:
 
 
 def wait_all_steps_done(page: Page) -> None:
-    for step in STEP_NAMES:
-        expect(page.locator(f'.step[data-step="{step}"]')).to_have_attribute("data-state", DONE, timeout=30_000)
-    expect(page.locator("#overall")).to_contain_text("complete", timeout=10_000)
+    try:
+        for step in STEP_NAMES:
+            expect(page.locator(f'.step[data-step="{step}"]')).to_have_attribute("data-state", DONE, timeout=30_000)
+        expect(page.locator("#overall")).to_contain_text("complete", timeout=10_000)
+    except AssertionError as failure:
+        # Say whether the pipeline or the page fell behind.
+        topic = page.locator("#submission").get_attribute("data-topic")
+        events = page.evaluate(f"fetch('/api/topics/{topic}/events?after=0').then(r => r.json())")
+        trail = [(e["seq"], e["type"], e["data"].get("step")) for e in events["events"]]
+        state = page.evaluate("window.handinLive && window.handinLive.state")
+        raise AssertionError(f"{failure}\nconnection: {state}\naudit trail: {trail}") from None
 
 
 def test_a_student_uploads_with_a_progress_bar_and_watches_every_step_live(browser: Browser, system: System) -> None:
@@ -143,6 +151,21 @@ def test_released_grades_appear_on_the_students_open_page_with_a_flash(browser: 
     expect(staff.locator("#release-state")).to_contain_text("0 students told")
     student.context.close()
     staff.context.close()
+
+
+def test_a_refused_upload_shows_the_reason_in_words(browser: Browser, system: System) -> None:
+    page = student_page(browser, system, OTHER)
+    page.goto(f"/assignments/{system.assignment_id}")
+    program = b"MZ\x90\x00" + bytes(range(256)) * 8
+    page.get_by_label(re.compile("Choose a file")).set_input_files(
+        files=[{"name": "program.exe", "mimeType": "application/octet-stream", "buffer": program}]
+    )
+    page.get_by_role("button", name="Upload").click()
+    alert = page.get_by_role("alert").filter(has_text=re.compile(r"\w"))
+    expect(alert.first).to_be_visible()
+    assert "HTTP" not in alert.first.inner_text()  # the api's own words, not a status code
+    assert page.url.endswith(f"/assignments/{system.assignment_id}")
+    page.context.close()
 
 
 def user_id(system: System, email: str) -> int:
