@@ -10,6 +10,7 @@ such as ``INSTREAM size limit exceeded. ERROR``. Commands use the ``z`` prefix
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
@@ -111,7 +112,7 @@ class ClamdClient:
                     reply = await answer
                 finally:
                     answer.cancel()
-                    writer.close()
+                    await _close(writer)
         except TimeoutError as error:
             raise ClamdUnavailable(f"clamd at {self.address} did not answer within {self.timeout:g} s") from error
         except OSError as error:
@@ -145,7 +146,7 @@ class ClamdClient:
                     await writer.drain()
                     return (await self._read_reply(reader)).rstrip("\0").strip()
                 finally:
-                    writer.close()
+                    await _close(writer)
         except TimeoutError as error:
             raise ClamdUnavailable(f"clamd at {self.address} did not answer within {self.timeout:g} s") from error
         except OSError as error:
@@ -168,3 +169,10 @@ class ClamdClient:
         if not data:
             raise ConnectionResetError("clamd closed the connection without an answer")
         return data.decode("utf-8", "replace")
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    """Close and wait, so no transport outlives the scan (and its event loop)."""
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
