@@ -133,11 +133,12 @@ async def run_step(ctx: dict[str, Any], step: str, submission_id: int, handler: 
 
 
 async def _lock_step(session: AsyncSession, submission_id: int, step: str) -> SubmissionStep | None:
-    return await session.scalar(
+    row: SubmissionStep | None = await session.scalar(
         select(SubmissionStep)
         .where(SubmissionStep.submission_id == submission_id, SubmissionStep.step == step)
         .with_for_update()
     )
+    return row
 
 
 @dataclass(frozen=True)
