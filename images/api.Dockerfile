@@ -11,8 +11,6 @@ WORKDIR /src
 COPY pyproject.toml ./
 COPY core ./core
 COPY api ./api
-# The similarity provider's webhook settles its step through workers.runner.
-COPY workers ./workers
 RUN /opt/venv/bin/pip install . && /opt/venv/bin/python -m compileall -q /opt/venv/lib
 
 FROM ${PYTHON_IMAGE} AS runtime

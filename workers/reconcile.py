@@ -37,7 +37,7 @@ from core.models import Submission, SubmissionStep
 from core.pipeline import StepState
 from core.queues import connect, enqueue_step, job_exists
 from core.settings import Settings, get_settings
-from workers.runner import settle_submission
+from core.steps import settle_submission
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,9 @@ from core.pipeline import TERMINAL_STATES, StepState
 from core.settings import Settings, get_settings
 from core.similarity.external import ExternalProvider, final_result
 from core.similarity.provider import CheckRequest, ProviderRejected, ProviderUnavailable, make_provider
+from core.steps import finish_step
 from workers.base import step_function, worker_settings
-from workers.runner import Outcome, PermanentStepError, StepContext, TransientStepError, finish_step
+from workers.runner import Outcome, PermanentStepError, StepContext, TransientStepError
 
 log = logging.getLogger(__name__)
 

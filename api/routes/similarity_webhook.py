@@ -29,7 +29,7 @@ from core.similarity.external import (
 )
 
 # finish_step lives with the step runner; it needs only core (no worker libraries).
-from workers.runner import finish_step
+from core.steps import finish_step
 
 STEP = "similarity"
 ACTOR = "webhook:similarity"
