@@ -17,6 +17,7 @@ import signal
 from collections import OrderedDict, defaultdict
 from collections.abc import AsyncIterator
 from http import HTTPStatus
+from typing import TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.asyncio import Redis
@@ -41,6 +42,7 @@ WS_PATH = "/ws"
 UNAVAILABLE = "handin.error.unavailable"
 # The event type a client PUBLISH is stored under in the audit trail.
 CLIENT_MESSAGE_TYPE = "message"
+K = TypeVar("K")
 
 
 class Peer:
@@ -268,12 +270,12 @@ class Router:
             await peer.connection.close(1000)
 
     @staticmethod
-    def _discard(index: dict[str, set[Peer]] | dict[int, set[Peer]], key: str | int, peer: Peer) -> None:
-        peers = index.get(key)  # type: ignore[call-overload]
+    def _discard(index: dict[K, set[Peer]], key: K, peer: Peer) -> None:
+        peers = index.get(key)
         if peers is not None:
             peers.discard(peer)
             if not peers:
-                del index[key]  # type: ignore[arg-type]
+                del index[key]
 
     # Control messages from Redis -------------------------------------------------
 

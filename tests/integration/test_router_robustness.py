@@ -130,3 +130,19 @@ async def test_slow_consumer_is_dropped_and_others_get_everything(
             assert running.router.metrics.slow_consumers._value.get() == 1
             slow.connection.transport.resume_reading()
             assert await asyncio.wait_for(closed(slow), 10)
+
+
+async def test_a_peer_that_stops_answering_pings_is_closed(
+    settings: Settings, redis: Redis, wamp_world: World
+) -> None:
+    user = await wamp_world.user()
+    async with router_with(settings, ping_interval_seconds=0.2, ping_timeout_seconds=0.3) as running:
+        async with raw_wamp(running.url) as raw:
+            assert (await raw.join(await wamp_world.login(user)))[0] == 2
+            assert raw.connection.transport is not None
+            raw.connection.transport.pause_reading()  # pings go unanswered from here on
+            peer = next(iter(running.router.peers))
+            await asyncio.wait_for(peer.gone.wait(), 5)
+            assert running.router.peers == set()
+            assert running.router.metrics.sessions._value.get() == 0
+            raw.connection.transport.resume_reading()  # lets the client's own close finish quickly
