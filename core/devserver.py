@@ -31,7 +31,7 @@ def _port_open(host: str, port: int) -> bool:
         return probe.connect_ex((host, port)) == 0
 
 
-def _redis_binary() -> str:
+def redis_binary() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
@@ -53,7 +53,7 @@ def ensure_redis(url: str) -> subprocess.Popen[bytes] | None:
     data_dir = VAR_DIR / "redis"
     data_dir.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
-        [_redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir.resolve()),
+        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir.resolve()),
          "--appendonly", "yes", "--save", ""],
         stdout=subprocess.DEVNULL,
     )

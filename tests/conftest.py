@@ -7,7 +7,9 @@ of its own.
 
 from __future__ import annotations
 
+import atexit
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from core.db import make_engine, make_sessionmaker
 from core.models import Base
 from core.settings import Settings
+from tests.services import start_redis_server
 
 pytest_plugins = sorted(
     f"tests.fixtures.{path.stem}"
@@ -28,8 +31,25 @@ pytest_plugins = sorted(
 )
 
 PG_ADMIN_DSN = os.environ.get("HANDIN_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-# A Redis database number of the suite's own: `make run` uses 0, the suite never touches it.
-TEST_REDIS_URL = os.environ.get("HANDIN_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+
+
+def _suite_redis_url() -> str:
+    """The suite's own Redis server, started for this run and stopped at its end.
+
+    Not a database number on the shared server: pub/sub channels span every
+    database of a server, so `make run` or another run's events would reach
+    our subscribers. HANDIN_TEST_REDIS_URL points the suite elsewhere.
+    """
+    given = os.environ.get("HANDIN_TEST_REDIS_URL")
+    if given:
+        return given
+    process, url = start_redis_server(Path(tempfile.mkdtemp(prefix="handin-test-redis-")))
+    atexit.register(process.kill)
+    os.environ["HANDIN_TEST_REDIS_URL"] = url
+    return url
+
+
+TEST_REDIS_URL = _suite_redis_url()
 
 
 def pg_url(database: str) -> str:

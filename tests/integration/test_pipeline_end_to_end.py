@@ -18,17 +18,8 @@ from core.pipeline import STEP_NAMES
 from core.settings import Settings
 from core.storage import Area, make_storage
 from tests.fixtures.clamd import EICAR
-from tests.fixtures.pipeline import events, step_states, submission_row
-from workers import admin, receipt, scan, similarity, store, thumbnail
+from tests.fixtures.pipeline import drain_pipeline, events, step_states, submission_row
 
-HANDLERS = {
-    "scan": scan.handle,
-    "store": store.handle,
-    "similarity": similarity.handle,
-    "admin": admin.handle,
-    "receipt": receipt.handle,
-    "thumbnail": thumbnail.handle,
-}
 ESSAY = ("The quick brown fox considers the nature of asynchronous work. " * 40).encode()
 
 
@@ -69,13 +60,6 @@ def real_services(settings: Settings, clamd: Any, smtp_server: Any, admin_system
     settings.scanner.clamd_host, settings.scanner.clamd_port = clamd.host, clamd.port
     settings.smtp.host, settings.smtp.port = smtp_server.host, smtp_server.port
     settings.admin.url, settings.admin.secret = admin_system.url, admin_system.secret
-
-
-async def drain_pipeline(run_burst: Any) -> None:
-    """Run each pool's worker until no queue has work: steps fan out as they finish."""
-    for _ in range(3):
-        for task in STEP_NAMES:
-            await run_burst(task, HANDLERS[task])
 
 
 async def upload(as_user: Any, world: Any, name: str, content: bytes) -> int:
