@@ -14,7 +14,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
+import secrets
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -84,7 +86,9 @@ class Broker:
         control: dict[str, ControlHandler],
         reshapers: tuple[Reshaper, ...] = DEFAULT_RESHAPERS,
     ) -> None:
-        self.redis: Redis = Redis.from_url(redis_url, decode_responses=True)
+        # A name per replica, so operators (and tests) can find its pub/sub connection in CLIENT LIST.
+        self.client_name = f"handin-router-{os.getpid()}-{secrets.token_hex(3)}"
+        self.redis: Redis = Redis.from_url(redis_url, decode_responses=True, client_name=self.client_name)
         self.pubsub = self.redis.pubsub()
         self.metrics = metrics
         self.send_buffer_limit = send_buffer_limit

@@ -146,3 +146,31 @@ async def test_a_peer_that_stops_answering_pings_is_closed(
             assert running.router.peers == set()
             assert running.router.metrics.sessions._value.get() == 0
             raw.connection.transport.resume_reading()  # lets the client's own close finish quickly
+
+
+async def test_the_bridge_resubscribes_after_losing_redis(
+    wamp_router: RunningRouter, wamp_world: World, sessions: Any, redis: Redis
+) -> None:
+    from tests.integration.test_router import Inbox, emit
+
+    student = await wamp_world.user()
+    client = await autobahn_session(wamp_router.url, await wamp_world.login(student))
+    try:
+        inbox = Inbox()
+        await client.subscribe(inbox, f"user.{student}")
+        name = wamp_router.router.broker.client_name
+        ours = [c["id"] for c in await redis.client_list() if c.get("name") == name]
+        assert ours
+        for client_id in ours:  # only this router's connection, never anybody else's
+            await redis.client_kill_filter(_id=client_id)
+        for _ in range(100):
+            await emit(sessions, redis, f"user.{student}", "flash", {"text": "still there?"})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(inbox.items.get(), 0.1)
+                break
+        else:
+            raise AssertionError("no event after Redis came back")
+        reconnected = [c["id"] for c in await redis.client_list() if c.get("name") == name]
+        assert reconnected and not set(reconnected) & set(ours)  # a new connection, resubscribed
+    finally:
+        await close_autobahn(client)
