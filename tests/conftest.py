@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from core.db import make_engine, make_sessionmaker
 from core.models import Base
 from core.settings import Settings
-from tests.services import start_redis_server
+from tests.services import local_settings, start_redis_server
 
 pytest_plugins = sorted(
     f"tests.fixtures.{path.stem}"
@@ -118,14 +118,4 @@ async def redis() -> AsyncIterator[Redis]:
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Iterator[Settings]:
     """Settings pointing every component at this test's own database, Redis and folders."""
-    yield Settings(
-        database_url=database_url,
-        redis_url=TEST_REDIS_URL,
-        storage={
-            "incoming_dir": tmp_path / "incoming",
-            "root": tmp_path / "store",
-            "quarantine_dir": tmp_path / "quarantine",
-        },
-        smtp={"outbox_dir": tmp_path / "outbox"},
-        log_json=False,
-    )
+    yield local_settings(database_url, TEST_REDIS_URL, tmp_path)

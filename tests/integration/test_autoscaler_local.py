@@ -24,6 +24,7 @@ from core.queues import connect, enqueue_step
 from core.settings import Settings
 from tests.conftest import TEST_REDIS_URL
 from tests.fixtures.factories import Factory
+from tests.services import settings_env
 
 # Several worker processes writing at once: PostgreSQL only (SQLite serialises writers).
 pytestmark = pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
@@ -34,14 +35,9 @@ JOBS = 40
 def worker_env(settings: Settings) -> dict[str, str]:
     """The test's settings, passed to the worker processes the way the chart would: environment."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HANDIN_")}
+    env.update(settings_env(settings))
     env.update(
         {
-            "HANDIN_DATABASE_URL": settings.database_url,
-            "HANDIN_REDIS_URL": settings.redis_url,
-            "HANDIN_STORAGE__INCOMING_DIR": str(settings.storage.incoming_dir),
-            "HANDIN_STORAGE__ROOT": str(settings.storage.root),
-            "HANDIN_STORAGE__QUARANTINE_DIR": str(settings.storage.quarantine_dir),
-            "HANDIN_SMTP__OUTBOX_DIR": str(settings.smtp.outbox_dir),
             "HANDIN_WORKER__HTTP_PORT": "0",
             "HANDIN_WORKER__JOB_COMPLETION_WAIT_SECONDS": "10",
             "HANDIN_LOG_LEVEL": "WARNING",

@@ -21,6 +21,7 @@ from core.settings import Settings
 from core.storage import Area, make_storage
 from tests.fixtures.clamd import Clamd, ClamdProxy
 from tests.fixtures.pipeline import events, step_row
+from tests.services import settings_env
 from workers import store
 from workers.reconcile import reconcile
 
@@ -30,13 +31,9 @@ STEP_TIME_LIMIT = 4
 
 def worker_env(settings: Settings, clamd_port: int) -> dict[str, str]:
     env = dict(os.environ)
+    env.update(settings_env(settings))
     env.update(
         {
-            "HANDIN_DATABASE_URL": settings.database_url,
-            "HANDIN_REDIS_URL": settings.redis_url,
-            "HANDIN_STORAGE__INCOMING_DIR": str(settings.storage.incoming_dir),
-            "HANDIN_STORAGE__ROOT": str(settings.storage.root),
-            "HANDIN_STORAGE__QUARANTINE_DIR": str(settings.storage.quarantine_dir),
             "HANDIN_SCANNER__CLAMD_HOST": "127.0.0.1",
             "HANDIN_SCANNER__CLAMD_PORT": str(clamd_port),
             "HANDIN_SCANNER__TIMEOUT_SECONDS": "60",
