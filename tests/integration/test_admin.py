@@ -13,35 +13,23 @@ import json
 from typing import Any
 
 from arq.connections import ArqRedis
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core import keys
 from core.models import Submission, SubmissionStep
-from core.queues import enqueue_step
 from core.settings import Settings
-from core.storage import Area, make_storage
 from tests.fixtures.admin_server import FakeAdminSystem
 from tests.fixtures.factories import Factory
 from tests.fixtures.pipeline import events, quick_retries, step_events, step_row
 from workers import admin
 
 
-async def queued_admin_step(
-    factory: Factory, sessions: async_sessionmaker[AsyncSession], settings: Settings, arq_redis: ArqRedis
-) -> Submission:
+async def queued_admin_step(factory: Factory, arq_redis: ArqRedis) -> Submission:
     """A submission as the store step leaves it, with its admin job on the queue."""
     world = await factory.world()
-    submission = await factory.submission(world, b"An essay on queues.\n", filename="essay.txt")
-    await make_storage(settings).move(Area.incoming, Area.store, submission.storage_key)
-    async with sessions() as session, session.begin():
-        for row in await session.scalars(select(SubmissionStep).where(SubmissionStep.submission_id == submission.id)):
-            if row.step in ("scan", "store"):
-                row.state = "succeeded"
-            elif row.step == admin.TASK:
-                row.state = "queued"
-    await enqueue_step(arq_redis, admin.TASK, submission.id)
-    return submission
+    return await factory.stored_submission(
+        world, b"An essay on queues.\n", step=admin.TASK, arq_redis=arq_redis, filename="essay.txt"
+    )
 
 
 async def admin_row(sessions: async_sessionmaker[AsyncSession], submission_id: int) -> SubmissionStep:
@@ -60,7 +48,7 @@ async def test_posts_a_signed_record_once(
     admin_system: FakeAdminSystem,
 ) -> None:
     use_admin(settings, admin_system)
-    submission = await queued_admin_step(factory, sessions, settings, arq_redis)
+    submission = await queued_admin_step(factory, arq_redis)
 
     await run_burst(admin.TASK, admin.handle)
 
@@ -85,7 +73,7 @@ async def test_a_forged_signature_is_refused_by_the_receiver(
     """A wrong shared secret is a configuration error: the step fails with the receiver's words."""
     use_admin(settings, admin_system)
     settings.admin.secret = "not-the-shared-secret"
-    submission = await queued_admin_step(factory, sessions, settings, arq_redis)
+    submission = await queued_admin_step(factory, arq_redis)
 
     await run_burst(admin.TASK, admin.handle)
 
@@ -101,7 +89,7 @@ async def test_503_twice_then_accepted_files_exactly_one_record(
 ) -> None:
     use_admin(settings, admin_system)
     admin_system.fail_times = 2
-    submission = await queued_admin_step(factory, sessions, settings, arq_redis)
+    submission = await queued_admin_step(factory, arq_redis)
 
     await run_burst(admin.TASK, admin.handle)
 
@@ -121,7 +109,7 @@ async def test_422_fails_the_step_with_the_reason(
 ) -> None:
     use_admin(settings, admin_system)
     admin_system.refuse = (422, "unknown course code")
-    submission = await queued_admin_step(factory, sessions, settings, arq_redis)
+    submission = await queued_admin_step(factory, arq_redis)
 
     await run_burst(admin.TASK, admin.handle)
 
@@ -140,7 +128,7 @@ async def test_a_hanging_admin_system_is_retried_and_files_once(
 ) -> None:
     use_admin(settings, admin_system, timeout=0.3)
     admin_system.hang_times = 1
-    submission = await queued_admin_step(factory, sessions, settings, arq_redis)
+    submission = await queued_admin_step(factory, arq_redis)
 
     await run_burst(admin.TASK, admin.handle)
 
@@ -160,7 +148,7 @@ async def test_no_admin_url_skips_with_a_reason(
     factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, run_burst: Any
 ) -> None:
     settings.admin.url = None
-    submission = await queued_admin_step(factory, sessions, settings, arq_redis)
+    submission = await queued_admin_step(factory, arq_redis)
 
     await run_burst(admin.TASK, admin.handle)
 

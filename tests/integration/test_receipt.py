@@ -8,14 +8,13 @@ from typing import Any
 
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core import keys
 from core.models import Submission, SubmissionStep, User
 from core.queues import enqueue_step
 from core.settings import Settings
-from core.storage import Area, make_storage
 from tests.fixtures.factories import Factory
 from tests.fixtures.pipeline import quick_retries, step_row
 from tests.fixtures.smtp import ReceivedMail, SmtpServer
@@ -24,27 +23,12 @@ from workers import receipt
 CONTENT = b"A short essay about receipts.\n" * 40
 
 
-async def queued_receipt_step(
-    factory: Factory,
-    sessions: async_sessionmaker[AsyncSession],
-    settings: Settings,
-    arq_redis: ArqRedis,
-    *,
-    late: bool = False,
-) -> Submission:
+async def queued_receipt_step(factory: Factory, arq_redis: ArqRedis, *, late: bool = False) -> Submission:
     """A submission as the store step leaves it, with its receipt job on the queue."""
     world = await factory.world()
-    submission = await factory.submission(world, CONTENT, filename="my essay.txt")
-    await make_storage(settings).move(Area.incoming, Area.store, submission.storage_key)
-    async with sessions() as session, session.begin():
-        await session.execute(update(Submission).where(Submission.id == submission.id).values(late=late))
-        for row in await session.scalars(select(SubmissionStep).where(SubmissionStep.submission_id == submission.id)):
-            if row.step in ("scan", "store"):
-                row.state = "succeeded"
-            elif row.step == receipt.TASK:
-                row.state = "queued"
-    await enqueue_step(arq_redis, receipt.TASK, submission.id)
-    return submission
+    return await factory.stored_submission(
+        world, CONTENT, step=receipt.TASK, arq_redis=arq_redis, filename="my essay.txt", late=late
+    )
 
 
 async def receipt_row(sessions: async_sessionmaker[AsyncSession], submission_id: int) -> SubmissionStep:
@@ -62,7 +46,7 @@ async def test_receipt_tells_the_student_what_was_received(
     factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, run_burst: Any, smtp_server: SmtpServer
 ) -> None:
     use_smtp(settings, smtp_server)
-    submission = await queued_receipt_step(factory, sessions, settings, arq_redis, late=True)
+    submission = await queued_receipt_step(factory, arq_redis, late=True)
 
     await run_burst(receipt.TASK, receipt.handle)
 
@@ -97,7 +81,7 @@ async def test_smtp_down_then_up_sends_exactly_one_receipt(
     redis: Redis,
 ) -> None:
     use_smtp(settings, smtp_server)
-    submission = await queued_receipt_step(factory, sessions, settings, arq_redis)
+    submission = await queued_receipt_step(factory, arq_redis)
     pubsub = redis.pubsub()
     await pubsub.subscribe(keys.events_channel(keys.submission_topic(submission.id)))
     smtp_server.stop()
@@ -135,7 +119,7 @@ async def test_a_repeat_after_the_server_accepted_sends_nothing(
 ) -> None:
     """A worker that dies after the 250 but before the step commits: the redelivered job must not resend."""
     use_smtp(settings, smtp_server)
-    submission = await queued_receipt_step(factory, sessions, settings, arq_redis)
+    submission = await queued_receipt_step(factory, arq_redis)
     await run_burst(receipt.TASK, receipt.handle)
     async with sessions() as session, session.begin():
         await session.execute(
@@ -156,7 +140,7 @@ async def test_without_smtp_the_receipt_goes_to_the_outbox_once(
     factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, run_burst: Any
 ) -> None:
     settings.smtp.host = None
-    submission = await queued_receipt_step(factory, sessions, settings, arq_redis)
+    submission = await queued_receipt_step(factory, arq_redis)
     await run_burst(receipt.TASK, receipt.handle)
     # A redelivered job rewrites the same file rather than adding a second one.
     async with sessions() as session, session.begin():

@@ -9,10 +9,9 @@ from arq.connections import ArqRedis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from core.models import Event, Fingerprint, Submission, SubmissionStep, User
+from core.models import Event, Fingerprint, Submission, SubmissionStep
 from core.queues import enqueue_step
 from core.settings import Settings
-from core.storage import Area, make_storage
 from tests.fixtures.factories import Factory, World
 from workers import similarity
 
@@ -32,31 +31,10 @@ def essay(seed: int, chars: int) -> str:
 
 
 async def queued_similarity_step(
-    factory: Factory,
-    sessions: async_sessionmaker[AsyncSession],
-    settings: Settings,
-    arq_redis: ArqRedis,
-    world: World,
-    content: bytes,
-    *,
-    user: User | None = None,
-    filename: str = "essay.txt",
-    kind: str = "text",
-    content_type: str = "text/plain",
+    factory: Factory, arq_redis: ArqRedis, world: World, content: bytes, **details: Any
 ) -> Submission:
     """A submission as the store step leaves it: file in the store, similarity job queued."""
-    submission = await factory.submission(
-        world, content, filename=filename, kind=kind, content_type=content_type, user=user
-    )
-    await make_storage(settings).move(Area.incoming, Area.store, submission.storage_key)
-    async with sessions() as session, session.begin():
-        for row in await session.scalars(select(SubmissionStep).where(SubmissionStep.submission_id == submission.id)):
-            if row.step in ("scan", "store"):
-                row.state = "succeeded"
-            elif row.step == similarity.STEP:
-                row.state = "queued"
-    await enqueue_step(arq_redis, similarity.STEP, submission.id)
-    return submission
+    return await factory.stored_submission(world, content, step=similarity.STEP, arq_redis=arq_redis, **details)
 
 
 async def similarity_row(sessions: async_sessionmaker[AsyncSession], submission_id: int) -> SubmissionStep:
@@ -80,7 +58,7 @@ async def test_a_copy_of_40_percent_scores_near_40_and_names_the_source(
     world = await factory.world()
     source_text = essay(1, 6000)
     first = await queued_similarity_step(
-        factory, sessions, settings, arq_redis, world, source_text.encode(), user=world.student
+        factory, arq_redis, world, source_text.encode(), user=world.student
     )
     await run(run_burst, settings)
 
@@ -90,7 +68,7 @@ async def test_a_copy_of_40_percent_scores_near_40_and_names_the_source(
     # The copy is re-wrapped and re-cased: normalising still finds it.
     copy_text = own[:1800] + "\n" + copied.upper().replace("\n", "  ") + "\n" + own[1800:]
     second = await queued_similarity_step(
-        factory, sessions, settings, arq_redis, world, copy_text.encode("cp1252"), user=world.other_student
+        factory, arq_redis, world, copy_text.encode("cp1252"), user=world.other_student
     )
     await run(run_burst, settings)
 
@@ -120,9 +98,9 @@ async def test_the_same_students_resubmission_is_not_copying(
 ) -> None:
     world = await factory.world()
     draft = essay(3, 3000)
-    await queued_similarity_step(factory, sessions, settings, arq_redis, world, draft.encode())
+    await queued_similarity_step(factory, arq_redis, world, draft.encode())
     await run(run_burst, settings)
-    again = await queued_similarity_step(factory, sessions, settings, arq_redis, world, (draft + " Fixed.").encode())
+    again = await queued_similarity_step(factory, arq_redis, world, (draft + " Fixed.").encode())
     await run(run_burst, settings)
 
     row = await similarity_row(sessions, again.id)
@@ -135,9 +113,9 @@ async def test_other_assignments_are_not_compared(
 ) -> None:
     text = essay(4, 3000).encode()
     world, other_world = await factory.world(), await factory.world()
-    await queued_similarity_step(factory, sessions, settings, arq_redis, world, text)
+    await queued_similarity_step(factory, arq_redis, world, text)
     await run(run_burst, settings)
-    elsewhere = await queued_similarity_step(factory, sessions, settings, arq_redis, other_world, text)
+    elsewhere = await queued_similarity_step(factory, arq_redis, other_world, text)
     await run(run_burst, settings)
 
     assert (await similarity_row(sessions, elsewhere.id)).result["score"] == 0.0
@@ -149,7 +127,7 @@ async def test_an_image_is_skipped_with_no_text_to_compare(
     world = await factory.world()
     png = b"\x89PNG\r\n\x1a\n" + bytes(200)
     image = await queued_similarity_step(
-        factory, sessions, settings, arq_redis, world, png, filename="photo.png", kind="image",
+        factory, arq_redis, world, png, filename="photo.png", kind="image",
         content_type="image/png",
     )
     await run(run_burst, settings)
@@ -164,7 +142,7 @@ async def test_a_rerun_replaces_its_index_rows_instead_of_doubling_them(
 ) -> None:
     world = await factory.world()
     text = essay(5, 3000).encode()
-    submission = await queued_similarity_step(factory, sessions, settings, arq_redis, world, text)
+    submission = await queued_similarity_step(factory, arq_redis, world, text)
     await run(run_burst, settings)
     # As if the job was delivered again after its worker died before recording success.
     async with sessions() as session, session.begin():

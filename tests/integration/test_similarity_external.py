@@ -117,9 +117,9 @@ async def drained(worker: Worker, arq_redis: ArqRedis) -> None:
     raise TimeoutError("the similarity worker did not go idle")
 
 
-async def submitted(factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis) -> Submission:
+async def submitted(factory: Factory, arq_redis: ArqRedis) -> Submission:
     world = await factory.world()
-    return await queued_similarity_step(factory, sessions, settings, arq_redis, world, CONTENT)
+    return await queued_similarity_step(factory, arq_redis, world, CONTENT)
 
 
 async def test_the_report_arrives_by_signed_webhook_at_the_api(
@@ -133,7 +133,7 @@ async def test_the_report_arrives_by_signed_webhook_at_the_api(
     use_provider(settings, provider, poll_interval=60)
     async with serve(create_app(settings)) as api_url:
         provider.webhook_url = f"{api_url}/api/webhooks/similarity"
-        submission = await submitted(factory, sessions, settings, arq_redis)
+        submission = await submitted(factory, arq_redis)
         async with watching(redis, sessions, submission.id) as seen, similarity_worker(settings):
             envelope = await seen("step.succeeded")
 
@@ -160,7 +160,7 @@ async def test_a_forged_webhook_is_refused_and_changes_nothing(
     provider = similarity_provider
     provider.report_polls = None  # the report never completes by itself
     use_provider(settings, provider, poll_interval=60)
-    submission = await submitted(factory, sessions, settings, arq_redis)
+    submission = await submitted(factory, arq_redis)
     async with watching(redis, sessions, submission.id) as seen, similarity_worker(settings):
         await seen("step.waiting")
     waiting = await step_row(sessions, submission.id, similarity.STEP)
@@ -202,7 +202,7 @@ async def test_without_a_webhook_deferred_polls_complete_it_and_the_worker_is_fr
     provider = similarity_provider
     provider.delay_seconds, provider.report_polls = 0.05, 3  # the report takes three looks
     use_provider(settings, provider, poll_interval=0.3)
-    submission = await submitted(factory, sessions, settings, arq_redis)
+    submission = await submitted(factory, arq_redis)
     async with watching(redis, sessions, submission.id) as seen, similarity_worker(settings):
         started = time.monotonic()
         await seen("step.waiting")
@@ -232,7 +232,7 @@ async def test_a_webhook_racing_a_poll_is_recorded_once(
     use_provider(settings, provider, poll_interval=0.05)
     async with serve(create_app(settings)) as api_url:
         provider.webhook_url = f"{api_url}/api/webhooks/similarity"
-        submissions = [await submitted(factory, sessions, settings, arq_redis) for _ in range(3)]
+        submissions = [await submitted(factory, arq_redis) for _ in range(3)]
         async with similarity_worker(settings) as worker:
             async with asyncio.timeout(WAIT_LIMIT):
                 while len(provider.webhook_answers) < len(submissions):
@@ -254,7 +254,7 @@ async def test_a_rerun_after_the_wait_reuses_the_provider_submission(
     provider = similarity_provider
     provider.report_polls = None
     use_provider(settings, provider, poll_interval=60)
-    submission = await submitted(factory, sessions, settings, arq_redis)
+    submission = await submitted(factory, arq_redis)
     async with watching(redis, sessions, submission.id) as seen, similarity_worker(settings):
         await seen("step.waiting")
         # Redis lost the poll chain and the wait ran out: the reconciler queues the step again.
@@ -287,7 +287,7 @@ async def test_a_report_that_never_comes_fails_after_the_last_poll(
     provider = similarity_provider
     provider.report_polls = None
     use_provider(settings, provider, poll_interval=0.05, max_polls=3)
-    submission = await submitted(factory, sessions, settings, arq_redis)
+    submission = await submitted(factory, arq_redis)
     async with watching(redis, sessions, submission.id) as seen, similarity_worker(settings):
         envelope = await seen("step.failed")
     assert "no similarity report from the provider after 3 polls" in envelope["data"]["error"]
@@ -306,7 +306,7 @@ async def test_a_refusal_fails_the_step_with_the_reason_and_no_retry(
         provider.refuse_creates = True
     else:
         settings.similarity.external_api_key = "wrong"
-    submission = await submitted(factory, sessions, settings, arq_redis)
+    submission = await submitted(factory, arq_redis)
     async with watching(redis, sessions, submission.id) as seen, similarity_worker(settings):
         envelope = await seen("step.failed")
     error = envelope["data"]["error"]
@@ -322,7 +322,7 @@ async def test_a_webhook_before_the_step_let_go_is_refused_for_a_retry(
 ) -> None:
     """A fast provider's report may beat our worker's own "waiting" record: it must not be overwritten."""
     use_provider(settings, similarity_provider)
-    submission = await submitted(factory, sessions, settings, arq_redis)
+    submission = await submitted(factory, arq_redis)
     where = (SubmissionStep.submission_id == submission.id, SubmissionStep.step == similarity.STEP)
     handing_over = {"provider": "external", "provider_submission_id": "p-1", "uploaded": True}
     async with sessions() as session, session.begin():

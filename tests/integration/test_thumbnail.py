@@ -15,7 +15,6 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.models import Submission, SubmissionStep
-from core.queues import enqueue_step
 from core.settings import Settings
 from core.storage import Area, make_storage
 from tests.fixtures.factories import Factory
@@ -69,28 +68,10 @@ def png_claiming(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
 
 
-async def queued_thumbnail_step(
-    factory: Factory,
-    sessions: async_sessionmaker[AsyncSession],
-    settings: Settings,
-    arq_redis: ArqRedis,
-    content: bytes,
-    **file: str,
-) -> Submission:
+async def queued_thumbnail_step(factory: Factory, arq_redis: ArqRedis, content: bytes, **file: str) -> Submission:
     """A submission as the store step leaves it, with its thumbnail job on the queue."""
     world = await factory.world()
-    storage = make_storage(settings)
-    submission = await factory.submission(world, content, storage=storage, **file)
-    await storage.move(Area.incoming, Area.store, submission.storage_key)
-    await storage.close()
-    async with sessions() as session, session.begin():
-        for row in await session.scalars(select(SubmissionStep).where(SubmissionStep.submission_id == submission.id)):
-            if row.step in ("scan", "store"):
-                row.state = "succeeded"
-            elif row.step == thumbnail.TASK:
-                row.state = "queued"
-    await enqueue_step(arq_redis, thumbnail.TASK, submission.id)
-    return submission
+    return await factory.stored_submission(world, content, step=thumbnail.TASK, arq_redis=arq_redis, **file)
 
 
 async def finished(sessions: async_sessionmaker[AsyncSession], submission_id: int) -> tuple[SubmissionStep, Submission]:
@@ -155,7 +136,7 @@ async def test_thumbnail_of_each_kind(
     kind: str, factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, run_burst: Any
 ) -> None:
     make, file, size, source = KINDS[kind]
-    submission = await queued_thumbnail_step(factory, sessions, settings, arq_redis, make(), **file)
+    submission = await queued_thumbnail_step(factory, arq_redis, make(), **file)
 
     await run_burst(thumbnail.TASK, thumbnail.handle)
 
@@ -172,7 +153,7 @@ async def test_an_unknown_kind_gets_an_honest_icon(
     factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, run_burst: Any
 ) -> None:
     submission = await queued_thumbnail_step(
-        factory, sessions, settings, arq_redis, b"PK\x03\x04 not really", filename="data.zip", kind="archive",
+        factory, arq_redis, b"PK\x03\x04 not really", filename="data.zip", kind="archive",
         content_type="application/zip",
     )
 
@@ -208,7 +189,7 @@ async def test_a_broken_file_fails_once_with_the_reason(
     case: str, factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, run_burst: Any
 ) -> None:
     content, file, reason = BROKEN[case]
-    submission = await queued_thumbnail_step(factory, sessions, settings, arq_redis, content, **file)
+    submission = await queued_thumbnail_step(factory, arq_redis, content, **file)
 
     await run_burst(thumbnail.TASK, thumbnail.handle)
 
@@ -237,7 +218,7 @@ async def test_thumbnail_from_an_s3_store(
     settings.storage.s3_access_key_id = S3_CREDENTIALS["aws_access_key_id"]
     settings.storage.s3_secret_access_key = S3_CREDENTIALS["aws_secret_access_key"]
     submission = await queued_thumbnail_step(
-        factory, sessions, settings, arq_redis, png_picture(), filename="a.png", kind="image", content_type="image/png"
+        factory, arq_redis, png_picture(), filename="a.png", kind="image", content_type="image/png"
     )
 
     async def shutdown_closing_storage(ctx: dict[str, Any]) -> None:
