@@ -156,15 +156,29 @@ async def test_a_failure_while_recording_leaves_nothing_behind(
     assert await count(sessions, Event) == 0
 
 
-async def test_oversized_by_content_length_is_refused_up_front(
-    as_user: Login, world: World, sessions: async_sessionmaker[AsyncSession], settings: Settings
+@pytest.mark.parametrize(
+    ("filename", "data", "status", "detail"),
+    [
+        # Larger than the limit by Content-Length alone: refused before the body is read.
+        ("big.pdf", PDF + b"0" * (LIMIT + 1), 413, "The file is larger than this assignment's limit of 1 MB."),
+        ("empty.pdf", b"", 422, "The file is empty."),
+    ],
+    ids=["oversized-by-content-length", "empty-file"],
+)
+async def test_a_refused_file_is_answered_with_the_reason_and_not_kept(
+    filename: str,
+    data: bytes,
+    status: int,
+    detail: str,
+    as_user: Login,
+    world: World,
+    sessions: async_sessionmaker[AsyncSession],
+    settings: Settings,
 ) -> None:
     student = await as_user("student")
-    answer = await student.post(
-        upload_url(world.assignment_id), files={"file": ("big.pdf", PDF + b"0" * (LIMIT + 1), "application/pdf")}
-    )
-    assert answer.status_code == 413
-    assert answer.json()["detail"] == "The file is larger than this assignment's limit of 1 MB."
+    answer = await student.post(upload_url(world.assignment_id), files={"file": (filename, data, "application/pdf")})
+    assert answer.status_code == status
+    assert answer.json()["detail"] == detail
     assert await nothing_was_kept(sessions, settings)
 
 
@@ -211,16 +225,6 @@ async def test_oversized_chunked_body_is_refused_while_streaming(
     assert "content-length" not in answer.request.headers
     assert answer.request.headers["transfer-encoding"] == "chunked"
     assert answer.status_code == 413, answer.text
-    assert await nothing_was_kept(sessions, settings)
-
-
-async def test_empty_file(
-    as_user: Login, world: World, sessions: async_sessionmaker[AsyncSession], settings: Settings
-) -> None:
-    student = await as_user("student")
-    answer = await student.post(upload_url(world.assignment_id), files={"file": ("empty.pdf", b"", "application/pdf")})
-    assert answer.status_code == 422
-    assert answer.json()["detail"] == "The file is empty."
     assert await nothing_was_kept(sessions, settings)
 
 
