@@ -86,6 +86,7 @@ async def main() -> None:
     parser.add_argument("--baseline-seconds", type=float, default=10.0, help="how long the inline run lasts")
     parser.add_argument("--size-kb", type=int, default=1024)
     parser.add_argument("--tmpfs", action="store_true", help="keep uploads in /dev/shm (store on its own volume)")
+    parser.add_argument("--api-workers", type=int, default=2, help="api server processes (both endpoints)")
     args = parser.parse_args()
     size = args.size_kb * 1024
     count = int(args.rate * args.seconds)
@@ -103,7 +104,8 @@ async def main() -> None:
         figures = {}
         try:
             port = free_port()
-            with running(handin("api", "--port", str(port)), env, f"http://127.0.0.1:{port}/healthz"):
+            api = handin("api", "--port", str(port), "--workers", str(args.api_workers))
+            with running(api, env, f"http://127.0.0.1:{port}/healthz"):
                 base = f"http://127.0.0.1:{port}"
                 await load(base, f"/api/assignments/{seeded.assignment_id}/submissions", seeded.cookies, 5, 10, size)
                 figures["asynchronous intake"] = await load(
@@ -112,7 +114,7 @@ async def main() -> None:
                 )
             port = free_port()
             inline = [sys.executable, "-m", "uvicorn", "bench.inline_app:create_inline_app", "--factory",
-                      "--port", str(port), "--log-level", "warning"]
+                      "--port", str(port), "--log-level", "warning", "--workers", str(args.api_workers)]
             with running(inline, env, f"http://127.0.0.1:{port}/healthz"):
                 path = f"/bench/inline/assignments/{seeded.assignment_id}/submissions"
                 base = f"http://127.0.0.1:{port}"

@@ -14,7 +14,9 @@ def _api(args: argparse.Namespace) -> None:
     from core.logs import configure_logging
 
     configure_logging()
-    uvicorn.run("api.main:create_app", factory=True, host=args.host, port=args.port, log_config=None)
+    uvicorn.run(
+        "api.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers, log_config=None
+    )
 
 
 def _worker(args: argparse.Namespace) -> None:
@@ -74,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     api = command("api", _api, "serve the web pages and JSON API")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--workers", type=int, default=1, help="server processes (one per core is typical)")
 
     worker = command("worker", _worker, "run the worker for one pipeline task")
     worker.add_argument("task")

@@ -23,7 +23,9 @@ TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
 _UNSAFE_NAME_CHARS = re.compile(r'[/\\:*?"<>|]')
 _WINDOWS_RESERVED = re.compile(r"(CON|PRN|AUX|NUL|COM[0-9]|LPT[0-9])(\..*)?", re.IGNORECASE)
 # C0 controls and DEL that never occur in text (tab, newlines, form feed and ESC may).
-_BINARY_CONTROLS = re.compile(rb"[\x00-\x08\x0e-\x1a\x1c-\x1f\x7f]")
+_BINARY_CONTROLS = bytes([*range(0x00, 0x09), *range(0x0E, 0x1B), *range(0x1C, 0x20), 0x7F])
+# Deleting every other byte leaves only the binary controls: a C-speed scan of large uploads.
+_NOT_BINARY_CONTROLS = bytes(b for b in range(256) if b not in _BINARY_CONTROLS)
 _HIDDEN = ("Cc", "Cf", "Cs", "Zl", "Zp")
 _EXTENSION = re.compile(rf"\.[A-Za-z0-9]{{1,{_MAX_EXTENSION_CHARS}}}")
 
@@ -78,7 +80,7 @@ class TextCheck:
             except UnicodeDecodeError:
                 self.valid = False
             else:
-                self.valid = not _BINARY_CONTROLS.search(chunk)
+                self.valid = not chunk.translate(None, _NOT_BINARY_CONTROLS)
         return self.valid
 
     def finish(self) -> bool:
