@@ -11,6 +11,7 @@ from typing import Annotated
 
 from arq.connections import ArqRedis
 from fastapi import Depends, HTTPException, Request, status
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.auth import TokenError, unsign
@@ -75,11 +76,16 @@ async def optional_web_session(request: Request) -> WebSession | None:
     except (TokenError, KeyError):
         return None
     async with get_sessions(request)() as db:
-        web_session = await db.get(WebSession, session_id)
-        if web_session is None or web_session.revoked_at is not None or web_session.expires_at <= utcnow():
-            return None
-        user = await db.get(User, web_session.user_id)
-    if user is None:
+        # One round trip for both: this runs on every authenticated request, uploads included.
+        found = (
+            await db.execute(
+                select(WebSession, User).join(User, User.id == WebSession.user_id).where(WebSession.id == session_id)
+            )
+        ).first()
+    if found is None:
+        return None
+    web_session, user = found
+    if web_session.revoked_at is not None or web_session.expires_at <= utcnow():
         return None
     request.state.web_session_user = user
     return web_session

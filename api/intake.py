@@ -18,7 +18,7 @@ from typing import Any
 from arq.connections import ArqRedis
 from fastapi import HTTPException, Request, status
 from redis.exceptions import RedisError
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import ClientDisconnect
@@ -26,11 +26,11 @@ from starlette.requests import ClientDisconnect
 from api import metrics
 from api.multipart_stream import BodyTooLarge, MalformedUpload, MultipartStream, boundary_of
 from core import keys
-from core.access import STUDENT, course_role
+from core.access import STUDENT
 from core.clock import isoformat, utcnow
 from core.db import transaction
 from core.events import EventBatch
-from core.models import Assignment, Extension, Submission, SubmissionStep, User
+from core.models import Assignment, Enrolment, Extension, Submission, SubmissionStep, User
 from core.pipeline import FIRST_STEPS, STEPS, StepState, SubmissionStatus
 from core.queues import enqueue_step
 from core.settings import Settings
@@ -45,6 +45,7 @@ MULTIPART_OVERHEAD = 64 * 1024
 # After refusing an oversized body, read (and drop) this much more so the client sees the 413.
 DRAIN_AFTER_REFUSAL = 8 * 1024 * 1024
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+SUBMISSION_STEPS = SubmissionStep.__table__
 KIND_LABELS = {"pdf": "PDF", "text": "plain text", "image": "image (PNG, JPEG, GIF, WebP)", "docx": "Word (DOCX)"}
 
 
@@ -76,6 +77,7 @@ class Window:
     assignment: Assignment
     late: bool
     max_bytes: int
+    attempt: int  # the attempt number this upload takes, unless another upload takes it first
 
 
 @dataclass(frozen=True)
@@ -129,19 +131,30 @@ class Intake:
         return accepted
 
     async def _check_window(self, session: AsyncSession, user: User, assignment_id: int, now: datetime) -> Window:
-        assignment = await session.get(Assignment, assignment_id)
-        if assignment is None:
+        # One round trip: the assignment, the student's role on its course, any extension, attempts used.
+        used = (
+            select(func.count(Submission.id))
+            .where(Submission.user_id == user.id, Submission.assignment_id == Assignment.id)
+            .scalar_subquery()
+        )
+        found = (
+            await session.execute(
+                select(Assignment, Enrolment.role, Extension.deadline, Extension.cutoff_at, used)
+                .outerjoin(Enrolment, and_(Enrolment.course_id == Assignment.course_id, Enrolment.user_id == user.id))
+                .outerjoin(Extension, and_(Extension.assignment_id == Assignment.id, Extension.user_id == user.id))
+                .where(Assignment.id == assignment_id)
+            )
+        ).first()
+        if found is None:
             raise Refused(404, "no_assignment", "There is no such assignment.")
-        if await course_role(session, user.id, assignment.course_id) != STUDENT:
+        assignment, role, extended_deadline, extended_cutoff, attempts_used = found
+        if role != STUDENT:
             raise Refused(
                 403, "not_enrolled", "You are not enrolled as a student on this course, so you cannot submit here."
             )
         deadline, cutoff = assignment.deadline, assignment.cutoff_at
-        extension = await session.scalar(
-            select(Extension).where(Extension.assignment_id == assignment.id, Extension.user_id == user.id)
-        )
-        if extension is not None:
-            deadline, cutoff = max(deadline, extension.deadline), max(cutoff, extension.cutoff_at)
+        if extended_deadline is not None:
+            deadline, cutoff = max(deadline, extended_deadline), max(cutoff, extended_cutoff)
         if now < assignment.opens_at:
             raise Refused(
                 403, "not_open", f"This assignment opens at {isoformat(assignment.opens_at)}; submit after that."
@@ -152,9 +165,9 @@ class Intake:
                 "after_cutoff",
                 f"The cut-off for this assignment passed at {isoformat(cutoff)}; submissions are closed.",
             )
-        await _check_attempts(session, user, assignment)
+        attempt = _next_attempt(assignment, attempts_used or 0)
         max_bytes = min(assignment.max_bytes, self.settings.max_upload_bytes)
-        return Window(assignment=assignment, late=now > deadline, max_bytes=max_bytes)
+        return Window(assignment=assignment, late=now > deadline, max_bytes=max_bytes, attempt=attempt)
 
     async def _receive_file(self, request: Request, window: Window) -> Landed:
         try:
@@ -208,7 +221,13 @@ class Intake:
     async def _record(
         self, user: User, window: Window, landed: Landed, idempotency_key: str | None, now: datetime
     ) -> tuple[Accepted, EventBatch]:
-        """One transaction: submission + step rows + events. Retried if a concurrent upload took the attempt no."""
+        """One transaction: submission + step rows + events. Retried if a concurrent upload took the attempt no.
+
+        The first try takes the attempt number the window check counted; the unique
+        (assignment, user, attempt) constraint catches a concurrent upload that took
+        it meanwhile, and only then are the attempts counted again.
+        """
+        attempt: int | None = window.attempt
         for _ in range(5):
             try:
                 async with transaction(self.sessions) as session:
@@ -216,54 +235,16 @@ class Intake:
                         earlier := await _by_idempotency_key(session, user, window.assignment.id, idempotency_key)
                     ):
                         return Accepted(earlier, replayed=True), EventBatch(session)
-                    attempt = await _check_attempts(session, user, window.assignment)
-                    submission = await self._insert(session, user, window, landed, idempotency_key, attempt, now)
-                    batch = await _emit_received(session, user, window, submission)
-                return Accepted(submission.id, replayed=False), batch
+                    if attempt is None:
+                        attempt = await _check_attempts(session, user, window.assignment)
+                    submission_id = await _insert(session, user, window, landed, idempotency_key, attempt, now)
+                    batch = await _emit_received(session, user, window, landed, submission_id, attempt)
+                return Accepted(submission_id, replayed=False), batch
             except IntegrityError:
                 # Same idempotency key or same attempt number committed first: look again.
                 log.info("intake raced another upload; retrying", extra={"user_id": user.id})
+                attempt = None
         raise Refused(409, "conflict", "Too many uploads at once for this assignment; try again.")
-
-    async def _insert(
-        self,
-        session: AsyncSession,
-        user: User,
-        window: Window,
-        landed: Landed,
-        idempotency_key: str | None,
-        attempt: int,
-        now: datetime,
-    ) -> Submission:
-        submission = Submission(
-            assignment_id=window.assignment.id,
-            user_id=user.id,
-            attempt=attempt,
-            late=window.late,
-            sha256=landed.sha256,
-            size=landed.size,
-            original_filename=landed.filename,
-            content_type=landed.sniffed.content_type,
-            kind=landed.sniffed.kind,
-            storage_key=landed.key,
-            status=SubmissionStatus.processing.value,
-            idempotency_key=idempotency_key,
-            received_at=now,
-        )
-        session.add(submission)
-        await session.flush()
-        for step in STEPS:
-            first = step.name in FIRST_STEPS
-            session.add(
-                SubmissionStep(
-                    submission_id=submission.id,
-                    step=step.name,
-                    state=(StepState.queued if first else StepState.pending).value,
-                    queued_at=now if first else None,
-                )
-            )
-        await session.flush()
-        return submission
 
     async def _enqueue_first_steps(self, submission_id: int) -> None:
         for step in FIRST_STEPS:
@@ -296,6 +277,52 @@ async def _checked(prefix: bytes, rest: AsyncIterator[bytes] | None, sniffed: Sn
         raise NotText()
 
 
+async def _insert(
+    session: AsyncSession,
+    user: User,
+    window: Window,
+    landed: Landed,
+    idempotency_key: str | None,
+    attempt: int,
+    now: datetime,
+) -> int:
+    """The submission and its step rows in two statements (Core, no unit-of-work bookkeeping)."""
+    submission_id: int = (
+        await session.execute(
+            insert(Submission)
+            .values(
+                assignment_id=window.assignment.id,
+                user_id=user.id,
+                attempt=attempt,
+                late=window.late,
+                sha256=landed.sha256,
+                size=landed.size,
+                original_filename=landed.filename,
+                content_type=landed.sniffed.content_type,
+                kind=landed.sniffed.kind,
+                storage_key=landed.key,
+                status=SubmissionStatus.processing.value,
+                idempotency_key=idempotency_key,
+                received_at=now,
+            )
+            .returning(Submission.id)
+        )
+    ).scalar_one()
+    await session.execute(
+        insert(SUBMISSION_STEPS),
+        [
+            {
+                "submission_id": submission_id,
+                "step": step.name,
+                "state": (StepState.queued if step.name in FIRST_STEPS else StepState.pending).value,
+                "queued_at": now if step.name in FIRST_STEPS else None,
+            }
+            for step in STEPS
+        ],
+    )
+    return submission_id
+
+
 async def _by_idempotency_key(session: AsyncSession, user: User, assignment_id: int, key: str) -> int | None:
     found: int | None = await session.scalar(
         select(Submission.id).where(
@@ -314,46 +341,53 @@ async def _check_attempts(session: AsyncSession, user: User, assignment: Assignm
             Submission.user_id == user.id, Submission.assignment_id == assignment.id
         )
     )
-    if (used or 0) >= assignment.max_attempts:
+    return _next_attempt(assignment, used or 0)
+
+
+def _next_attempt(assignment: Assignment, used: int) -> int:
+    if used >= assignment.max_attempts:
         raise Refused(
             409,
             "attempts",
             f"You have used all {assignment.max_attempts} attempts for this assignment.",
         )
-    return (used or 0) + 1
+    return used + 1
 
 
-async def _emit_received(session: AsyncSession, user: User, window: Window, submission: Submission) -> EventBatch:
+async def _emit_received(
+    session: AsyncSession, user: User, window: Window, landed: Landed, submission_id: int, attempt: int
+) -> EventBatch:
     batch = EventBatch(session)
     steps = {step.name: (StepState.queued if step.name in FIRST_STEPS else StepState.pending).value for step in STEPS}
     await batch.emit(
-        keys.submission_topic(submission.id),
+        keys.submission_topic(submission_id),
         "submission.received",
         {
-            "submission_id": submission.id,
-            "assignment_id": submission.assignment_id,
-            "attempt": submission.attempt,
-            "late": submission.late,
-            "size": submission.size,
-            "sha256": submission.sha256,
-            "filename": submission.original_filename,
-            "kind": submission.kind,
-            "status": submission.status,
+            "submission_id": submission_id,
+            "assignment_id": window.assignment.id,
+            "attempt": attempt,
+            "late": window.late,
+            "size": landed.size,
+            "sha256": landed.sha256,
+            "filename": landed.filename,
+            "kind": landed.sniffed.kind,
+            "status": SubmissionStatus.processing.value,
             "steps": steps,
         },
         actor="student",
         actor_id=user.id,
     )
+    # Last, so the shared dashboard topic's seq row stays locked for as short a time as possible.
     await batch.emit(
         keys.STAFF_DASHBOARD_TOPIC,
         "submission.arrived",
         {
-            "submission_id": submission.id,
-            "assignment_id": submission.assignment_id,
+            "submission_id": submission_id,
+            "assignment_id": window.assignment.id,
             "course_id": window.assignment.course_id,
-            "late": submission.late,
-            "size": submission.size,
-            "kind": submission.kind,
+            "late": window.late,
+            "size": landed.size,
+            "kind": landed.sniffed.kind,
         },
         actor="student",
         actor_id=user.id,
