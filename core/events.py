@@ -9,6 +9,7 @@ down the event is still in the audit trail and pages catch up with
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
@@ -103,9 +104,17 @@ async def record(
 
 
 async def publish(redis: Redis, envelopes: list[Envelope]) -> None:
-    """Publish committed events; a Redis failure is logged, never raised."""
-    if not envelopes:
-        return
+    """Publish committed events; a Redis failure is logged, never raised.
+
+    Shielded: the events are committed, so a caller cancelled meanwhile (a
+    worker shutting down) must not leave them half sent or the pipeline's
+    connection checked out.
+    """
+    if envelopes:
+        await asyncio.shield(_publish(redis, envelopes))
+
+
+async def _publish(redis: Redis, envelopes: list[Envelope]) -> None:
     try:
         async with redis.pipeline(transaction=False) as pipe:
             for envelope in envelopes:
