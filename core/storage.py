@@ -28,8 +28,8 @@ from core.settings import Settings
 CHUNK_SIZE = 64 * 1024
 # S3 multipart parts must be at least 5 MiB (except the last one).
 S3_PART_SIZE = 8 * 1024 * 1024
-# Flush to disk in slices this big, so a thread hop is not paid per tiny chunk.
-LOCAL_WRITE_SLICE = 1024 * 1024
+# Flush to disk in slices this big, so a thread hop is not paid per tiny chunk (most uploads: one hop).
+LOCAL_WRITE_SLICE = 4 * 1024 * 1024
 
 _KEY_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}(/[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}){0,7}")
 
@@ -137,23 +137,21 @@ class LocalStorage:
         self, area: Area, key: str, chunks: AsyncIterable[bytes], max_bytes: int | None = None
     ) -> StoredObject:
         target = self.path(area, key)
-        await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
-        temp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
-        handle = await asyncio.to_thread(open, temp, "wb")
-        digest, size, pending = hashlib.sha256(), 0, bytearray()
+        writer = _FileWriter(target, target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part"))
+        size, pending = 0, bytearray()
         try:
             async for chunk in _with_limit(chunks, max_bytes):
-                digest.update(chunk)
                 size += len(chunk)
                 pending += chunk
                 if len(pending) >= LOCAL_WRITE_SLICE:
-                    await asyncio.to_thread(handle.write, bytes(pending))
-                    pending.clear()
-            await asyncio.to_thread(_finish_file, handle, bytes(pending), temp, target)
+                    # Hand the buffer over instead of copying it; a fresh one collects the next slice.
+                    full, pending = pending, bytearray()
+                    await asyncio.to_thread(writer.write, full)
+            sha256 = await asyncio.to_thread(writer.finish, pending)
         except BaseException:
-            await asyncio.to_thread(_discard_file, handle, temp)
+            await asyncio.to_thread(writer.discard)
             raise
-        return StoredObject(key, size, digest.hexdigest())
+        return StoredObject(key, size, sha256)
 
     async def put_bytes(self, area: Area, key: str, data: bytes) -> StoredObject:
         return await self.put_stream(area, key, _single(data))
@@ -203,18 +201,41 @@ async def _single(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-def _finish_file(handle: IO[bytes], tail: bytes, temp: Path, target: Path) -> None:
-    handle.write(tail)
-    handle.flush()
-    # A 202 promises the file is kept: make it durable before the rename publishes it.
-    os.fsync(handle.fileno())
-    handle.close()
-    os.replace(temp, target)
+class _FileWriter:
+    """The blocking half of LocalStorage.put_stream, run in a worker thread one slice at a time.
 
+    The file is created on the first slice and the SHA-256 is computed here
+    too (hashlib releases the GIL), so the event loop only collects bytes and
+    a file that fits one slice costs a single thread hop.
+    """
 
-def _discard_file(handle: IO[bytes], temp: Path) -> None:
-    handle.close()
-    temp.unlink(missing_ok=True)
+    def __init__(self, target: Path, temp: Path) -> None:
+        self.target = target
+        self.temp = temp
+        self.digest = hashlib.sha256()
+        self.handle: IO[bytes] | None = None
+
+    def write(self, data: bytes | bytearray) -> None:
+        if self.handle is None:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = open(self.temp, "wb")
+        self.digest.update(data)
+        self.handle.write(data)
+
+    def finish(self, tail: bytes | bytearray) -> str:
+        self.write(tail)
+        assert self.handle is not None
+        self.handle.flush()
+        # A 202 promises the file is kept: make it durable before the rename publishes it.
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+        os.replace(self.temp, self.target)
+        return self.digest.hexdigest()
+
+    def discard(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+        self.temp.unlink(missing_ok=True)
 
 
 def _move_file(src: Path, dst: Path) -> None:
