@@ -139,6 +139,33 @@ def running(args: list[str], env: dict[str, str], health_url: str | None = None)
             process.kill()
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and all its live descendants (Linux /proc).
+
+    On a shared machine latency moves with everyone else's load; CPU spent per
+    request does not, so the benchmarks print both.
+    """
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += times.get(current, 0.0)
+        todo.extend(children.get(current, []))
+    return total
+
+
 def handin(*args: str) -> list[str]:
     return [sys.executable, "-m", "core.cli", *args]
 
@@ -168,6 +195,7 @@ class LoadResult:
             "p99_ms": percentile(self.latencies_ms, 0.99),
             "ok_per_s": self.achieved_per_s,
             "errors": self.errors,
+            "server_cpu_ms": float("nan"),
         }
 
 
@@ -198,4 +226,5 @@ def row(label: str, figures: dict[str, float]) -> str:
     return (
         f"{label:<28} p50 {figures['p50_ms']:8.1f} ms  p95 {figures['p95_ms']:8.1f} ms  "
         f"p99 {figures['p99_ms']:8.1f} ms  {figures['ok_per_s']:7.1f}/s  errors {int(figures['errors'])}"
+        f"  server CPU {figures['server_cpu_ms']:5.1f} ms/upload"
     )

@@ -35,6 +35,7 @@ from bench.common import (
     row,
     running,
     seed_students,
+    tree_cpu_seconds,
 )
 from tests.fixtures.clamd import write_clamd_config
 
@@ -44,7 +45,9 @@ def upload_body(index: int, size: int) -> bytes:
     return (line * (size // len(line) + 1))[:size]
 
 
-async def load(base_url: str, path: str, cookies: list[str], rate: float, count: int, size: int) -> dict[str, float]:
+async def load(
+    base_url: str, path: str, cookies: list[str], rate: float, count: int, size: int, server_pid: int | None = None
+) -> dict[str, float]:
     bodies = [upload_body(i, size) for i in range(min(count, 64))]
     limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200)
     async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as http:
@@ -57,8 +60,12 @@ async def load(base_url: str, path: str, cookies: list[str], rate: float, count:
             )
             return answer.status_code in (201, 202)
 
+        cpu_before = tree_cpu_seconds(server_pid) if server_pid else 0.0
         result = await open_loop(rate, count, send)
-    return result.summary()
+        cpu_used = tree_cpu_seconds(server_pid) - cpu_before if server_pid else float("nan")
+    summary = result.summary()
+    summary["server_cpu_ms"] = cpu_used * 1000 / count
+    return summary
 
 
 def start_clamd(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -105,21 +112,23 @@ async def main() -> None:
         try:
             port = free_port()
             api = handin("api", "--port", str(port), "--workers", str(args.api_workers))
-            with running(api, env, f"http://127.0.0.1:{port}/healthz"):
+            with running(api, env, f"http://127.0.0.1:{port}/healthz") as server:
                 base = f"http://127.0.0.1:{port}"
                 await load(base, f"/api/assignments/{seeded.assignment_id}/submissions", seeded.cookies, 5, 10, size)
                 figures["asynchronous intake"] = await load(
                     base, f"/api/assignments/{seeded.assignment_id}/submissions", seeded.cookies,
-                    args.rate, count, size,
+                    args.rate, count, size, server.pid,
                 )
             port = free_port()
             inline = [sys.executable, "-m", "uvicorn", "bench.inline_app:create_inline_app", "--factory",
                       "--port", str(port), "--log-level", "warning", "--workers", str(args.api_workers)]
-            with running(inline, env, f"http://127.0.0.1:{port}/healthz"):
+            with running(inline, env, f"http://127.0.0.1:{port}/healthz") as server:
                 path = f"/bench/inline/assignments/{seeded.assignment_id}/submissions"
                 base = f"http://127.0.0.1:{port}"
                 await load(base, path, seeded.cookies, 2, 4, size)
-                figures["inline baseline"] = await load(base, path, seeded.cookies, args.rate, baseline_count, size)
+                figures["inline baseline"] = await load(
+                    base, path, seeded.cookies, args.rate, baseline_count, size, server.pid
+                )
         finally:
             clamd.kill()
             redis.Redis.from_url(BENCH_REDIS_URL).flushdb()
