@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -132,6 +133,7 @@ async def main() -> None:
         finally:
             clamd.kill()
             redis.Redis.from_url(BENCH_REDIS_URL).flushdb()
+            shutil.rmtree(root, ignore_errors=True)  # a run leaves gigabytes of uploads (in RAM with --tmpfs)
     print(f"\nintake: {args.rate:g} uploads/s offered, {args.size_kb} KB each, store on "
           f"{'tmpfs' if args.tmpfs else 'the system disk'}, {os.cpu_count()} cores")
     for label, result in figures.items():

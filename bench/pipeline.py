@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import shutil
 import tempfile
 import threading
 import time
@@ -178,6 +179,7 @@ async def main() -> None:
             clamd.kill()
             server.shutdown()
             sync_redis.Redis.from_url(BENCH_REDIS_URL).flushdb()
+            shutil.rmtree(root, ignore_errors=True)
     print(f"\npipeline: {len(ids)} submissions of {args.size_kb} KB, one worker process per task")
     print(f"fully processed: {len(ids) / elapsed:.1f} submissions/s ({elapsed:.1f} s)")
     print(f"{'step':<20} {'run p50':>9} {'run p95':>9} {'run p99':>9} {'wait p50':>9} {'wait p99':>9}  (ms)")
