@@ -15,7 +15,11 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
         _serialise_sqlite_writers(engine)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
+    # No ping per checkout: it costs a round trip each time (three per upload).
+    # A connection broken by a database restart fails one query and is
+    # replaced; recycling bounds how stale a pooled connection can get.
+    kwargs.setdefault("pool_pre_ping", False)
+    kwargs.setdefault("pool_recycle", 300)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
     return create_async_engine(url, **kwargs)
