@@ -25,6 +25,7 @@ autoscaler.sources, with the same settings object.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from collections.abc import Callable
@@ -45,9 +46,21 @@ STUDENTS = 30_000
 AFTER = HOUR  # simulated time after the deadline
 WINDOW = int(DAY + AFTER)  # seconds simulated; the deadline is at DAY
 DEADLINE = DAY
-# Mean service seconds per job. bench/pipeline.py has no stored measurements of
-# our workers yet, so these are the defaults the issue gives.
-SERVICE = {"scan": 0.25, "store": 0.17, "similarity": 1.0, "admin": 0.5, "receipt": 0.25, "thumbnail": 0.5}
+# Mean service seconds per job: bench/pipeline.py's measurements of our real
+# workers where a run left them (bench/results/pipeline.json), else these defaults.
+DEFAULT_SERVICE = {"scan": 0.25, "store": 0.17, "similarity": 1.0, "admin": 0.5, "receipt": 0.25, "thumbnail": 0.5}
+MEASURED_SERVICE = Path(__file__).parent / "results" / "pipeline.json"
+
+
+def service_times() -> dict[str, float]:
+    service = dict(DEFAULT_SERVICE)
+    if MEASURED_SERVICE.exists():
+        measured = json.loads(MEASURED_SERVICE.read_text()).get("service_seconds_p50", {})
+        service.update({step: float(value) for step, value in measured.items() if step in service and value > 0})
+    return service
+
+
+SERVICE = service_times()
 CONCURRENCY = {"io": 10, "cpu": 1}  # jobs at once per replica, by profile
 SERVICE_CV = 0.3
 MAX_REPLICAS = 500
@@ -499,6 +512,9 @@ def main() -> int:
         cells = [Cell(*map(float, (args.cell or "0.6,120,120").split(",")))]
     # The hardest cell last: its plots go in the docs.
     cells.sort(key=lambda c: (c.final_hour_share, -c.surge_seconds, c.pod_start))
+    source = "bench/pipeline.py's measurements" if MEASURED_SERVICE.exists() else "the declared defaults"
+    print("service seconds per job, from " + source + ": "
+          + ", ".join(f"{step} {SERVICE[step]:g}" for step in POOLS), flush=True)
     table, failures = report(cells, args.seed, args.plots if str(args.plots) else None)
     print()
     print(table)

@@ -94,7 +94,7 @@ async def main() -> None:
     parser.add_argument("--baseline-seconds", type=float, default=10.0, help="how long the inline run lasts")
     parser.add_argument("--size-kb", type=int, default=1024)
     parser.add_argument("--tmpfs", action="store_true", help="keep uploads in /dev/shm (store on its own volume)")
-    parser.add_argument("--api-workers", type=int, default=2, help="api server processes (both endpoints)")
+    parser.add_argument("--api-workers", type=int, default=1, help="api server processes (both endpoints)")
     args = parser.parse_args()
     size = args.size_kb * 1024
     count = int(args.rate * args.seconds)
