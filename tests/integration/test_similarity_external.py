@@ -68,8 +68,12 @@ async def similarity_worker(settings: Settings) -> AsyncIterator[Worker]:
         yield worker
     finally:
         # Stop taking jobs, let the running ones end, then stop the loop and close.
+        # A loop turn already starting jobs finishes first: cancelling it mid-way
+        # would leave its Redis pipeline's connection checked out.
         worker.allow_pick_jobs = False
-        await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+        await asyncio.sleep(0.2)
+        while running := [job for job in worker.tasks.values() if not job.done()]:
+            await asyncio.gather(*running, return_exceptions=True)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
