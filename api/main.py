@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from api.metrics import MetricsMiddleware
 from api.routes import routers
 from core.db import make_engine, make_sessionmaker
-from core.queues import connect
+from core.queues import connect_lazily
 from core.settings import Settings, get_settings
 from core.storage import make_storage
 
@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings.database_url)
-        redis = await connect(settings.redis_url)
+        redis = connect_lazily(settings.redis_url)
         storage = make_storage(settings)
         app.state.engine = engine
         app.state.sessions = make_sessionmaker(engine)

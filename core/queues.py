@@ -22,6 +22,14 @@ async def connect(url: str) -> ArqRedis:
     return await create_pool(redis_settings(url))
 
 
+def connect_lazily(url: str) -> ArqRedis:
+    """A pool that connects on first use: a process can start while Redis is
+    down (the api then reports not-ready, and still takes uploads: their steps
+    stay "queued" in the database until the reconciler finds Redis back)."""
+    pool: ArqRedis = ArqRedis.from_url(url, socket_connect_timeout=2)
+    return pool
+
+
 async def enqueue_step(
     redis: ArqRedis, step: str, submission_id: int, *, defer_seconds: float | None = None
 ) -> Job | None:

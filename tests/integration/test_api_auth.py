@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -14,10 +15,10 @@ from api.deps import SESSION_COOKIE
 from api.main import create_app
 from core import keys
 from core.auth import read_ws_ticket
-from core.db import make_engine, make_sessionmaker
 from core.models import WebSession
 from core.settings import Settings
-from tests.fixtures.app import PASSWORD, World
+from tests.fixtures.app import PASSWORD, World, login
+from tests.fixtures.pipeline import step_states
 
 
 async def test_login_me_logout(client: httpx.AsyncClient, world: World) -> None:
@@ -99,19 +100,24 @@ async def test_health_ready_and_metrics(client: httpx.AsyncClient) -> None:
     assert 'handin_http_requests_total{method="GET",route="/readyz",status="200"}' in text
 
 
-async def test_readyz_says_what_is_down(settings: Settings, redis: Redis) -> None:
+async def test_without_redis_the_api_starts_reports_not_ready_and_still_takes_uploads(
+    settings: Settings, world: World, sessions: Any
+) -> None:
+    """Nothing listens on port 1: the app starts anyway, /readyz names Redis,
+    and an upload is kept with its first step queued in the database for the
+    reconciler to hand to Redis when it is back."""
     broken = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
     app = create_app(broken)
-    # The arq pool would refuse to start without Redis; give the app a client pointed at nothing instead.
-    app.state.redis = Redis.from_url(broken.redis_url, socket_connect_timeout=0.5)
-    engine = make_engine(settings.database_url)
-    app.state.sessions = make_sessionmaker(engine)
-    try:
+    async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://handin.test") as http:
+            assert (await http.get("/healthz")).status_code == 200
             answer = await asyncio.wait_for(http.get("/readyz"), 10)
-        assert answer.status_code == 503
-        assert answer.json()["detail"] == "not ready: redis unreachable"
-        assert answer.json()["checks"]["database"] == "ok"
-    finally:
-        await app.state.redis.aclose()
-        await engine.dispose()
+            assert answer.status_code == 503
+            assert answer.json()["detail"] == "not ready: redis unreachable"
+            assert answer.json()["checks"]["database"] == "ok"
+            await login(http, "student")
+            upload = await http.post(
+                f"/api/assignments/{world.assignment_id}/submissions", files={"file": ("essay.txt", b"kept\n" * 50)}
+            )
+    assert upload.status_code == 202, upload.text
+    assert (await step_states(sessions, upload.json()["id"]))["scan"] == "queued"
