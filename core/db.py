@@ -10,10 +10,13 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 
-def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
+def make_engine(url: str, *, mostly_reads: bool = False, **kwargs: Any) -> AsyncEngine:
+    """`mostly_reads`: a process whose transactions read, or write first (the router's
+    authorisation look-ups). On SQLite its transactions then begin deferred, so its
+    reads never queue behind the workers' write lock."""
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
-        _serialise_sqlite_writers(engine)
+        _serialise_sqlite_writers(engine, immediate=not mostly_reads)
         return engine
     # No ping per checkout: it costs a round trip each time (three per upload).
     # A connection broken by a database restart fails one query and is
@@ -25,7 +28,7 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     return create_async_engine(url, **kwargs)
 
 
-def _serialise_sqlite_writers(engine: AsyncEngine) -> None:
+def _serialise_sqlite_writers(engine: AsyncEngine, immediate: bool = True) -> None:
     """Take SQLite's write lock at BEGIN, so read-then-write transactions never
     deadlock into "database is locked", and use WAL so readers don't block."""
 
@@ -40,7 +43,7 @@ def _serialise_sqlite_writers(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

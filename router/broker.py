@@ -96,6 +96,10 @@ class Broker:
         self.reshapers = reshapers
         self.topics: dict[str, TopicState] = {}
         self._confirmations: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
+        # SUBSCRIBE and UNSUBSCRIBE go out in the order the topic table changed: a
+        # release's UNSUBSCRIBE sent after a new SUBSCRIBE of the same channel would
+        # silently cut that topic off.
+        self._channel_changes = asyncio.Lock()
         self._exclusions: OrderedDict[tuple[str, int], Subscriber] = OrderedDict()
         self._reader: asyncio.Task[None] | None = None
         self._outbox: dict[Subscriber, list[bytes]] = {}
@@ -126,20 +130,21 @@ class Broker:
         The caller sends SUBSCRIBED and then calls ``attach`` without awaiting in
         between, so no EVENT can precede SUBSCRIBED.
         """
-        state = self.topics.get(topic)
-        if state is None:
-            channel = keys.events_channel(topic)
-            ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            state = TopicState(random.randint(1, MAX_ID), ready)
-            self.topics[topic] = state
-            self._confirmations[channel].append(ready)
-            self.metrics.redis_topics.set(len(self.topics))
-            try:
-                await self.pubsub.subscribe(channel)
-            except (RedisError, OSError) as error:
-                if not ready.done():
-                    ready.set_exception(error)
-        state.pending += 1
+        async with self._channel_changes:
+            state = self.topics.get(topic)
+            if state is None:
+                channel = keys.events_channel(topic)
+                ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                state = TopicState(random.randint(1, MAX_ID), ready)
+                self.topics[topic] = state
+                self._confirmations[channel].append(ready)
+                self.metrics.redis_topics.set(len(self.topics))
+                try:
+                    await self.pubsub.subscribe(channel)
+                except (RedisError, OSError) as error:
+                    if not ready.done():
+                        ready.set_exception(error)
+            state.pending += 1
         try:
             await asyncio.wait_for(asyncio.shield(state.ready), SUBSCRIBE_CONFIRM_SECONDS)
         except BaseException:
@@ -168,12 +173,13 @@ class Broker:
             await self._release_if_unused(topic, state)
 
     async def _release_if_unused(self, topic: str, state: TopicState) -> None:
-        if state.subscribers or state.pending or self.topics.get(topic) is not state:
-            return
-        del self.topics[topic]
-        self.metrics.redis_topics.set(len(self.topics))
-        with contextlib.suppress(RedisError, OSError):
-            await self.pubsub.unsubscribe(keys.events_channel(topic))
+        async with self._channel_changes:
+            if state.subscribers or state.pending or self.topics.get(topic) is not state:
+                return
+            del self.topics[topic]
+            self.metrics.redis_topics.set(len(self.topics))
+            with contextlib.suppress(RedisError, OSError):
+                await self.pubsub.unsubscribe(keys.events_channel(topic))
 
     def exclude_once(self, topic: str, seq: int, subscriber: Subscriber) -> None:
         """Publisher exclusion: skip this subscriber when event (topic, seq) comes back from Redis."""

@@ -80,7 +80,7 @@ class Router:
         self.settings = settings
         self.limits = settings.router
         self.metrics = RouterMetrics()
-        self.engine = make_engine(settings.database_url)
+        self.engine = make_engine(settings.database_url, mostly_reads=True)
         self.sessions = make_sessionmaker(self.engine)
         self.redis: Redis = Redis.from_url(settings.redis_url)
         self.authorizer = Authorizer(self.sessions, self.limits.authz_cache_seconds)

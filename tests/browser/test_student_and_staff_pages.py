@@ -97,7 +97,12 @@ def wait_all_steps_done(page: Page) -> None:
         events = page.evaluate(f"fetch('/api/topics/{topic}/events?after=0').then(r => r.json())")
         trail = [(e["seq"], e["type"], e["data"].get("step")) for e in events["events"]]
         state = page.evaluate("window.handinLive && window.handinLive.state")
-        raise AssertionError(f"{failure}\nconnection: {state}\naudit trail: {trail}") from None
+        topics = page.evaluate(
+            "window.handinLive && [...window.handinLive._topics.values()].map(e => ({topic: e.topic,"
+            " subscriptionId: e.subscriptionId, requested: e.requested, syncing: e.syncing,"
+            " buffered: e.buffer.length, lastSeq: [...e.listeners].map(l => l.lastSeq)}))"
+        )
+        raise AssertionError(f"{failure}\nconnection: {state}\ntopics: {topics}\naudit trail: {trail}") from None
 
 
 def test_a_student_uploads_with_a_progress_bar_and_watches_every_step_live(browser: Browser, system: System) -> None:

@@ -27,13 +27,15 @@ export class HandinWamp {
    * @param {number} [options.initialDelayMs=500] first reconnect delay
    * @param {number} [options.maxDelayMs=30000] reconnect delay cap
    * @param {number} [options.pageSize=500] the api's page size for gap fetches
+   * @param {number} [options.fetchTimeoutMs=10000] a gap fetch taking longer is abandoned and retried
+   * @param {number} [options.subscribeTimeoutMs=10000] a SUBSCRIBE unanswered this long ends the session and reconnects
    * @param {boolean} [options.autoConnect=true] connect on the first subscribe/publish
    * @param {typeof fetch} [options.fetch] @param {typeof WebSocket} [options.WebSocket] for tests
    */
   constructor(options = {}) {
     this.options = {
       ticketUrl: '/api/ws-ticket', routerUrl: null, eventsUrl: defaultEventsUrl, realm: 'handin',
-      initialDelayMs: 500, maxDelayMs: 30000, pageSize: 500, autoConnect: true, ...options,
+      initialDelayMs: 500, maxDelayMs: 30000, pageSize: 500, fetchTimeoutMs: 10000, subscribeTimeoutMs: 10000, autoConnect: true, ...options,
     };
     this._fetch = this.options.fetch || ((...args) => window.fetch(...args));
     this._WebSocket = this.options.WebSocket || window.WebSocket;
@@ -215,6 +217,12 @@ export class HandinWamp {
     const request = this._request();
     this._pending.set(request, { kind: 'subscribe', topic: entry.topic });
     this._send([SUBSCRIBE, request, {}, entry.topic]);
+    // A router that never answers would leave the page silently stale: start over on a
+    // new session (maybe another replica), which subscribes again and catches up.
+    const socket = this._socket;
+    setTimeout(() => {
+      if (this._pending.has(request) && this._socket === socket) socket?.close(4000, 'subscribe unanswered');
+    }, this.options.subscribeTimeoutMs);
   }
 
   _subscribed(request, subscriptionId) {
@@ -270,12 +278,22 @@ export class HandinWamp {
     if (entry.syncing) return;
     entry.syncing = true;
     const subscriptionId = entry.subscriptionId;
+    let failed = false;
     try {
       let after = Math.min(...[...entry.listeners].map((l) => l.lastSeq));
       for (let page = 0; page < 100; page += 1) {
-        const response = await this._fetch(this.options.eventsUrl(entry.topic, after), { credentials: 'same-origin' });
-        if (!response.ok) throw new Error(`events: HTTP ${response.status}`);
-        const body = await response.json();
+        // A fetch that never answers must not hold the topic's live events back for good.
+        const abort = new AbortController();
+        const timer = setTimeout(() => abort.abort(), this.options.fetchTimeoutMs);
+        let body;
+        try {
+          const response = await this._fetch(this.options.eventsUrl(entry.topic, after),
+            { credentials: 'same-origin', signal: abort.signal });
+          if (!response.ok) throw new Error(`events: HTTP ${response.status}`);
+          body = await response.json();
+        } finally {
+          clearTimeout(timer);
+        }
         const events = Array.isArray(body) ? body : body.events || [];
         if (entry.subscriptionId !== subscriptionId) return;  // reconnected meanwhile; that pass catches up
         for (const envelope of events) this._dispatch(entry, envelope);
@@ -283,15 +301,31 @@ export class HandinWamp {
         after = events[events.length - 1].seq;
       }
     } catch (error) {
+      failed = true;
       this._notify({ reason: `gap fetch failed: ${error}` });
     } finally {
       if (entry.subscriptionId === subscriptionId) {
         entry.syncing = false;
-        const buffered = entry.buffer.sort((a, b) => a.seq - b.seq);
-        entry.buffer = [];
-        for (const envelope of buffered) this._dispatch(entry, envelope);
+        if (failed) {
+          // Keep the live events buffered (showing them would skip the gap) and try again.
+          this._retryCatchUp(entry, subscriptionId);
+        } else {
+          entry.fetchFailures = 0;
+          const buffered = entry.buffer.sort((a, b) => a.seq - b.seq);
+          entry.buffer = [];
+          for (const envelope of buffered) this._dispatch(entry, envelope);
+        }
       }
     }
+  }
+
+  _retryCatchUp(entry, subscriptionId) {
+    entry.fetchFailures = (entry.fetchFailures || 0) + 1;
+    const base = Math.min(this.options.maxDelayMs, this.options.initialDelayMs * 2 ** entry.fetchFailures);
+    const delayMs = Math.round(base / 2 + Math.random() * base / 2);
+    setTimeout(() => {
+      if (this._topics.get(entry.topic) === entry && entry.subscriptionId === subscriptionId) this._catchUp(entry);
+    }, delayMs);
   }
 
   _dispatch(entry, envelope) {
