@@ -14,12 +14,12 @@ from __future__ import annotations
 import io
 import re
 import threading
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from xml.etree import ElementTree
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+
+from core.similarity import text
 
 THUMB_WIDTH = 320
 THUMB_MAX_HEIGHT = 480
@@ -34,7 +34,6 @@ Image.MAX_IMAGE_PIXELS = MAX_SOURCE_PIXELS
 TEXT_PREFIX_BYTES = 64 * 1024
 MAX_DOCX_XML_BYTES = 20 * 1024 * 1024
 MAX_DOCX_PARAGRAPHS = 80
-WORD_NS = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 # PDFium is not thread-safe: one render at a time per process.
 _PDFIUM_LOCK = threading.Lock()
@@ -162,29 +161,11 @@ def render_text(text: str, *, title: str | None = None) -> Image.Image:
 
 
 def docx_paragraphs(path: Path) -> list[str]:
-    """The text of a DOCX's first paragraphs, read from word/document.xml."""
+    """The text of a DOCX's first paragraphs (the same reader similarity uses)."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            info = archive.getinfo("word/document.xml")
-            if info.file_size > MAX_DOCX_XML_BYTES:
-                raise DocumentError("the DOCX's text part is too large to preview")
-            with archive.open(info) as part:
-                xml = part.read(MAX_DOCX_XML_BYTES + 1)
-    except (zipfile.BadZipFile, KeyError, OSError, EOFError) as error:
+        return text.docx_paragraphs(path, MAX_DOCX_XML_BYTES)[:MAX_DOCX_PARAGRAPHS]
+    except text.UnreadableDocument as error:
         raise DocumentError(f"not a readable DOCX: {error}") from error
-    if b"<!DOCTYPE" in xml.upper():
-        # Word never writes a DTD; refusing one rules out entity-expansion tricks.
-        raise DocumentError("the DOCX's text declares a DTD; refused")
-    try:
-        root = ElementTree.fromstring(xml)
-    except ElementTree.ParseError as error:
-        raise DocumentError(f"the DOCX's text is not valid XML: {error}") from error
-    paragraphs: list[str] = []
-    for paragraph in root.iter(f"{WORD_NS}p"):
-        paragraphs.append("".join(node.text or "" for node in paragraph.iter(f"{WORD_NS}t")))
-        if len(paragraphs) >= MAX_DOCX_PARAGRAPHS:
-            break
-    return paragraphs
 
 
 def render_icon(filename: str) -> Image.Image:

@@ -82,16 +82,23 @@ def pdf_text(path: Path) -> str:
     return "\n".join(pages)
 
 
-def docx_text(path: Path) -> str:
-    """Paragraphs of word/document.xml, each the concatenation of its w:t runs."""
+def docx_paragraphs(path: Path, max_xml_bytes: int = MAX_DOCX_XML_BYTES) -> list[str]:
+    """Paragraphs of word/document.xml, each the concatenation of its w:t runs.
+
+    Shared by similarity (all of them) and the thumbnail (the first few).
+    """
     try:
         with zipfile.ZipFile(path) as archive:
             info = archive.getinfo("word/document.xml")
-            if info.file_size > MAX_DOCX_XML_BYTES:
+            if info.file_size > max_xml_bytes:
                 raise UnreadableDocument("the document body is too large to read")
-            xml = archive.read(info)
-    except (zipfile.BadZipFile, KeyError) as error:
+            with archive.open(info) as part:
+                xml = part.read(max_xml_bytes + 1)
+    except (zipfile.BadZipFile, KeyError, OSError, EOFError) as error:
         raise UnreadableDocument(f"not a readable DOCX file: {error}") from error
+    if b"<!DOCTYPE" in xml.upper():
+        # Word never writes a DTD; refusing one rules out entity-expansion tricks.
+        raise UnreadableDocument("the document body declares a DTD; refused")
     try:
         root = ElementTree.fromstring(xml)
     except ElementTree.ParseError as error:
@@ -107,7 +114,11 @@ def docx_text(path: Path) -> str:
             elif node.tag in (f"{_W}br", f"{_W}cr"):
                 parts.append("\n")
         paragraphs.append("".join(parts))
-    return "\n".join(paragraphs)
+    return paragraphs
+
+
+def docx_text(path: Path) -> str:
+    return "\n".join(docx_paragraphs(path))
 
 
 def extract_text(path: Path, kind: str) -> str | None:
