@@ -3,22 +3,26 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/dev.lock | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: run test install lint typecheck bench clean-var
+.PHONY: run test install lint typecheck bench clean-var images lock
 
-$(STAMP): pyproject.toml
+# The venv takes the exact, hash-checked versions of requirements/dev.lock (`make lock`
+# regenerates it), then the project itself without resolving anything again.
+$(STAMP): pyproject.toml requirements/dev.lock requirements/build.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --require-hashes -r requirements/build.lock -r requirements/dev.lock
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
 install: $(STAMP)
 
 run: install
-	$(BIN)/handin dev
+	scripts/dev-services.sh
+	$(BIN)/handin dev $(RUN_ARGS)
 
 test: install
 	scripts/test-services.sh
@@ -29,7 +33,17 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy core
 
+# Every image in images/, built with podman (a stand-in Python base from Debian where no registry is reachable).
+images:
+	scripts/build-images.sh
+
+# Regenerates the images' hash-pinned locks (requirements/*.lock) from pyproject.toml.
+lock: install
+	$(BIN)/python scripts/lock.py
+
+# The benchmarks run the real services (PostgreSQL, Redis, clamd) the tests use.
 bench: install
+	scripts/test-services.sh
 	$(BIN)/python -m bench
 
 clean-var:

@@ -7,10 +7,18 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/venv
 WORKDIR /src
+# Dependencies first, exactly as locked (versions and file hashes, wheels only): this
+# layer is rebuilt only when the lock changes. `make lock` regenerates the locks.
+COPY requirements/build.lock requirements/router.lock ./requirements/
+RUN /opt/venv/bin/pip install --require-hashes --no-deps --only-binary :all: \
+        -r requirements/build.lock -r requirements/router.lock
 COPY pyproject.toml ./
 COPY core ./core
 COPY router ./router
-RUN /opt/venv/bin/pip install . && /opt/venv/bin/python -m compileall -q /opt/venv/lib
+# The project itself, on the locked dependencies; the installers leave with it.
+RUN /opt/venv/bin/pip install --no-deps --no-build-isolation . \
+    && /opt/venv/bin/pip uninstall -q -y pip setuptools wheel \
+    && /opt/venv/bin/python -m compileall -q /opt/venv/lib
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 handin \

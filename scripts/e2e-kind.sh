@@ -21,7 +21,10 @@ docker info >/dev/null 2>&1 || { echo "e2e-kind: no Docker engine is running" >&
 HELM="$("$PYTHON" scripts/fetch_helm.py)"
 
 created=0
-if ! kind get clusters | grep -qx "$CLUSTER"; then
+# Not `kind get clusters | grep -q`: grep -q exits at the first match, kind may then die of
+# SIGPIPE, and under pipefail the pipeline fails although the cluster exists.
+clusters="$(kind get clusters 2>/dev/null)"
+if ! grep -qx -- "$CLUSTER" <<<"$clusters"; then
   kind create cluster --name "$CLUSTER" --config tests/e2e/kind-config.yaml --wait 120s
   created=1
 fi

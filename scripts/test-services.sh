@@ -6,7 +6,12 @@ set -euo pipefail
 
 need_apt=()
 command -v clamd >/dev/null || need_apt+=(clamav-daemon)
+command -v etcd >/dev/null || need_apt+=(etcd-server)
+# The image smoke tests (tests/images): podman builds and runs them; debootstrap makes the stand-in base.
+for tool in podman buildah runc debootstrap; do command -v "$tool" >/dev/null || need_apt+=("$tool"); done
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+# The face text previews are drawn in (tests/unit/test_text_preview.py).
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf ] || need_apt+=(fonts-dejavu-core)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v pg_ctlcluster >/dev/null || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
