@@ -74,7 +74,21 @@ def test_profiles_match_the_pipeline_and_documents_go_only_to_cpu_tasks_that_rea
         assert CHART_VALUES["workers"][task]["profile"] == STEPS_BY_NAME[task].profile, task
         wants_documents = task in ("similarity", "thumbnail")
         assert (artifacts[task]["EXTRAS"] == "documents") == wants_documents, task
-    assert CHART_VALUES["workers"][keys.MAINTENANCE_TASK]["autoscale"] is False
+    assert CHART_VALUES["workers"][keys.MAINTENANCE_TASK]["scaling"] == "fixed"
+
+
+def test_each_pools_time_limit_is_its_longest_jobs_time_limit():
+    """The chart sizes arq's completion wait and the pod's grace from timeLimitSeconds."""
+    from core.settings import Settings
+    from workers import maintenance
+
+    settings = Settings()
+    for task in keys.TASKS:
+        limit = settings.retry_policy(task).timeout_seconds
+        assert CHART_VALUES["workers"][task]["timeLimitSeconds"] == limit, task
+    jobs = [*maintenance.functions(settings), *maintenance.cron_jobs(settings)]
+    longest = max(job.timeout_s or 0 for job in jobs)
+    assert CHART_VALUES["workers"][keys.MAINTENANCE_TASK]["timeLimitSeconds"] == longest
 
 
 def test_skaffold_passes_every_built_image_to_the_chart():

@@ -14,8 +14,10 @@ Environment:
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -34,7 +36,8 @@ SKIP_REASON = (
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
     for item in items:
-        if here in Path(item.fspath).parents:
+        # The helpers' own tests (test_processes.py) need no cluster and run everywhere.
+        if here in Path(item.fspath).parents and "cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.e2e)
             # Cluster operations are slow: a per-test timeout of its own.
             item.add_marker(pytest.mark.timeout(1200))
@@ -77,14 +80,39 @@ def router_url(cluster: Cluster, release: str) -> Iterator[str]:
         yield f"ws://127.0.0.1:{port}/ws"
 
 
+CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]*)"')
+
+
+@pytest.fixture(scope="session")
+def public_origin(cluster: Cluster, release: str) -> str:
+    """The origin the api accepts changes from: its HANDIN_PUBLIC_URL, as the release configured it."""
+    url = urlsplit(cluster.get("configmap", f"{release}-config")["data"]["HANDIN_PUBLIC_URL"])
+    return f"{url.scheme}://{url.netloc}"
+
+
+def read_csrf_token(client: httpx.Client) -> str:
+    """Load a page, as a browser would, and read the CSRF token it renders for this cookie and session."""
+    page = client.get("/login")
+    page.raise_for_status()
+    found = CSRF_META.search(page.text)
+    assert found, "/login carries no csrf-token meta tag"
+    return found.group(1)
+
+
 @pytest.fixture
-def student(api_url: str) -> Iterator[httpx.Client]:
-    """An HTTP client logged in as the demo student (cookie session)."""
+def student(api_url: str, public_origin: str) -> Iterator[httpx.Client]:
+    """An HTTP client logged in as the demo student, posting like the site's own pages.
+
+    Its default headers carry the public Origin and the CSRF token the page rendered
+    after login (the token is bound to the session); its jar the session and CSRF cookies.
+    """
     import yaml
 
     demo = yaml.safe_load((Path(__file__).parents[2] / "charts/handin/values.yaml").read_text())["demo"]
-    with httpx.Client(base_url=api_url, timeout=30) as client:
+    with httpx.Client(base_url=api_url, timeout=30, headers={"Origin": public_origin}) as client:
+        client.headers["X-CSRF-Token"] = read_csrf_token(client)
         client.post(
             "/api/login", json={"email": demo["studentEmail"], "password": demo["studentPassword"]}
         ).raise_for_status()
+        client.headers["X-CSRF-Token"] = read_csrf_token(client)
         yield client

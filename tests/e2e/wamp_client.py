@@ -31,8 +31,14 @@ class WampSubscriber:
         self.topics: dict[int, str] = {}
 
     @classmethod
-    async def open(cls, url: str, ticket: str) -> WampSubscriber:
-        connection = await connect(url, subprotocols=["wamp.2.json"], open_timeout=15)  # type: ignore[list-item]
+    async def open(cls, url: str, ticket: str, origin: str | None = None) -> WampSubscriber:
+        """`origin`: the page's, as a browser sends it; the router refuses origins off its allow-list."""
+        connection = await connect(
+            url,
+            subprotocols=["wamp.2.json"],  # type: ignore[list-item]
+            origin=origin,  # type: ignore[arg-type]
+            open_timeout=15,
+        )
         client = cls(connection)
         await client.send([HELLO, REALM, {"authmethods": ["ticket"], "roles": {"subscriber": {}}}])
         challenge = await client.receive()
