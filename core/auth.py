@@ -1,6 +1,8 @@
 """Passwords, signed tokens and WebSocket tickets.
 
-Passwords are hashed with scrypt (a memory-hard KDF from the standard library).
+Passwords are hashed with argon2id (argon2-cffi's defaults follow RFC 9106's
+second recommended profile: 64 MiB, 3 passes). Hashes written before that are
+scrypt; they still verify, and ``needs_rehash`` tells the login to replace them.
 Tokens are ``base64url(json payload).base64url(hmac-sha256)`` signed with the
 secret key and a purpose, so a session cookie can never pass as a ticket.
 """
@@ -16,25 +18,55 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+_hasher = PasswordHasher()  # argon2id with the library's current defaults
+# The parameters of hashes written before argon2id; they are verified, never written.
+LEGACY_SCRYPT_N, LEGACY_SCRYPT_R, LEGACY_SCRYPT_P = 2**14, 8, 1
 
 
 def hash_password(password: str) -> str:
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32)
-    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+    return _hasher.hash(password)
 
 
 def verify_password(password: str, stored: str) -> bool:
+    if stored.startswith("$argon2"):
+        try:
+            return _hasher.verify(stored, password)
+        except (VerificationError, InvalidHashError):
+            return False
+    return _verify_scrypt(password, stored)
+
+
+def needs_rehash(stored: str) -> bool:
+    """True for scrypt hashes and argon2 hashes with weaker parameters than today's."""
+    if not stored.startswith("$argon2"):
+        return True
+    try:
+        return _hasher.check_needs_rehash(stored)
+    except InvalidHashError:
+        return True
+
+
+def legacy_scrypt_hash(password: str) -> str:
+    """A hash in the format used before argon2id (for migrations and their tests)."""
+    salt = secrets.token_bytes(16)
+    n, r, p = LEGACY_SCRYPT_N, LEGACY_SCRYPT_R, LEGACY_SCRYPT_P
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, dklen=32)
+    return f"scrypt${n}${r}${p}${_b64(salt)}${_b64(digest)}"
+
+
+def _verify_scrypt(password: str, stored: str) -> bool:
     try:
         scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        candidate = hashlib.scrypt(
+            password.encode(), salt=_unb64(salt), n=int(n), r=int(r), p=int(p), dklen=len(_unb64(digest))
+        )
     except ValueError:
         return False
-    if scheme != "scrypt":
-        return False
-    candidate = hashlib.scrypt(
-        password.encode(), salt=_unb64(salt), n=int(n), r=int(r), p=int(p), dklen=len(_unb64(digest))
-    )
     return hmac.compare_digest(candidate, _unb64(digest))
 
 

@@ -58,10 +58,16 @@ def _reconcile(_args: argparse.Namespace) -> None:
         print(f"  requeued {item.step} of submission {item.submission_id}: {item.reason}")
 
 
+def _verify_receipt(args: argparse.Namespace) -> None:
+    from core.receipts import verify_receipt_command
+
+    sys.exit(verify_receipt_command(args.receipt, args.file, args.keys))
+
+
 def _dev(args: argparse.Namespace) -> None:
     from core.devserver import run_dev
 
-    run_dev(port=args.port)
+    sys.exit(run_dev(port=args.port, router_port=args.router_port))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,8 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     command("seed-demo", _seed_demo, "create the demo course, assignment and users")
     command("reconcile", _reconcile, "re-enqueue steps whose job vanished or overran")
 
+    check = command("verify-receipt", _verify_receipt, "check a signed receipt (and its file) with the public keys")
+    check.add_argument("receipt", help="the receipt, handin-receipt-<id>.json")
+    check.add_argument("file", nargs="?", help="the submitted file: its SHA-256 must be the receipt's")
+    check.add_argument("--keys", help="the public keys: a saved keys JSON (offline) or its URL; default: this server's")
+
     dev = command("dev", _dev, "run everything on this machine (what `make run` does)")
-    dev.add_argument("--port", type=int, default=8000)
+    dev.add_argument("--port", type=int, default=8000, help="the api's port")
+    dev.add_argument("--router-port", type=int, default=8080, help="the WAMP router's port")
     return parser
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.auth import hash_password
 from core.clock import utcnow
 from core.db import make_engine, make_sessionmaker, transaction
+from core.membership import announce
 from core.models import Assignment, Course, Enrolment, User
 from core.settings import Settings, get_settings
 
@@ -45,10 +47,15 @@ async def seed_demo(settings: Settings | None = None, print_credentials: bool = 
         async with transaction(make_sessionmaker(engine)) as session:
             course = await _course(session)
             assignment_id = await _assignment(session, course)
-            for demo in DEMO_USERS:
-                await _enrolled_user(session, course, demo)
+            enrolled = [await _enrolled_user(session, course, demo) for demo in DEMO_USERS]
     finally:
         await engine.dispose()
+    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        for user_id in filter(None, enrolled):  # rights granted: open sockets re-check them
+            await announce(redis, user_id)
+    finally:
+        await redis.aclose()
     if print_credentials:
         print(f"Demo course {COURSE_CODE}, assignment #{assignment_id} ({ASSIGNMENT_TITLE!r}). Log in as:")
         for demo in DEMO_USERS:
@@ -88,7 +95,8 @@ async def _assignment(session: AsyncSession, course: Course) -> int:
     return assignment.id
 
 
-async def _enrolled_user(session: AsyncSession, course: Course, demo: DemoUser) -> None:
+async def _enrolled_user(session: AsyncSession, course: Course, demo: DemoUser) -> int | None:
+    """The user's id when this enrolled them, else None."""
     user = await session.scalar(select(User).where(User.email == demo.email))
     if user is None:
         user = User(email=demo.email, name=demo.name, password_hash=hash_password(demo.password))
@@ -100,3 +108,5 @@ async def _enrolled_user(session: AsyncSession, course: Course, demo: DemoUser) 
     if enrolled is None:
         session.add(Enrolment(user_id=user.id, course_id=course.id, role=demo.role))
         await session.flush()
+        return user.id
+    return None

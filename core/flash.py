@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import Redis
 from sqlalchemy import select
@@ -20,10 +21,37 @@ from core import keys
 from core.clock import isoformat, utcnow
 from core.events import EventBatch
 from core.models import Flash
+from core.unit_of_work import unit_of_work
 
 Kind = Literal["info", "success", "warning", "error"]
 KINDS: frozenset[str] = frozenset({"info", "success", "warning", "error"})
 CONFIRM_REASONS: frozenset[str] = frozenset({"seen", "dismissed", "clicked"})
+# Never in a link's path: a backslash reads as "/" to browsers, a TAB or newline is dropped by them.
+_UNSAFE_IN_PATH = frozenset(chr(code) for code in [*range(0x20), 0x7F]) | {"\\"}
+OPEN_PREFIX = "open:"
+
+
+def same_site_path(target: str) -> bool:
+    """Whether a flash may link or post to `target`: a path on this site, as the login's ``next``.
+
+    Refused: anything not starting with exactly one ``/`` (``//evil.example``, absolute URLs,
+    ``javascript:``), backslashes and control characters, also once percent-decoded.
+    """
+    for candidate in (target, unquote(target)):
+        if not candidate.startswith("/") or candidate.startswith("//") or _UNSAFE_IN_PATH.intersection(candidate):
+            return False
+    parts = urlsplit(target)
+    return not (parts.scheme or parts.netloc)
+
+
+def check_links(spec: FlashSpec) -> None:
+    """Refuse a flash whose link or button would take the user off the site (util.js safeNext agrees)."""
+    if spec.link_url is not None and not same_site_path(spec.link_url):
+        raise ValueError(f"a flash links only to a path on this site, not {spec.link_url!r}")
+    if spec.button_action is not None:
+        action = spec.button_action.removeprefix(OPEN_PREFIX)
+        if not same_site_path(action):
+            raise ValueError(f"a flash button posts or opens only a path on this site, not {spec.button_action!r}")
 
 
 @dataclass(frozen=True)
@@ -73,6 +101,7 @@ async def add_flash(batch: EventBatch, user_id: int, spec: FlashSpec, *, known: 
     """
     if spec.kind not in KINDS:
         raise ValueError(f"unknown flash kind {spec.kind!r}")
+    check_links(spec)
     if spec.dedupe_key is not None:
         seen = known if known is not None else await existing_dedupe_keys(batch.session, [spec.dedupe_key])
         if spec.dedupe_key in seen:
@@ -100,11 +129,8 @@ async def push_flash(
     sessions: async_sessionmaker[AsyncSession], redis: Redis, user_id: int, spec: FlashSpec
 ) -> Flash | None:
     """Create one flash in its own transaction and push it live."""
-    async with sessions() as session, session.begin():
-        batch = EventBatch(session)
-        flash = await add_flash(batch, user_id, spec)
-    await batch.publish(redis)
-    return flash
+    async with unit_of_work(sessions, redis) as work:
+        return await add_flash(work, user_id, spec)
 
 
 async def pending_flashes(session: AsyncSession, user_id: int, limit: int = 20) -> list[Flash]:
@@ -124,17 +150,15 @@ async def confirm_flash(
     """Mark a flash seen; tells the user's other open tabs to drop it. False if not theirs."""
     if reason not in CONFIRM_REASONS:
         raise ValueError(f"unknown confirmation reason {reason!r}")
-    async with sessions() as session, session.begin():
-        flash = await session.get(Flash, flash_id)
+    async with unit_of_work(sessions, redis) as work:
+        flash = await work.session.get(Flash, flash_id)
         if flash is None or flash.user_id != user_id:
             return False
         if flash.confirmed_at is not None:
             return True
         flash.confirmed_at = utcnow()
-        batch = EventBatch(session)
-        await batch.emit(
+        await work.emit(
             keys.user_topic(user_id), "flash.confirmed", {"id": flash_id, "reason": reason}, actor=f"user:{user_id}",
             actor_id=user_id,
         )
-    await batch.publish(redis)
     return True

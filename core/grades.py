@@ -30,14 +30,15 @@ from typing import Any
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix, result_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from core import keys
+from core import keys, marking
 from core.clock import isoformat, utcnow
 from core.events import EventBatch
 from core.flash import FlashSpec, add_flash, existing_dedupe_keys
 from core.models import Assignment, Enrolment, Event, Submission
+from core.unit_of_work import SessionSource, unit_of_work
 
 MAX_GRADE_LENGTH = 40
 MAX_FEEDBACK_LENGTH = 20_000
@@ -58,6 +59,16 @@ class ReleaseSummary:
     released_at: datetime
     grades_sent: int
     flashes_created: int
+    already_released: bool = False
+
+    @property
+    def detail(self) -> str:
+        """What staff read after a release, including why nothing was sent."""
+        if self.already_released and self.grades_sent == 0:
+            return "All grades were already released: nothing new to send (0 grades sent, 0 students told)."
+        if self.grades_sent == 0:
+            return f"Released, but no grade is entered yet: 0 grades sent, {self.flashes_created} students told."
+        return f"Released: {self.grades_sent} grades sent, {self.flashes_created} students told."
 
 
 async def staff_assignment(session: AsyncSession, assignment_id: int, staff_id: int) -> Assignment:
@@ -76,11 +87,18 @@ async def _is_staff(session: AsyncSession, user_id: int, course_id: int) -> bool
 
 
 async def marking_progress(session: AsyncSession, assignment_id: int) -> dict[str, int]:
+    """Marked of the attempts that count: each student's latest (a replaced attempt is not counted)."""
+    latest = (
+        select(Submission.user_id, func.max(Submission.attempt).label("attempt"))
+        .where(Submission.assignment_id == assignment_id)
+        .group_by(Submission.user_id)
+        .subquery()
+    )
     total, graded = (
         await session.execute(
-            select(func.count(Submission.id), func.count(Submission.grade)).where(
-                Submission.assignment_id == assignment_id
-            )
+            select(func.count(Submission.id), func.count(Submission.grade))
+            .join(latest, and_(Submission.user_id == latest.c.user_id, Submission.attempt == latest.c.attempt))
+            .where(Submission.assignment_id == assignment_id)
         )
     ).one()
     return {"submissions": int(total), "graded": int(graded)}
@@ -91,7 +109,7 @@ def grade_payload(submission: Submission) -> dict[str, Any]:
 
 
 async def enter_grade(
-    sessions: async_sessionmaker[AsyncSession],
+    source: SessionSource,
     redis: Redis,
     submission_id: int,
     staff_id: int,
@@ -103,7 +121,8 @@ async def enter_grade(
         raise GradeRefused(422, f"A grade is at most {MAX_GRADE_LENGTH} characters.")
     if len(feedback) > MAX_FEEDBACK_LENGTH:
         raise GradeRefused(422, f"Feedback is at most {MAX_FEEDBACK_LENGTH} characters.")
-    async with sessions() as session, session.begin():
+    async with unit_of_work(source, redis) as work:
+        session = work.session
         submission = await session.scalar(select(Submission).where(Submission.id == submission_id).with_for_update())
         if submission is None:
             raise GradeRefused(404, "No such submission.")
@@ -112,40 +131,48 @@ async def enter_grade(
         submission.feedback = feedback or None
         submission.graded_by = staff_id if grade else None
         await session.flush()
-        batch = EventBatch(session)
         progress = await marking_progress(session, assignment.id)
-        await batch.emit(
+        await work.emit(
             keys.assignment_topic(assignment.id),
             "marking.updated",
             {"submission_id": submission.id, "marked": submission.grade is not None, **progress},
             actor=f"staff:{staff_id}",
             actor_id=staff_id,
         )
+        await marking.graded(work, submission, staff_id)
         if assignment.grades_released_at is not None:
-            await _send_grades(batch, [submission], staff_id)
-    await batch.publish(redis)
+            await _send_grades(work, [submission], staff_id)
     return submission
 
 
 async def release_grades(
-    sessions: async_sessionmaker[AsyncSession],
+    source: SessionSource,
     redis: Redis,
     assignment_id: int,
     staff_id: int,
     *,
     scheduled_for: datetime | None = None,
+    check_staff: bool = False,
 ) -> ReleaseSummary:
-    """Release now. ``scheduled_for`` marks a release made by the deferred job."""
+    """Release now. ``scheduled_for`` marks a release made by the deferred job;
+    ``check_staff`` refuses (404) unless ``staff_id`` teaches the course, in the same transaction."""
     now = utcnow()
-    async with sessions() as session, session.begin():
+    async with unit_of_work(source, redis) as work:
+        session = work.session
+        if check_staff:
+            await staff_assignment(session, assignment_id, staff_id)
+        # populate_existing: the row as it is under the lock, not as the rights check read it.
         assignment = await session.scalar(
-            select(Assignment).where(Assignment.id == assignment_id).with_for_update()
+            select(Assignment)
+            .where(Assignment.id == assignment_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
         )
         if assignment is None:
             raise GradeRefused(404, "No such assignment.")
+        already = assignment.grades_released_at is not None
         assignment.grades_released_at = assignment.grades_released_at or now
         assignment.release_scheduled_at = None
-        batch = EventBatch(session)
         graded = list(
             await session.scalars(
                 select(Submission)
@@ -153,22 +180,23 @@ async def release_grades(
                 .order_by(Submission.id)
             )
         )
-        sent = await _send_grades(batch, graded, staff_id)
-        flashes = await _flash_students(batch, assignment, graded)
+        sent = await _send_grades(work, graded, staff_id)
+        flashes = await _flash_students(work, assignment, graded)
         data: dict[str, Any] = {
             "assignment_id": assignment_id,
             "released_at": isoformat(assignment.grades_released_at),
             "grades_sent": sent,
             "flashes_created": flashes,
+            "already_released": already,
         }
+        data["detail"] = ReleaseSummary(assignment_id, now, sent, flashes, already).detail
         if scheduled_for is not None:
             data["scheduled_for"] = isoformat(scheduled_for)
-        await batch.emit(
+        await work.emit(
             keys.assignment_topic(assignment_id), "grades.released", data, actor=f"staff:{staff_id}", actor_id=staff_id
         )
         released_at = assignment.grades_released_at
-    await batch.publish(redis)
-    return ReleaseSummary(assignment_id, released_at, sent, flashes)
+    return ReleaseSummary(assignment_id, released_at, sent, flashes, already)
 
 
 async def _send_grades(batch: EventBatch, submissions: list[Submission], staff_id: int) -> int:
@@ -236,17 +264,17 @@ async def _drop_release_job(arq: ArqRedis, assignment_id: int) -> None:
 
 
 async def schedule_release(
-    sessions: async_sessionmaker[AsyncSession], arq: ArqRedis, assignment_id: int, staff_id: int, at: datetime
+    source: SessionSource, arq: ArqRedis, assignment_id: int, staff_id: int, at: datetime
 ) -> datetime:
     if at.tzinfo is None:
         raise GradeRefused(422, "Give the release time with a time zone.")
     if at <= utcnow():
         raise GradeRefused(422, "Pick a release time in the future, or release now.")
-    async with sessions() as session, session.begin():
-        assignment = await staff_assignment(session, assignment_id, staff_id)
+    # Published after the job is queued, so a page told of the schedule finds the job there.
+    async with unit_of_work(source, None) as work:
+        assignment = await staff_assignment(work.session, assignment_id, staff_id)
         assignment.release_scheduled_at = at
-        batch = EventBatch(session)
-        await batch.emit(
+        await work.emit(
             keys.assignment_topic(assignment_id),
             "grades.release_scheduled",
             {"assignment_id": assignment_id, "at": isoformat(at)},
@@ -263,20 +291,18 @@ async def schedule_release(
         _queue_name=keys.queue_name(keys.MAINTENANCE_TASK),
         _defer_until=at,
     )
-    await batch.publish(arq)
+    await work.publish(arq)
     return at
 
 
-async def cancel_release(
-    sessions: async_sessionmaker[AsyncSession], arq: ArqRedis, assignment_id: int, staff_id: int
-) -> bool:
+async def cancel_release(source: SessionSource, arq: ArqRedis, assignment_id: int, staff_id: int) -> bool:
     """Cancel a scheduled release; False if none was scheduled."""
-    async with sessions() as session, session.begin():
-        assignment = await staff_assignment(session, assignment_id, staff_id)
+    # Published after the job is gone, as for scheduling.
+    async with unit_of_work(source, None) as work:
+        assignment = await staff_assignment(work.session, assignment_id, staff_id)
         if assignment.release_scheduled_at is None:
             return False
-        batch = EventBatch(session)
-        await batch.emit(
+        await work.emit(
             keys.assignment_topic(assignment_id),
             "grades.release_cancelled",
             {"assignment_id": assignment_id, "was_at": isoformat(assignment.release_scheduled_at)},
@@ -285,18 +311,16 @@ async def cancel_release(
         )
         assignment.release_scheduled_at = None
     await _drop_release_job(arq, assignment_id)
-    await batch.publish(arq)
+    await work.publish(arq)
     return True
 
 
-async def release_now(
-    sessions: async_sessionmaker[AsyncSession], arq: ArqRedis, assignment_id: int, staff_id: int
-) -> ReleaseSummary:
-    """Staff pressed "release now": check rights, drop any schedule, release."""
-    async with sessions() as session:
-        await staff_assignment(session, assignment_id, staff_id)
+async def release_now(source: SessionSource, arq: ArqRedis, assignment_id: int, staff_id: int) -> ReleaseSummary:
+    """Staff pressed "release now": check rights and release in one transaction, then drop any scheduled job
+    (a job that runs meanwhile finds the schedule cleared and does nothing)."""
+    summary = await release_grades(source, arq, assignment_id, staff_id, check_staff=True)
     await _drop_release_job(arq, assignment_id)
-    return await release_grades(sessions, arq, assignment_id, staff_id)
+    return summary
 
 
 async def release_grades_job(ctx: dict[str, Any], assignment_id: int, staff_id: int, scheduled_for: str) -> str:

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    event,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -151,6 +152,8 @@ class Submission(Base):
     status: Mapped[str] = mapped_column(String(20), default="received", index=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
     received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # When the upload request began (the deadline is judged by it); None on rows from before it was recorded.
+    upload_started_at: Mapped[datetime | None] = mapped_column(default=None)
     completed_at: Mapped[datetime | None] = mapped_column(default=None)
     grade: Mapped[str | None] = mapped_column(String(40), default=None)
     feedback: Mapped[str | None] = mapped_column(Text, default=None)
@@ -186,6 +189,34 @@ class SubmissionStep(Base):
     submission: Mapped[Submission] = relationship(back_populates="steps")
 
 
+class Upload(Base):
+    """A resumable (tus) upload in progress: its bytes grow a partial object in the incoming area.
+
+    ``received`` is the offset acknowledged to the client; the deadline is judged by
+    ``created_at``. A request writing to it holds ``locked_until`` (a short lease, so a
+    crashed api frees it), which keeps two tabs from writing at once.
+    """
+
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    assignment_id: Mapped[int] = mapped_column(ForeignKey("assignments.id", ondelete="CASCADE"))
+    length: Mapped[int] = mapped_column(BigInteger)
+    received: Mapped[int] = mapped_column(BigInteger, default=0)
+    filename: Mapped[str] = mapped_column(String(255))
+    partial_key: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str | None] = mapped_column(String(20), default=None)
+    content_type: Mapped[str | None] = mapped_column(String(100), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    locked_until: Mapped[datetime | None] = mapped_column(default=None)
+    lock_token: Mapped[str | None] = mapped_column(String(32), default=None)
+    submission_id: Mapped[int | None] = mapped_column(
+        ForeignKey("submissions.id", ondelete="SET NULL"), default=None
+    )
+
+
 class Event(Base):
     """The audit trail: every state change, with its actor and context."""
 
@@ -217,18 +248,49 @@ class TopicSeq(Base):
 
 
 class Fingerprint(Base):
-    """Inverted winnowing index: fingerprint hash → submissions that contain it."""
+    """Inverted winnowing index: fingerprint hash → submissions that contain it.
+
+    No foreign keys: a 64 KB text writes ~6,000 rows, and PostgreSQL checked each
+    row against both parents (a trigger and an index probe per row, per key), which
+    doubled the cost of indexing a submission. The rows are written only by the
+    similarity step for a submission it has just read, and a trigger on
+    ``submissions`` (FINGERPRINT_CLEANUP) removes them with their submission,
+    including when an assignment, course or user is deleted.
+    """
 
     __tablename__ = "fingerprints"
     __table_args__ = (Index("ix_fingerprints_lookup", "assignment_id", "hash"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    assignment_id: Mapped[int] = mapped_column(ForeignKey("assignments.id", ondelete="CASCADE"))
+    assignment_id: Mapped[int] = mapped_column(BigId)
     hash: Mapped[int] = mapped_column(BigInteger)
-    submission_id: Mapped[int] = mapped_column(
-        ForeignKey("submissions.id", ondelete="CASCADE"), index=True
-    )
+    submission_id: Mapped[int] = mapped_column(BigId, index=True)
     position: Mapped[int] = mapped_column(Integer)
+
+
+# Per dialect: the statements that make deleting submissions delete their fingerprints.
+# PostgreSQL: once per statement, from the deleted rows' transition table.
+FINGERPRINT_CLEANUP: dict[str, tuple[str, ...]] = {
+    "postgresql": (
+        """CREATE OR REPLACE FUNCTION forget_fingerprints() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            DELETE FROM fingerprints AS f USING gone WHERE f.submission_id = gone.id;
+            RETURN NULL;
+        END $$""",
+        """CREATE TRIGGER submissions_forget_fingerprints AFTER DELETE ON submissions
+        REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION forget_fingerprints()""",
+    ),
+    "sqlite": (
+        """CREATE TRIGGER submissions_forget_fingerprints AFTER DELETE ON submissions
+        BEGIN DELETE FROM fingerprints WHERE submission_id = OLD.id; END""",
+    ),
+}
+
+
+@event.listens_for(Base.metadata, "after_create")
+def _create_fingerprint_cleanup(target: Any, connection: Any, **_: Any) -> None:
+    for statement in FINGERPRINT_CLEANUP.get(connection.dialect.name, ()):
+        connection.exec_driver_sql(statement)
 
 
 class Flash(Base):
@@ -262,3 +324,38 @@ class WebSession(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class ChatMute(Base):
+    """A student who may not post in a course's class chat until ``until`` (staff moderation)."""
+
+    __tablename__ = "chat_mutes"
+    __table_args__ = (UniqueConstraint("course_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    course_id: Mapped[int] = mapped_column(ForeignKey("courses.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    until: Mapped[datetime]
+    muted_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), default=None)
+
+
+class ChatRead(Base):
+    """How far a user has read a course's class chat (the seq of ``course.<id>``), for unread counts."""
+
+    __tablename__ = "chat_reads"
+    __table_args__ = (UniqueConstraint("user_id", "course_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    course_id: Mapped[int] = mapped_column(ForeignKey("courses.id", ondelete="CASCADE"))
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class MarkingClaim(Base):
+    """A member of staff marking a submission now, so a second marker does not take the same script."""
+
+    __tablename__ = "marking_claims"
+
+    submission_id: Mapped[int] = mapped_column(ForeignKey("submissions.id", ondelete="CASCADE"), primary_key=True)
+    staff_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    claimed_at: Mapped[datetime] = mapped_column(default=utcnow)

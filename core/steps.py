@@ -3,23 +3,104 @@
 A step reaches a terminal state here, whoever ends it: the worker that ran
 it, the api receiving a provider's webhook, or the reconciler. The same
 transaction queues what became ready and finishes the submission.
+
+This is every step's hot path, so it is written in Core statements built
+once (their compiled form is cached; asyncpg prepares each once per
+connection): the submission is locked and its step rows read, UPDATEs
+write only what changed, and the transaction's events go in one statement
+(``EventBatch.stage``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from arq.connections import ArqRedis
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core import keys
 from core.clock import utcnow
 from core.events import EventBatch
-from core.models import Submission, SubmissionStep
+from core.models import Assignment, Submission, SubmissionStep
 from core.pipeline import StepState, SubmissionStatus, blocked_steps, overall_status, ready_steps
 from core.queues import enqueue_step
+from core.unit_of_work import unit_of_work
+
+_steps: Table = SubmissionStep.__table__  # type: ignore[assignment]
+_submissions: Table = Submission.__table__  # type: ignore[assignment]
+_assignments: Table = Assignment.__table__  # type: ignore[assignment]
+
+# Locking the submission orders the parallel steps' endings, so exactly one of
+# them sees all steps done and finishes it. The step rows are read by a second
+# statement, after the lock is held: in READ COMMITTED a statement that waited for
+# the lock re-reads only the locked row, so a join would see the other steps as
+# they were before the ending it waited for.
+_LOCK_SUBMISSION = (
+    select(_submissions.c.status, _submissions.c.completed_at, _submissions.c.assignment_id, _assignments.c.course_id)
+    .join_from(_submissions, _assignments)
+    .where(_submissions.c.id == bindparam("submission_id"))
+    .with_for_update(of=_submissions)
+)
+_READ_STEPS = select(_steps.c.step, _steps.c.state, _steps.c.started_at, _steps.c.result).where(
+    _steps.c.submission_id == bindparam("submission_id")
+)
+_END_STEP = (
+    update(_steps)
+    .where(_steps.c.submission_id == bindparam("sid"), _steps.c.step == bindparam("name"))
+    .values(
+        state=bindparam("state"),
+        finished_at=bindparam("now"),
+        wait_until=None,
+        result=bindparam("result", type_=_steps.c.result.type),
+        error=bindparam("error", type_=_steps.c.error.type),
+    )
+)
+_SKIP_STEPS = (
+    update(_steps)
+    .where(_steps.c.submission_id == bindparam("sid"), _steps.c.step.in_(bindparam("names", expanding=True)))
+    .values(state=StepState.skipped.value, finished_at=bindparam("now"), error=bindparam("reason"))
+)
+_QUEUE_STEPS = (
+    update(_steps)
+    .where(_steps.c.submission_id == bindparam("sid"), _steps.c.step.in_(bindparam("names", expanding=True)))
+    .values(state=StepState.queued.value, queued_at=bindparam("now"))
+)
+_SET_SUBMISSION = (
+    update(_submissions)
+    .where(_submissions.c.id == bindparam("sid"))
+    .values(status=bindparam("status"), completed_at=bindparam("completed_at", type_=_submissions.c.completed_at.type))
+)
+
+
+@dataclass
+class _Facts:
+    """What a transition needs of a submission and its steps, read under its lock."""
+
+    id: int
+    status: str
+    completed_at: datetime | None
+    assignment_id: int
+    course_id: int
+    states: dict[str, StepState] = field(default_factory=dict)
+    started_at: dict[str, datetime | None] = field(default_factory=dict)
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    changed: bool = False  # status or completed_at to be written
+
+
+async def _read_and_lock(session: AsyncSession, submission_id: int) -> _Facts | None:
+    locked = (await session.execute(_LOCK_SUBMISSION, {"submission_id": submission_id})).one_or_none()
+    if locked is None:
+        return None
+    facts = _Facts(submission_id, locked.status, locked.completed_at, locked.assignment_id, locked.course_id)
+    for row in await session.execute(_READ_STEPS, {"submission_id": submission_id}):
+        facts.states[row.step] = StepState(row.state)
+        facts.started_at[row.step] = row.started_at
+        facts.results[row.step] = dict(row.result or {})
+    return facts
 
 
 async def finish_step(
@@ -33,48 +114,45 @@ async def finish_step(
     error: str | None = None,
     quarantine: bool = False,
     actor: str | None = None,
+    submission_values: Mapping[str, Any] | None = None,
 ) -> bool:
     """Move a step to a terminal state, start what follows, finish the submission.
 
     Returns False when the step had already finished (nothing changed), so a
     webhook and a poll racing to complete the same step record it once.
+    ``submission_values``: columns of the submission the step sets, written in the same transaction.
     """
     topic = keys.submission_topic(submission_id)
     who = actor or f"worker:{step}"
-    async with sessions() as session, session.begin():
-        # Locking the submission orders the parallel steps' endings, so
-        # exactly one of them sees all steps done and finishes it.
-        submission = await session.scalar(
-            select(Submission).where(Submission.id == submission_id).with_for_update()
-        )
-        rows = {
-            row.step: row
-            for row in await session.scalars(
-                select(SubmissionStep).where(SubmissionStep.submission_id == submission_id)
-            )
-        }
-        row = rows.get(step)
-        if submission is None or row is None or StepState(row.state).terminal:
+    async with unit_of_work(sessions, redis) as work:
+        session = work.session
+        facts = await _read_and_lock(session, submission_id)
+        if facts is None or step not in facts.states or facts.states[step].terminal:
             return False
         now = utcnow()
-        row.state = state.value
-        row.finished_at = now
-        row.wait_until = None
-        row.result = result if result is not None else dict(row.result or {})
-        row.error = error
-        batch = EventBatch(session)
-        data: dict[str, Any] = {"step": step, "state": state.value, "result": row.result}
+        kept = result if result is not None else facts.results[step]
+        await session.execute(
+            _END_STEP,
+            {"sid": submission_id, "name": step, "state": state.value, "now": now, "result": kept, "error": error},
+        )
+        facts.states[step] = state
+        data: dict[str, Any] = {"step": step, "state": state.value, "result": kept}
         if error:
             data["error"] = error
-        if row.started_at is not None:
-            data["duration_ms"] = int((now - row.started_at).total_seconds() * 1000)
-        await batch.emit(topic, f"step.{state.value}", data, actor=who)
+        started = facts.started_at[step]
+        if started is not None:
+            data["duration_ms"] = int((now - started).total_seconds() * 1000)
+        work.stage(topic, f"step.{state.value}", data, actor=who)
 
+        if submission_values:
+            await session.execute(
+                update(Submission).where(Submission.id == submission_id).values(**submission_values)
+            )
         if quarantine:
-            submission.status = SubmissionStatus.quarantined.value
-        to_enqueue = await _advance(batch, topic, submission, rows, now)
-        await _finish_submission_if_done(batch, submission, rows, now)
-    await batch.publish(redis)
+            facts.status, facts.changed = SubmissionStatus.quarantined.value, True
+        to_enqueue = await _advance(work, topic, facts, now)
+        _finish_submission_if_done(work, facts, now)
+        await _write_submission(session, facts)
     for name in to_enqueue:
         await enqueue_step(redis, name, submission_id)
     return True
@@ -90,66 +168,58 @@ async def settle_submission(
     queued and the submission's new final status, if it got one.
     """
     topic = keys.submission_topic(submission_id)
-    async with sessions() as session, session.begin():
-        submission = await session.scalar(
-            select(Submission).where(Submission.id == submission_id).with_for_update()
-        )
-        if submission is None or submission.completed_at is not None:
+    async with unit_of_work(sessions, redis) as work:
+        facts = await _read_and_lock(work.session, submission_id)
+        if facts is None or facts.completed_at is not None:
             return [], None
-        rows = {
-            row.step: row
-            for row in await session.scalars(
-                select(SubmissionStep).where(SubmissionStep.submission_id == submission_id)
-            )
-        }
         now = utcnow()
-        batch = EventBatch(session)
-        to_enqueue = await _advance(batch, topic, submission, rows, now)
-        await _finish_submission_if_done(batch, submission, rows, now)
-        finished = submission.status if submission.completed_at is not None else None
-    await batch.publish(redis)
+        to_enqueue = await _advance(work, topic, facts, now)
+        _finish_submission_if_done(work, facts, now)
+        await _write_submission(work.session, facts)
+        finished = facts.status if facts.completed_at is not None else None
     for name in to_enqueue:
         await enqueue_step(redis, name, submission_id)
     return to_enqueue, finished
 
 
-async def _advance(
-    batch: EventBatch, topic: str, submission: Submission, rows: dict[str, SubmissionStep], now: datetime
-) -> list[str]:
+async def _advance(batch: EventBatch, topic: str, facts: _Facts, now: datetime) -> list[str]:
     """Queue the steps now ready; skip those that can never run."""
-    quarantined = submission.status == SubmissionStatus.quarantined.value
-    states = {name: StepState(row.state) for name, row in rows.items()}
+    states = facts.states
+    quarantined = facts.status == SubmissionStatus.quarantined.value
     never = [name for name, state in states.items() if state == StepState.pending] if quarantined else []
     never += [name for name in blocked_steps(states) if name not in never]
-    for name in never:
-        rows[name].state = StepState.skipped.value
-        rows[name].finished_at = now
+    if never:
         reason = "file quarantined" if quarantined else "an earlier step failed"
-        rows[name].error = reason
-        await batch.emit(topic, "step.skipped", {"step": name, "state": "skipped", "reason": reason})
-    states = {name: StepState(row.state) for name, row in rows.items()}
+        await batch.session.execute(_SKIP_STEPS, {"sid": facts.id, "names": never, "now": now, "reason": reason})
+        for name in never:
+            states[name] = StepState.skipped
+            batch.stage(topic, "step.skipped", {"step": name, "state": "skipped", "reason": reason})
     ready = ready_steps(states)
-    for name in ready:
-        rows[name].state = StepState.queued.value
-        rows[name].queued_at = now
-        await batch.emit(topic, "step.queued", {"step": name})
+    if ready:
+        await batch.session.execute(_QUEUE_STEPS, {"sid": facts.id, "names": ready, "now": now})
+        for name in ready:
+            states[name] = StepState.queued
+            batch.stage(topic, "step.queued", {"step": name})
     return ready
 
 
-async def _finish_submission_if_done(
-    batch: EventBatch, submission: Submission, rows: dict[str, SubmissionStep], now: datetime
-) -> None:
-    states = {name: StepState(row.state) for name, row in rows.items()}
-    quarantined = submission.status == SubmissionStatus.quarantined.value
-    status = overall_status(states, quarantined=quarantined)
-    if status == SubmissionStatus.processing or submission.completed_at is not None:
+def _finish_submission_if_done(batch: EventBatch, facts: _Facts, now: datetime) -> None:
+    quarantined = facts.status == SubmissionStatus.quarantined.value
+    status = overall_status(facts.states, quarantined=quarantined)
+    if status == SubmissionStatus.processing or facts.completed_at is not None:
         return
-    submission.status = status.value
-    submission.completed_at = now
-    summary = {"status": status.value, "steps": {name: state.value for name, state in states.items()}}
-    await batch.emit(keys.submission_topic(submission.id), f"submission.{status.value}", summary)
-    await batch.emit(
-        keys.STAFF_DASHBOARD_TOPIC,
+    facts.status, facts.completed_at, facts.changed = status.value, now, True
+    summary = {"status": status.value, "steps": {name: state.value for name, state in facts.states.items()}}
+    batch.stage(keys.submission_topic(facts.id), f"submission.{status.value}", summary)
+    batch.stage(
+        keys.course_staff_topic(facts.course_id),
         "submission.finished",
-        {"submission_id": submission.id, "assignment_id": submission.assignment_id, "status": status.value},
+        {"submission_id": facts.id, "assignment_id": facts.assignment_id, "status": status.value},
     )
+
+
+async def _write_submission(session: AsyncSession, facts: _Facts) -> None:
+    if facts.changed:
+        await session.execute(
+            _SET_SUBMISSION, {"sid": facts.id, "status": facts.status, "completed_at": facts.completed_at}
+        )

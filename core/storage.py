@@ -6,6 +6,15 @@ by us (``<assignment_id>/<uuid hex>``), never taken from a user's filename.
 
 Everything streams: no file is ever held whole in memory, and the SHA-256 is
 computed while the bytes pass.
+
+Resumable (tus) uploads grow a *partial* object in the incoming area, one
+request's bytes at a time, and become an ordinary incoming object when the
+last byte is in. Locally the partial is one file, appended to and fsynced per
+request, renamed into place at the end. On S3 each request's bytes are one
+object ``incoming/partial/<id>/<offset>`` (S3 has no append and multipart
+parts must be 5 MiB, larger than a browser's chunk), and the end composes them
+into the final object with ``put_stream``, which hashes as it copies. Every
+api replica sees the same partials either way.
 """
 
 from __future__ import annotations
@@ -60,6 +69,12 @@ class ObjectMissing(Exception):
     """Neither the source nor the target of a read or move holds the key."""
 
 
+class Digest(Protocol):
+    """A running hash (hashlib's objects): fed the bytes of a partial upload as they are written."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+
 class Storage(Protocol):
     async def put_stream(
         self, area: Area, key: str, chunks: AsyncIterable[bytes], max_bytes: int | None = None
@@ -79,12 +94,27 @@ class Storage(Protocol):
 
     async def local_path(self, area: Area, key: str) -> Path | None: ...
 
+    async def append_partial(
+        self, key: str, offset: int, chunks: AsyncIterable[bytes], digest: Digest | None = None
+    ) -> int: ...
+
+    async def read_partial_prefix(self, key: str, length: int, limit: int) -> bytes: ...
+
+    async def finish_partial(self, key: str, length: int, target: str, sha256: str | None) -> StoredObject: ...
+
+    async def delete_partial(self, key: str) -> None: ...
+
     async def close(self) -> None: ...
 
 
 def new_key(assignment_id: int) -> str:
     """A fresh object key for an upload to this assignment."""
     return f"{assignment_id}/{uuid.uuid4().hex}"
+
+
+def new_partial_key() -> str:
+    """A fresh key for a resumable upload's partial object (never a submission's key shape)."""
+    return f"partial/{uuid.uuid4().hex}"
 
 
 def check_key(key: str) -> str:
@@ -193,6 +223,47 @@ class LocalStorage:
     async def local_path(self, area: Area, key: str) -> Path | None:
         return self.path(area, key)
 
+    async def append_partial(
+        self, key: str, offset: int, chunks: AsyncIterable[bytes], digest: Digest | None = None
+    ) -> int:
+        """Write ``chunks`` at ``offset`` of the partial file (dropping anything past it); durable on return."""
+        writer = _PartialWriter(self.path(Area.incoming, key), offset, digest)
+        pending = bytearray()
+        try:
+            async for chunk in chunks:
+                pending += chunk
+                if len(pending) >= LOCAL_WRITE_SLICE:
+                    full, pending = pending, bytearray()
+                    await asyncio.to_thread(writer.write, full)
+            return await asyncio.to_thread(writer.finish, pending)
+        finally:
+            await asyncio.to_thread(writer.close)
+
+    async def read_partial_prefix(self, key: str, length: int, limit: int) -> bytes:
+        return (await self.read_prefix(Area.incoming, key, min(limit, length)))[:length]
+
+    async def finish_partial(self, key: str, length: int, target: str, sha256: str | None) -> StoredObject:
+        """Rename the complete partial file to ``target`` (one filesystem: the incoming area); hash it if asked."""
+        source, destination = self.path(Area.incoming, key), self.path(Area.incoming, target)
+
+        def rename() -> int:
+            with open(source, "r+b") as handle:
+                handle.truncate(length)  # bytes past the acknowledged length are a cut-off request's
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, destination)
+            return destination.stat().st_size
+
+        try:
+            size = await asyncio.to_thread(rename)
+        except FileNotFoundError as error:
+            raise ObjectMissing(f"incoming/{key}") from error
+        if sha256 is None:
+            size, sha256 = await _hash_stream(self.open(Area.incoming, target))
+        return StoredObject(target, size, sha256)
+
+    async def delete_partial(self, key: str) -> None:
+        await self.delete(Area.incoming, key)
+
     async def close(self) -> None:
         return None
 
@@ -236,6 +307,47 @@ class _FileWriter:
         if self.handle is not None:
             self.handle.close()
         self.temp.unlink(missing_ok=True)
+
+
+class _PartialWriter:
+    """The blocking half of LocalStorage.append_partial: positioned writes, then truncate and fsync."""
+
+    def __init__(self, path: Path, offset: int, digest: Digest | None) -> None:
+        self.path = path
+        self.offset = offset
+        self.digest = digest
+        self.handle: IO[bytes] | None = None
+
+    def write(self, data: bytes | bytearray) -> None:
+        if self.handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.handle = open(self.path, "r+b")
+            except FileNotFoundError:
+                if self.offset:
+                    raise ObjectMissing(str(self.path)) from None
+                self.handle = open(self.path, "w+b")
+            if self.handle.seek(0, os.SEEK_END) < self.offset:
+                raise ObjectMissing(f"{self.path} is shorter than offset {self.offset}")
+            self.handle.seek(self.offset)
+        if self.digest is not None:
+            self.digest.update(bytes(data))
+        self.handle.write(data)
+
+    def finish(self, tail: bytes | bytearray) -> int:
+        self.write(tail)
+        assert self.handle is not None
+        end = self.handle.tell()
+        self.handle.truncate(end)
+        self.handle.flush()
+        # The new offset is promised to the client: make it durable first.
+        os.fsync(self.handle.fileno())
+        return end
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
 
 
 def _move_file(src: Path, dst: Path) -> None:
@@ -422,6 +534,80 @@ class S3Storage:
 
     async def local_path(self, area: Area, key: str) -> Path | None:
         return None
+
+    def _segment_prefix(self, key: str) -> str:
+        return f"{self.object_key(Area.incoming, key)}/"
+
+    async def append_partial(
+        self, key: str, offset: int, chunks: AsyncIterable[bytes], digest: Digest | None = None
+    ) -> int:
+        """One object per request, named by its starting offset (a resume at the same offset replaces it)."""
+        data = bytearray()
+        async for chunk in chunks:
+            if digest is not None:
+                digest.update(chunk)
+            data += chunk  # bounded by the request body limit (one tus chunk)
+        if data:
+            s3 = await self.client()
+            name = f"{self._segment_prefix(key)}{offset:016d}"
+            await s3.put_object(Bucket=self.bucket, Key=name, Body=bytes(data))
+        return offset + len(data)
+
+    async def _segments(self, key: str) -> dict[int, str]:
+        s3 = await self.client()
+        prefix, found = self._segment_prefix(key), {}
+        paginator = s3.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                found[int(item["Key"][len(prefix) :])] = item["Key"]
+        return found
+
+    async def _partial_chunks(self, key: str, length: int) -> AsyncIterator[bytes]:
+        """The partial's bytes 0..length, following the chain of segments from offset 0.
+
+        A segment left by a request cut off before its offset was recorded is not on the
+        chain (the resume replaced it, or started where the chain says), so it is skipped.
+        """
+        s3 = await self.client()
+        segments, position = await self._segments(key), 0
+        while position < length:
+            name = segments.get(position)
+            if name is None:
+                raise ObjectMissing(f"incoming/{key} at offset {position}")
+            answer = await s3.get_object(Bucket=self.bucket, Key=name)
+            body = answer["Body"]
+            try:
+                async for chunk in body.iter_chunks(CHUNK_SIZE):
+                    chunk = chunk[: length - position]
+                    if not chunk:
+                        break
+                    position += len(chunk)
+                    yield chunk
+            finally:
+                body.close()
+
+    async def read_partial_prefix(self, key: str, length: int, limit: int) -> bytes:
+        prefix = bytearray()
+        chunks = self._partial_chunks(key, min(length, limit))
+        async for chunk in chunks:
+            prefix += chunk
+        return bytes(prefix)
+
+    async def finish_partial(self, key: str, length: int, target: str, sha256: str | None) -> StoredObject:
+        """Compose the segments into the final incoming object (hashed while copying), then drop them."""
+        stored = await self.put_stream(Area.incoming, target, self._partial_chunks(key, length))
+        if stored.size != length:
+            await self.delete(Area.incoming, target)
+            raise ObjectMissing(f"incoming/{key}: {stored.size} of {length} bytes")
+        await self.delete_partial(key)
+        return stored
+
+    async def delete_partial(self, key: str) -> None:
+        s3 = await self.client()
+        names = list((await self._segments(key)).values())
+        for start in range(0, len(names), 1000):
+            objects = [{"Key": name} for name in names[start : start + 1000]]
+            await s3.delete_objects(Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True})
 
 
 def make_storage(settings: Settings) -> Storage:

@@ -15,15 +15,19 @@ import os
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core.models import Submission
 from core.settings import Settings
 from core.similarity import index
+from core.similarity.passages import decode_kept_text, encode_text, passages_near, text_key
 from core.similarity.provider import NO_TEXT, CheckOutcome, CheckRequest
-from core.similarity.text import TEXT_KINDS, UnreadableDocument, extract_text
-from core.similarity.winnowing import Report, containment, fingerprint, guarantee_threshold
+from core.similarity.text import MAX_TEXT_CHARS, TEXT_KINDS, UnreadableDocument, extract_text
+from core.similarity.winnowing import Fingerprint, Report, containment, fingerprint, guarantee_threshold
+from core.storage import ObjectMissing
 
 TOP_MATCHES = 5
 SPANS_PER_MATCH = 5
@@ -35,6 +39,11 @@ class BuiltinProvider:
     def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.k = settings.similarity.k
         self.window = settings.similarity.window
+        self.boilerplate_holders = settings.similarity.boilerplate_holders
+        # Around each shared fingerprint, how far matched passages are aligned: a passage certain of a
+        # fingerprint reaches at most the threshold and one k-gram past it (normalised characters);
+        # twice that in the original text leaves room for the punctuation and spacing normalising drops.
+        self.margin = 2 * (guarantee_threshold(self.k, self.window) + self.k)
         self.sessions = sessions
 
     async def check(self, request: CheckRequest) -> CheckOutcome:
@@ -53,16 +62,49 @@ class BuiltinProvider:
         prints = await asyncio.to_thread(fingerprint, text, self.k, self.window)
         if not prints:
             return skipped(f"{NO_TEXT}: shorter than {self.k} characters")
+        # Kept for matched passages: later checks pair their text with it, the staff page shows it.
+        await request.storage.put_bytes(Area.store, text_key(submission.storage_key), encode_text(text))
 
         async with self.sessions() as session, session.begin():
             await index.replace(session, submission.assignment_id, submission.id, prints)
         async with self.sessions() as session:
             hits = await index.lookup(
-                session, submission.assignment_id, (p.hash for p in prints), exclude_user_id=submission.user_id
+                session,
+                submission.assignment_id,
+                (p.hash for p in prints),
+                exclude_user_id=submission.user_id,
+                max_holders=self.boilerplate_holders,
             )
-        # Passages closer than one k-gram are one copied passage with an edit inside.
-        report = containment(prints, hits.holders, top=TOP_MATCHES, max_spans=SPANS_PER_MATCH, span_gap=self.k)
-        return CheckOutcome("done", self.result(report, hits.owners))
+            # The score is over the student's own text: what half the class shares (the question) is left out.
+            own = [p for p in prints if p.hash not in hits.boilerplate]
+            # Passages closer than one k-gram are one copied passage with an edit inside.
+            report = containment(own, hits.holders, top=TOP_MATCHES, max_spans=SPANS_PER_MATCH, span_gap=self.k)
+            # Where the matched submissions' files are: one query for all of them, in the same transaction.
+            files = await stored_files(session, [match.other for match in report.matches])
+        result = self.result(report, hits.owners)
+        result["boilerplate_fingerprints"] = len(prints) - len(own)
+        for match in result["matches"]:
+            other = await self.other_text(request.storage, files.get(match["submission_id"]))
+            if other is not None:
+                pairs = shared_places(own, hits, match["submission_id"])
+                found = await asyncio.to_thread(passages_near, text, other, pairs, self.k, margin=self.margin)
+                match["passages"] = [list(passage) for passage in found]
+        return CheckOutcome("done", result)
+
+    async def other_text(self, storage: Any, other: StoredFile | None) -> str | None:
+        """The extracted text of an earlier submission: as its check kept it, else read from its file again."""
+        from core.storage import Area
+
+        if other is None:  # deleted meanwhile
+            return None
+        key = text_key(other.storage_key)
+        if await storage.exists(Area.store, key):
+            return decode_kept_text(await storage.read_prefix(Area.store, key, MAX_TEXT_CHARS * 4))
+        try:
+            async with readable_path(storage, Area.store, other.storage_key) as path:
+                return await asyncio.to_thread(extract_text, path, other.kind)
+        except (UnreadableDocument, ObjectMissing, FileNotFoundError):
+            return None
 
     def result(self, report: Report, owners: dict[int, int]) -> dict[str, Any]:
         return {
@@ -84,6 +126,26 @@ class BuiltinProvider:
 
     async def close(self) -> None:
         return None
+
+
+def shared_places(own: list[Fingerprint], hits: index.Hits, other: int) -> list[tuple[int, int]]:
+    """(offset here, offset there) of every fingerprint this text shares with ``other``."""
+    places = hits.places.get(other, {})
+    return [(print_.start, there) for print_ in own for there in places.get(print_.hash, ())]
+
+
+class StoredFile(NamedTuple):
+    storage_key: str
+    kind: str
+
+
+async def stored_files(session: AsyncSession, submission_ids: list[int]) -> dict[int, StoredFile]:
+    if not submission_ids:
+        return {}
+    rows = await session.execute(
+        select(Submission.id, Submission.storage_key, Submission.kind).where(Submission.id.in_(submission_ids))
+    )
+    return {submission_id: StoredFile(key, kind) for submission_id, key, kind in rows}
 
 
 def skipped(reason: str) -> CheckOutcome:

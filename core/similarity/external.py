@@ -20,9 +20,11 @@ errors raise ``ProviderUnavailable`` (retry); other 4xx raise ``ProviderRejected
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +83,36 @@ def final_result(provider_submission_id: str, score: float) -> dict[str, Any]:
     }
 
 
+# One client per event loop and provider account: a worker process keeps its
+# connections to the provider alive across checks and polls instead of a new
+# connection (and TLS handshake) for each.
+_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str, float], httpx.AsyncClient]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def shared_client(base_url: str, api_key: str, timeout_seconds: float) -> httpx.AsyncClient:
+    clients = _CLIENTS.setdefault(asyncio.get_running_loop(), {})
+    key = (base_url, api_key, timeout_seconds)
+    client = clients.get(key)
+    if client is None or client.is_closed:
+        client = clients[key] = httpx.AsyncClient(
+            base_url=base_url,
+            timeout=timeout_seconds,
+            headers={
+                "Authorization": f"Bearer {api_key}",
+                "X-Turnitin-Integration-Name": INTEGRATION_NAME,
+                "X-Turnitin-Integration-Version": INTEGRATION_VERSION,
+            },
+        )
+    return client
+
+
+async def close_shared_clients() -> None:
+    for client in _CLIENTS.pop(asyncio.get_running_loop(), {}).values():
+        await client.aclose()
+
+
 class ExternalProvider:
     name = "external"
 
@@ -95,15 +127,7 @@ class ExternalProvider:
     ) -> None:
         self.poll_interval_seconds = poll_interval_seconds
         self.max_polls = max_polls
-        self.client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
-            timeout=timeout_seconds,
-            headers={
-                "Authorization": f"Bearer {api_key}",
-                "X-Turnitin-Integration-Name": INTEGRATION_NAME,
-                "X-Turnitin-Integration-Version": INTEGRATION_VERSION,
-            },
-        )
+        self.client = shared_client(base_url.rstrip("/"), api_key, timeout_seconds)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ExternalProvider:
@@ -123,7 +147,7 @@ class ExternalProvider:
         return self.poll_interval_seconds * (self.max_polls + 2) + 60
 
     async def close(self) -> None:
-        await self.client.aclose()
+        """Nothing to release: the client is shared by every check in this process (see ``shared_client``)."""
 
     async def check(self, request: CheckRequest) -> CheckOutcome:
         state: dict[str, Any] = {

@@ -1,60 +1,160 @@
 """The inverted fingerprint index in the database: (assignment, hash) → submission, position.
 
-A check looks up only its own hashes (``WHERE assignment_id = ? AND hash IN
-(...)``, in batches, served by ``ix_fingerprints_lookup``), so its cost grows
-with its own fingerprints and the matches found, not with how many
-submissions the assignment already has.
+A check looks up only its own hashes, served by ``ix_fingerprints_lookup``
+(assignment_id, hash), so its cost grows with its own fingerprints and the
+matches found, not with how many submissions the assignment already has.
+
+On PostgreSQL a check is one statement each way:
+
+- the look-up sends all its hashes as one array and probes the index once per
+  hash (a LATERAL subquery per array element, fenced by its ``LIMIT``); the
+  hits come back grouped, one row per holding submission with its hashes. No
+  hash is read for more than ``max_holders + 1`` holders: one held that widely
+  is boilerplate, so a look-up's cost does not grow with the assignment even
+  when every earlier submission shares the question's text. The
+  plan does not depend on planner statistics: with an ``IN (…)`` list of 500
+  hashes and a table never analysed (a new assignment on a busy installation,
+  autovacuum behind), PostgreSQL scanned the assignment's whole slice of the
+  index for every batch, and its CPU per check grew with the assignment;
+- the fingerprints are written as two arrays unnested server-side, with the
+  removal of a re-run's earlier rows in the same statement.
+
+SQLite (one machine, few submissions) keeps plain batched statements.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import TextClause
 
+from core.db import is_postgres
 from core.models import Fingerprint as FingerprintRow
 from core.models import Submission
 from core.similarity.winnowing import Fingerprint
 
-# Bind parameters per IN list: well inside SQLite's and asyncpg's limits.
+# Bind parameters per IN list on SQLite: well inside its limit.
 LOOKUP_BATCH = 500
 INSERT_BATCH = 2000
+
+LOOKUP_SQL = text(
+    """
+    WITH hits AS (
+        SELECT m.submission_id, array_agg(q.hash) AS hashes, array_agg(m.position) AS positions
+        FROM unnest(CAST(:hashes AS BIGINT[])) AS q(hash)
+        CROSS JOIN LATERAL (
+            SELECT f.submission_id, f.position
+            FROM fingerprints AS f
+            WHERE f.assignment_id = :assignment_id AND f.hash = q.hash
+            LIMIT :holders_limit
+        ) AS m
+        GROUP BY m.submission_id
+    )
+    SELECT hits.submission_id, s.user_id, hits.hashes, hits.positions
+    FROM hits JOIN submissions AS s ON s.id = hits.submission_id
+    """
+)
+
+REPLACE_SQL = text(
+    """
+    WITH earlier AS (DELETE FROM fingerprints WHERE submission_id = :submission_id)
+    INSERT INTO fingerprints (assignment_id, hash, submission_id, position)
+    SELECT :assignment_id, t.hash, :submission_id, t.position
+    FROM unnest(CAST(:hashes AS BIGINT[]), CAST(:positions AS INTEGER[])) AS t(hash, position)
+    """
+)
 
 
 @dataclass
 class Hits:
-    """Which other submissions hold each looked-up hash, and whose they are."""
+    """Which other submissions hold each looked-up hash, and whose they are.
+
+    ``boilerplate``: hashes held by more than ``max_holders`` submissions (the question text, a
+    template, a much-quoted source). They have no holders here: they count for no match.
+    ``places``: where each holder has each hash it holds, as character offsets in its extracted
+    text (what matched passages are aligned from).
+    """
 
     holders: dict[int, set[int]] = field(default_factory=dict)
     owners: dict[int, int] = field(default_factory=dict)
+    boilerplate: set[int] = field(default_factory=set)
+    places: dict[int, dict[int, list[int]]] = field(default_factory=dict)
+
+
+def lookup_statement(assignment_id: int, hashes: list[int], max_holders: int) -> tuple[TextClause, dict[str, Any]]:
+    """The PostgreSQL look-up and its parameters (also for EXPLAIN)."""
+    return LOOKUP_SQL, {"hashes": hashes, "assignment_id": assignment_id, "holders_limit": max_holders + 1}
 
 
 async def lookup(
-    session: AsyncSession, assignment_id: int, hashes: Iterable[int], *, exclude_user_id: int
+    session: AsyncSession, assignment_id: int, hashes: Iterable[int], *, exclude_user_id: int, max_holders: int
 ) -> Hits:
     """Other students' submissions to this assignment that share any of ``hashes``.
 
     The same student's own attempts are left out: a resubmission that reuses
-    the student's earlier draft is not copying.
+    the student's earlier draft is not copying. A hash held by more than
+    ``max_holders`` submissions (the student's own included) is boilerplate: at
+    most ``max_holders + 1`` holders of any hash are read, so the cost of a
+    look-up stays bounded however many submissions the assignment has.
     """
     unique = sorted(set(hashes))
-    hits = Hits()
-    for start in range(0, len(unique), LOOKUP_BATCH):
-        batch = unique[start : start + LOOKUP_BATCH]
-        rows = await session.execute(
-            select(FingerprintRow.hash, FingerprintRow.submission_id, Submission.user_id)
-            .join(Submission, Submission.id == FingerprintRow.submission_id)
-            .where(
-                FingerprintRow.assignment_id == assignment_id,
-                FingerprintRow.hash.in_(batch),
-                Submission.user_id != exclude_user_id,
+    if not unique:
+        return Hits()
+    held: list[Held] = []
+    if is_postgres(session):
+        # One row per holding submission with the hashes it holds: tens of thousands of hits arrive
+        # as a few hundred arrays, and submissions is joined once per holder, not once per hit.
+        statement, parameters = lookup_statement(assignment_id, unique, max_holders)
+        held = [Held(*row) for row in await session.execute(statement, parameters)]
+    else:
+        by_submission: dict[tuple[int, int], Held] = {}
+        for start in range(0, len(unique), LOOKUP_BATCH):
+            rows = await session.execute(
+                select(
+                    FingerprintRow.hash, FingerprintRow.position, FingerprintRow.submission_id, Submission.user_id
+                )
+                .join(Submission, Submission.id == FingerprintRow.submission_id)
+                .where(
+                    FingerprintRow.assignment_id == assignment_id,
+                    FingerprintRow.hash.in_(unique[start : start + LOOKUP_BATCH]),
+                )
             )
-        )
-        for value, submission_id, user_id in rows:
-            hits.holders.setdefault(value, set()).add(submission_id)
-            hits.owners[submission_id] = user_id
+            for value, position, submission_id, user_id in rows:
+                holder = by_submission.setdefault((submission_id, user_id), Held(submission_id, user_id, [], []))
+                holder.hashes.append(value)
+                holder.positions.append(position)
+        held = list(by_submission.values())
+    return _hits(held, exclude_user_id, max_holders)
+
+
+class Held(NamedTuple):
+    """One holding submission's hits: the hashes it holds and where (in the same order)."""
+
+    submission_id: int
+    user_id: int
+    hashes: list[int]
+    positions: list[int]
+
+
+def _hits(held: list[Held], exclude_user_id: int, max_holders: int) -> Hits:
+    counts: dict[int, int] = {}
+    for holder in held:
+        for value in holder.hashes:  # per row read, as the look-up's LIMIT counts them
+            counts[value] = counts.get(value, 0) + 1
+    hits = Hits(boilerplate={value for value, count in counts.items() if count > max_holders})
+    for holder in held:
+        if holder.user_id == exclude_user_id:
+            continue
+        places = hits.places.setdefault(holder.submission_id, {})
+        for value, position in zip(holder.hashes, holder.positions, strict=True):
+            if value not in hits.boilerplate:
+                hits.holders.setdefault(value, set()).add(holder.submission_id)
+                hits.owners[holder.submission_id] = holder.user_id
+                places.setdefault(value, []).append(position)
     return hits
 
 
@@ -62,6 +162,17 @@ async def replace(
     session: AsyncSession, assignment_id: int, submission_id: int, fingerprints: Sequence[Fingerprint]
 ) -> None:
     """Index a submission's fingerprints; a re-run replaces its earlier rows."""
+    if is_postgres(session):
+        await session.execute(
+            REPLACE_SQL,
+            {
+                "assignment_id": assignment_id,
+                "submission_id": submission_id,
+                "hashes": [fp.hash for fp in fingerprints],
+                "positions": [fp.start for fp in fingerprints],
+            },
+        )
+        return
     await session.execute(delete(FingerprintRow).where(FingerprintRow.submission_id == submission_id))
     rows = [
         {"assignment_id": assignment_id, "hash": fp.hash, "submission_id": submission_id, "position": fp.start}

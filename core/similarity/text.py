@@ -11,9 +11,11 @@ pypdfium2 is imported only when a PDF is read, so importing this package
 from __future__ import annotations
 
 import codecs
-import zipfile
+import contextlib
 from pathlib import Path
-from xml.etree import ElementTree
+
+from core import safe_docs
+from core.safe_docs import UnreadableDocument
 
 # A bound on what one check reads, so a hostile or huge file cannot stall a worker.
 MAX_TEXT_CHARS = 2_000_000
@@ -29,9 +31,7 @@ _BOMS = (
 )
 TEXT_KINDS = ("text", "pdf", "docx")
 
-
-class UnreadableDocument(Exception):
-    """The file claims a kind whose text cannot be read (corrupt PDF, broken DOCX)."""
+__all__ = ["TEXT_KINDS", "UnreadableDocument", "decode_text", "docx_paragraphs", "extract_text", "pdf_text"]
 
 
 def decode_text(data: bytes) -> str:
@@ -82,38 +82,40 @@ def pdf_text(path: Path) -> str:
     return "\n".join(pages)
 
 
-def docx_paragraphs(path: Path, max_xml_bytes: int = MAX_DOCX_XML_BYTES) -> list[str]:
+def docx_paragraphs(
+    path: Path, max_xml_bytes: int = MAX_DOCX_XML_BYTES, max_paragraphs: int | None = None
+) -> list[str]:
     """Paragraphs of word/document.xml, each the concatenation of its w:t runs.
 
-    Shared by similarity (all of them) and the thumbnail (the first few).
+    Shared by similarity (all of them, up to ``MAX_TEXT_CHARS``) and the
+    thumbnail (the first few). Read through core.safe_docs: bounded inflation,
+    no DTD, a streamed parse. A paragraph nested in another (a text box) comes
+    before the one holding it.
     """
-    try:
-        with zipfile.ZipFile(path) as archive:
-            info = archive.getinfo("word/document.xml")
-            if info.file_size > max_xml_bytes:
-                raise UnreadableDocument("the document body is too large to read")
-            with archive.open(info) as part:
-                xml = part.read(max_xml_bytes + 1)
-    except (zipfile.BadZipFile, KeyError, OSError, EOFError) as error:
-        raise UnreadableDocument(f"not a readable DOCX file: {error}") from error
-    if b"<!DOCTYPE" in xml.upper():
-        # Word never writes a DTD; refusing one rules out entity-expansion tricks.
-        raise UnreadableDocument("the document body declares a DTD; refused")
-    try:
-        root = ElementTree.fromstring(xml)
-    except ElementTree.ParseError as error:
-        raise UnreadableDocument(f"broken DOCX document body: {error}") from error
     paragraphs: list[str] = []
-    for paragraph in root.iter(f"{_W}p"):
-        parts: list[str] = []
-        for node in paragraph.iter():
-            if node.tag == f"{_W}t" and node.text:
-                parts.append(node.text)
-            elif node.tag == f"{_W}tab":
-                parts.append("\t")
-            elif node.tag in (f"{_W}br", f"{_W}cr"):
-                parts.append("\n")
-        paragraphs.append("".join(parts))
+    open_paragraphs: list[list[str]] = []
+    chars = 0
+    with (
+        safe_docs.zip_member(path, "word/document.xml", max_xml_bytes) as part,
+        contextlib.closing(safe_docs.xml_events(part)) as events,
+    ):
+        for event, node in events:
+            if node.tag == f"{_W}p":
+                if event == "start":
+                    open_paragraphs.append([])
+                    continue
+                paragraph = "".join(open_paragraphs.pop())
+                paragraphs.append(paragraph)
+                chars += len(paragraph) + 1
+                if chars >= MAX_TEXT_CHARS or (max_paragraphs is not None and len(paragraphs) >= max_paragraphs):
+                    break
+            elif event == "end" and open_paragraphs:
+                if node.tag == f"{_W}t" and node.text:
+                    open_paragraphs[-1].append(node.text)
+                elif node.tag == f"{_W}tab":
+                    open_paragraphs[-1].append("\t")
+                elif node.tag in (f"{_W}br", f"{_W}cr"):
+                    open_paragraphs[-1].append("\n")
     return paragraphs
 
 
