@@ -8,26 +8,38 @@ retry after a lost answer never files the submission twice.
 
 What the answer means: 2xx → done; 5xx, 408, 429, a timeout or a broken
 connection → try again later; any other 4xx → the admin system refused the
-record for good, and its reason is shown on the step.
+record for good.
+
+The student sees only what happened in general terms (not accepted yet, will
+retry; refused; gave up). What the admin system said (its error body, which
+may name its internals) and our transport errors (internal addresses) go to
+the log and to the step result's ``detail``, a staff-only field: the
+per-audience projection leaves it out of what students receive.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
+import weakref
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.auth import hmac_sha256_hex
 from core.clock import isoformat
-from core.models import Assignment, Course, Submission, User
-from workers.base import step_worker_settings
+from core.models import SubmissionStep
+from core.receipts import ReceiptFacts, load_facts
+from workers.base import on_worker_shutdown, step_worker_settings
 from workers.runner import Outcome, PermanentStepError, StepContext, TransientStepError
+
+log = logging.getLogger(__name__)
 
 TASK = "admin"
 SIGNATURE_HEADER = "X-Handin-Signature"
@@ -35,6 +47,13 @@ TIMESTAMP_HEADER = "X-Handin-Timestamp"
 # Answers a retry may fix, although they are 4xx.
 RETRYABLE_CLIENT_ERRORS = frozenset({408, 425, 429})
 MAX_REASON_CHARS = 500
+# What the student reads on the step; the admin system's own words stay with staff (``detail``).
+NOT_ACCEPTED_YET = "the central admin system did not accept the submission yet; handin will retry"
+GAVE_UP = (
+    "the central admin system did not accept the submission after {attempts} attempts; "
+    "your submission itself is received and kept, and staff can see why"
+)
+REFUSED = "the central admin system refused the submission record (HTTP {status}); staff can see its reason"
 
 
 @dataclass(frozen=True)
@@ -63,21 +82,18 @@ class SubmissionRecord:
         return data
 
 
-async def load_record(sessions: async_sessionmaker[AsyncSession], submission_id: int) -> SubmissionRecord:
-    """The submission with its assignment, course and student, read in one query."""
+async def load_submission_facts(sessions: async_sessionmaker[AsyncSession], submission_id: int) -> ReceiptFacts:
+    """The submission with its assignment, course and student, read in one query; a step whose
+    submission is gone fails for good."""
     async with sessions() as session:
-        row = (
-            await session.execute(
-                select(Submission, Assignment, Course, User)
-                .join(Assignment, Submission.assignment_id == Assignment.id)
-                .join(Course, Assignment.course_id == Course.id)
-                .join(User, Submission.user_id == User.id)
-                .where(Submission.id == submission_id)
-            )
-        ).one_or_none()
-    if row is None:
+        facts = await load_facts(session, submission_id)
+    if facts is None:
         raise PermanentStepError(f"submission {submission_id} no longer exists")
-    submission, assignment, course, user = row
+    return facts
+
+
+def record_from(facts: ReceiptFacts) -> SubmissionRecord:
+    submission, assignment, course, user = facts.submission, facts.assignment, facts.course, facts.student
     return SubmissionRecord(
         id=submission.id,
         assignment_id=assignment.id,
@@ -95,6 +111,28 @@ async def load_record(sessions: async_sessionmaker[AsyncSession], submission_id:
         content_type=submission.content_type,
         received_at=submission.received_at,
     )
+
+
+# One client per event loop (a worker process has one), so the connection to the
+# admin system is kept alive from job to job instead of a TCP (and TLS) handshake each.
+_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
+
+
+def http_client() -> httpx.AsyncClient:
+    loop = asyncio.get_running_loop()
+    client = _CLIENTS.get(loop)
+    if client is None or client.is_closed:
+        client = _CLIENTS[loop] = httpx.AsyncClient()
+    return client
+
+
+async def close_http_client() -> None:
+    client = _CLIENTS.pop(asyncio.get_running_loop(), None)
+    if client is not None:
+        await client.aclose()
+
+
+on_worker_shutdown(close_http_client)
 
 
 def idempotency_key(submission_id: int) -> str:
@@ -117,7 +155,7 @@ def signed_headers(secret: str, submission_id: int, body: bytes, now: float | No
 
 
 def refusal_reason(response: httpx.Response) -> str:
-    """The admin system's own words for a refusal, kept short for the step's page."""
+    """The admin system's own words for a refusal, kept short: for staff and the log, never the student."""
     reason = ""
     try:
         payload = response.json()
@@ -134,28 +172,57 @@ def refusal_reason(response: httpx.Response) -> str:
     return f"admin system answered {response.status_code}: {reason[:MAX_REASON_CHARS]}"
 
 
+async def keep_detail(ctx: StepContext, detail: str) -> None:
+    """Log what went wrong and keep it on the step's result as ``detail`` (staff only)."""
+    log.warning(
+        "admin system did not accept submission %s (attempt %s): %s",
+        ctx.submission.id,
+        ctx.attempt,
+        detail,
+        extra={"submission_id": ctx.submission.id, "attempt": ctx.attempt, "detail": detail},
+    )
+    async with ctx.sessions() as session, session.begin():
+        await session.execute(
+            update(SubmissionStep)
+            .where(SubmissionStep.submission_id == ctx.submission.id, SubmissionStep.step == TASK)
+            .values(result={"detail": detail, "attempt": ctx.attempt})
+        )
+
+
+async def not_accepted(ctx: StepContext, detail: str) -> TransientStepError | PermanentStepError:
+    """The error to raise for a failure a retry may fix: generic for the student, ``detail`` kept for staff."""
+    await keep_detail(ctx, detail)
+    max_tries = ctx.settings.retry_policy(TASK).max_tries
+    if ctx.attempt >= max_tries:
+        # Said here rather than by the runner's "(gave up …)" suffix, which would contradict "will retry".
+        return PermanentStepError(GAVE_UP.format(attempts=ctx.attempt))
+    return TransientStepError(NOT_ACCEPTED_YET)
+
+
 async def handle(ctx: StepContext) -> Outcome:
     section = ctx.settings.admin
     if not section.url:
         return Outcome("skipped", {"reason": "no admin system configured (HANDIN_ADMIN__URL)"})
-    record = await load_record(ctx.sessions, ctx.submission.id)
+    record = record_from(await load_submission_facts(ctx.sessions, ctx.submission.id))
     # The same bytes on every attempt: the receiver may compare a retry with the original.
     body = json.dumps(record.as_json(), sort_keys=True, separators=(",", ":")).encode()
     headers = signed_headers(section.secret, record.id, body)
     await ctx.progress("posting the submission record to the admin system")
     try:
-        async with httpx.AsyncClient(timeout=section.timeout_seconds) as client:
-            response = await client.post(section.url, content=body, headers=headers)
+        response = await http_client().post(section.url, content=body, headers=headers, timeout=section.timeout_seconds)
     except httpx.TimeoutException as error:
-        raise TransientStepError(f"admin system did not answer within {section.timeout_seconds:g} s") from error
+        detail = f"admin system did not answer within {section.timeout_seconds:g} s"
+        raise await not_accepted(ctx, detail) from error
     except httpx.TransportError as error:
-        raise TransientStepError(f"admin system unreachable: {error or type(error).__name__}") from error
+        detail = f"admin system unreachable: {error or type(error).__name__}"
+        raise await not_accepted(ctx, detail) from error
 
     status = response.status_code
     if status >= 500 or status in RETRYABLE_CLIENT_ERRORS:
-        raise TransientStepError(f"admin system answered {status}")
+        raise await not_accepted(ctx, refusal_reason(response))
     if not 200 <= status < 300:
-        raise PermanentStepError(refusal_reason(response))
+        await keep_detail(ctx, refusal_reason(response))
+        raise PermanentStepError(REFUSED.format(status=status))
     try:
         payload = response.json()
     except ValueError:

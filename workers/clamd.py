@@ -162,7 +162,16 @@ class ClamdClient:
     async def _read_reply(reader: asyncio.StreamReader) -> str:
         data = bytearray()
         while not data.endswith(b"\0") and len(data) < _MAX_REPLY:
-            piece = await reader.read(4096)
+            try:
+                piece = await reader.read(4096)
+            except ConnectionResetError:
+                # clamd answers a passed limit and hangs up on the bytes it did not read (a reset). When the
+                # answer and the reset arrive in one loop turn, StreamReader.read raises the reset before
+                # handing over the answer it already holds: that answer is what counts.
+                data += bytes(getattr(reader, "_buffer", b""))
+                if not data:
+                    raise
+                break
             if not piece:
                 break
             data += piece

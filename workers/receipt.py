@@ -2,7 +2,12 @@
 
 The receipt carries the submission id, assignment, course, file name, size,
 SHA-256, the time received and whether it was late, so a student can later
-show exactly which file was handed in and when.
+show exactly which file was handed in and when; the signed receipt
+(``core.receipts``) as a JSON attachment, with links to download it again and
+to check it (``/verify``); a link back to the
+submission's page (``HANDIN_PUBLIC_URL`` + ``/submissions/<id>``); and, when
+the scan step was skipped because no scanner runs, a line saying the file was
+not checked for viruses (never implying it was).
 
 Sending at most once per submission
 -----------------------------------
@@ -25,28 +30,48 @@ may rarely arrive twice (as the same message) beats one that may never arrive.
 Without an SMTP host the receipt is written to ``smtp.outbox_dir`` as
 ``<Message-ID>.eml`` (temp file, then rename), so a retry overwrites the one
 file instead of adding a second.
+
+Emailed announcements
+---------------------
+The same worker mails a staff announcement posted with ``email: true`` to every
+student enrolled at that moment (``announcement_mail``), the same way: one
+Message-ID per announcement and student, and each student the mail server
+accepted one for is added to ``keys.announcement_mailed``, so a rerun, a retry
+after a crash or the next part sends to the rest only. A part sends for at most
+half the pool's time limit, then queues the next part, so a large course never
+outruns the time the chart gives a stopping worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import re
 import uuid
+import weakref
+from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, parseaddr
 from pathlib import Path
 from typing import Any
 
 import aiosmtplib
+from arq import Retry, func
+from arq.worker import Function
 from sqlalchemy import select
 
-from core import keys
+from core import chat, keys
+from core.access import STUDENT
 from core.clock import utcnow
-from core.models import SubmissionStep
-from core.settings import SmtpSettings
-from workers.admin import SubmissionRecord, load_record
-from workers.base import step_worker_settings
+from core.models import Course, Enrolment, Event, SubmissionStep, User
+from core.pipeline import StepState
+from core.receipts import ReceiptFacts, ReceiptKeyError, receipt_bytes, receipt_filename
+from core.receipts import build_receipt as build_signed_receipt
+from core.settings import Settings, SmtpSettings, get_settings
+from workers.admin import SubmissionRecord, load_submission_facts, record_from
+from workers.base import ARQ_EXTRA_TRIES, on_worker_shutdown, step_function, worker_settings
 from workers.runner import Outcome, PermanentStepError, StepContext, TransientStepError
 
 log = logging.getLogger(__name__)
@@ -56,6 +81,9 @@ TASK = "receipt"
 SENT_MARK_TTL_SECONDS = 14 * 24 * 3600
 # 535 (bad credentials) is a configuration fault an operator can fix while we retry.
 RETRYABLE_PERMANENT_CODES = frozenset({535})
+# C0 and C1 controls, DEL, and Unicode's line and paragraph separators.
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+NOT_SCANNED_LINE = "NOT virus-scanned: no virus scanner runs on this server, so the file was not checked"
 
 
 def message_id(submission_id: int, sender: str) -> str:
@@ -72,9 +100,23 @@ def human_size(size: int) -> str:
     raise AssertionError("unreachable")
 
 
-def receipt_text(record: SubmissionRecord) -> str:
+def submission_url(public_url: str, submission_id: int) -> str:
+    return f"{public_url.rstrip('/')}/submissions/{submission_id}"
+
+
+def receipt_text(
+    record: SubmissionRecord, link: str | None = None, scanned: bool = True, signed: SignedReceiptLinks | None = None
+) -> str:
     received = record.received_at.strftime("%Y-%m-%d %H:%M:%S UTC")
     timing = "LATE (after the deadline)" if record.late else "on time"
+    extra = [f"  Virus scan:     {NOT_SCANNED_LINE}"] if not scanned else []
+    follow = [f"See your submission, its progress and (once released) its grade: {link}", ""] if link else []
+    if signed is not None:
+        follow += [
+            f"Your signed receipt is attached ({signed.filename}); download it again at {signed.download}",
+            f"Anyone can check it, and that a file is the one you handed in, at {signed.verify}",
+            "",
+        ]
     return "\n".join(
         [
             f"Hello {record.student_name},",
@@ -90,29 +132,67 @@ def receipt_text(record: SubmissionRecord) -> str:
             f"  SHA-256:        {record.sha256}",
             f"  Received:       {received}",
             f"  Submitted:      {timing}",
+            *extra,
             "",
+            *follow,
             "Keep this email: the SHA-256 identifies exactly the file you handed in.",
             "",
         ]
     )
 
 
-def build_receipt(record: SubmissionRecord, section: SmtpSettings) -> EmailMessage:
+def header_text(value: str) -> str:
+    """Text typed by staff or students, made safe for a header: every run of control characters is one space.
+
+    A CR or LF would start a new header (``Bcc:`` injection); the email package
+    refuses such a value, which would fail the step for good on every retry.
+    Folding a long value is left to the email package when the message is written.
+    """
+    return _CONTROLS.sub(" ", value).strip()
+
+
+@dataclass(frozen=True)
+class SignedReceiptLinks:
+    """The signed receipt (core.receipts) that goes with the email: attached, and where to get and check it."""
+
+    filename: str
+    content: bytes
+    download: str
+    verify: str
+
+
+def build_receipt(
+    record: SubmissionRecord,
+    section: SmtpSettings,
+    link: str | None = None,
+    scanned: bool = True,
+    signed: SignedReceiptLinks | None = None,
+) -> EmailMessage:
     message = EmailMessage()
     message["From"] = section.sender
-    message["To"] = formataddr((record.student_name, record.student_email))
+    message["To"] = formataddr((header_text(record.student_name), record.student_email))
     late = " (late)" if record.late else ""
-    message["Subject"] = f"Receipt: {record.assignment_title}, {record.course_code} — submission {record.id}{late}"
+    title, course = header_text(record.assignment_title), header_text(record.course_code)
+    message["Subject"] = f"Receipt: {title}, {course} — submission {record.id}{late}"
     message["Date"] = format_datetime(utcnow())
     message["Message-ID"] = message_id(record.id, section.sender)
     # RFC 3834: no auto-replies (vacation notices) back to us.
     message["Auto-Submitted"] = "auto-generated"
-    message.set_content(receipt_text(record))
+    message.set_content(receipt_text(record, link, scanned, signed))
+    if signed is not None:
+        message.add_attachment(signed.content, maintype="application", subtype="json", filename=signed.filename)
     return message
 
 
 def outbox_path(section: SmtpSettings, mid: str) -> Path:
     return Path(section.outbox_dir) / f"{mid.strip('<>')}.eml"
+
+
+async def to_outbox(section: SmtpSettings, message: EmailMessage) -> Path:
+    """Without a mail server: the message as <Message-ID>.eml in the outbox (a rerun overwrites it)."""
+    path = outbox_path(section, str(message["Message-ID"]))
+    await asyncio.to_thread(_write_atomically, path, message.as_bytes())
+    return path
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -132,16 +212,28 @@ async def record_intent(ctx: StepContext, mid: str) -> None:
     """Note on the step's row that this attempt is about to send `mid`."""
     async with ctx.sessions() as session, session.begin():
         row = await session.scalar(
-            select(SubmissionStep).where(
-                SubmissionStep.submission_id == ctx.submission.id, SubmissionStep.step == TASK
-            )
+            select(SubmissionStep).where(SubmissionStep.submission_id == ctx.submission.id, SubmissionStep.step == TASK)
         )
         if row is not None:
             row.result = {"message_id": mid, "sending_since": utcnow().isoformat(), "attempt": ctx.attempt}
 
 
-async def send(message: EmailMessage, section: SmtpSettings) -> str:
-    """Hand the message to the mail server; returns its acceptance line."""
+@dataclass
+class _Mailer:
+    """The SMTP connection this event loop keeps open, and what it was opened with."""
+
+    client: aiosmtplib.SMTP
+    options: dict[str, Any]
+
+
+# One SMTP connection per event loop (a worker process has one), kept open from job to
+# job: a receipt costs the MAIL/RCPT/DATA exchange instead of a TCP (and TLS) handshake,
+# EHLO and login each. aiosmtplib serialises the jobs' sends on it.
+_MAILERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailer] = weakref.WeakKeyDictionary()
+_CONNECTING: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _smtp_options(section: SmtpSettings) -> dict[str, Any]:
     options: dict[str, Any] = {
         "hostname": section.host,
         "port": section.port,
@@ -150,8 +242,73 @@ async def send(message: EmailMessage, section: SmtpSettings) -> str:
     }
     if section.username:
         options.update(username=section.username, password=section.password or "")
+    return options
+
+
+async def _connection(section: SmtpSettings) -> aiosmtplib.SMTP:
+    """This loop's open connection to the configured server, opened (and logged in) if need be."""
+    loop = asyncio.get_running_loop()
+    options = _smtp_options(section)
+    lock = _CONNECTING.setdefault(loop, asyncio.Lock())
+    async with lock:
+        mailer = _MAILERS.get(loop)
+        if mailer is not None and mailer.options == options and mailer.client.is_connected:
+            return mailer.client
+        if mailer is not None:
+            await _drop(mailer.client)
+        client = aiosmtplib.SMTP(**options)
+        try:
+            await client.connect()
+        except BaseException:
+            client.close()  # connected but refused (a failed login): no half-open socket left behind
+            raise
+        _MAILERS[loop] = _Mailer(client, options)
+        return client
+
+
+async def _drop(client: aiosmtplib.SMTP) -> None:
+    loop = asyncio.get_running_loop()
+    mailer = _MAILERS.get(loop)
+    if mailer is not None and mailer.client is client:
+        del _MAILERS[loop]
+    if client.is_connected:
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+            await client.quit()
+    client.close()
+
+
+async def close_smtp() -> None:
+    """Say QUIT on this loop's kept connection (a stopping worker)."""
+    mailer = _MAILERS.get(asyncio.get_running_loop())
+    if mailer is not None:
+        await _drop(mailer.client)
+
+
+async def _send_kept(message: EmailMessage, section: SmtpSettings) -> str:
+    # A kept connection the server has since closed (its idle timeout) fails at once:
+    # open a new one and send there. Other failures close it, so the retry starts afresh;
+    # a refusal (4xx/5xx) leaves it usable (aiosmtplib resets the envelope).
+    for attempt in (1, 2):
+        client = await _connection(section)
+        try:
+            _, response = await client.send_message(message)
+            return str(response)
+        except aiosmtplib.SMTPServerDisconnected:
+            await _drop(client)
+            if attempt == 2:
+                raise
+        except (aiosmtplib.SMTPRecipientsRefused, aiosmtplib.SMTPResponseException):
+            raise
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            await _drop(client)
+            raise
+    raise AssertionError("unreachable")
+
+
+async def send(message: EmailMessage, section: SmtpSettings) -> str:
+    """Hand the message to the mail server over the kept connection; returns its acceptance line."""
     try:
-        _, response = await aiosmtplib.send(message, **options)
+        return await _send_kept(message, section)
     except aiosmtplib.SMTPRecipientsRefused as error:
         codes = [refusal.code for refusal in error.recipients]
         if codes and all(code >= 500 for code in codes):
@@ -163,19 +320,48 @@ async def send(message: EmailMessage, section: SmtpSettings) -> str:
         raise TransientStepError(f"mail server answered {error.code} {error.message}") from error
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
         raise TransientStepError(f"mail server unreachable: {error or type(error).__name__}") from error
-    return str(response)
+
+
+async def was_scanned(ctx: StepContext) -> bool:
+    """False when the scan step was skipped (no scanner runs): the receipt must say so."""
+    async with ctx.sessions() as session:
+        state = await session.scalar(
+            select(SubmissionStep.state).where(
+                SubmissionStep.submission_id == ctx.submission.id, SubmissionStep.step == "scan"
+            )
+        )
+    return state != StepState.skipped.value
+
+
+def signed_receipt(ctx: StepContext, facts: ReceiptFacts) -> SignedReceiptLinks:
+    submission_id = facts.submission.id
+    try:
+        document = build_signed_receipt(facts, ctx.settings)
+    except ReceiptKeyError as error:
+        # A configuration fault an operator can fix while the step retries.
+        raise TransientStepError(f"cannot sign the receipt: {error}") from error
+    public = ctx.settings.public_url.rstrip("/")
+    return SignedReceiptLinks(
+        receipt_filename(submission_id),
+        receipt_bytes(document),
+        f"{public}/api/submissions/{submission_id}/receipt",
+        f"{public}/verify",
+    )
 
 
 async def handle(ctx: StepContext) -> Outcome:
     section = ctx.settings.smtp
-    record = await load_record(ctx.sessions, ctx.submission.id)
-    message = build_receipt(record, section)
+    # One read serves both the email's text and the signed receipt.
+    facts = await load_submission_facts(ctx.sessions, ctx.submission.id)
+    record = record_from(facts)
+    link = submission_url(ctx.settings.public_url, record.id)
+    signed = signed_receipt(ctx, facts)
+    message = build_receipt(record, section, link, scanned=await was_scanned(ctx), signed=signed)
     mid = str(message["Message-ID"])
     result: dict[str, Any] = {"message_id": mid, "to": record.student_email}
 
     if not section.host:
-        path = outbox_path(section, mid)
-        await asyncio.to_thread(_write_atomically, path, message.as_bytes())
+        path = await to_outbox(section, message)
         return Outcome("succeeded", {**result, "delivery": "outbox", "file": path.name})
 
     sent_mark = keys.receipt_sent(record.id)
@@ -191,4 +377,109 @@ async def handle(ctx: StepContext) -> Outcome:
     return Outcome("succeeded", {**result, "delivery": "smtp", "server_response": response})
 
 
-WorkerSettings = step_worker_settings(TASK, handle)
+# ---------------------------------------------------------------------------- announcements
+
+
+@dataclass(frozen=True)
+class Recipient:
+    id: int
+    name: str
+    email: str
+
+
+def announcement_message_id(course_id: int, seq: int, user_id: int, sender: str) -> str:
+    domain = parseaddr(sender)[1].rpartition("@")[2] or "handin.local"
+    return f"<announcement-{course_id}-{seq}.{user_id}@{domain}>"
+
+
+def build_announcement(
+    course: Course, seq: int, text: str, recipient: Recipient, section: SmtpSettings, public_url: str
+) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = section.sender
+    message["To"] = formataddr((header_text(recipient.name), recipient.email))
+    message["Subject"] = f"Announcement: {header_text(course.code)} {header_text(course.title)}"
+    message["Date"] = format_datetime(utcnow())
+    message["Message-ID"] = announcement_message_id(course.id, seq, recipient.id, section.sender)
+    message["Auto-Submitted"] = "auto-generated"
+    page = f"{public_url.rstrip('/')}/courses/{course.id}"
+    message.set_content(
+        f"Hello {recipient.name},\n\nthe staff of {course.code} {course.title} posted an announcement:\n\n"
+        f"{text}\n\nIt is pinned on the course page: {page}\n"
+    )
+    return message
+
+
+async def _announcement(ctx: dict[str, Any], course_id: int, seq: int) -> tuple[Course, str, list[Recipient]] | None:
+    """The announcement's text and the students to mail, or None when there is nothing to send."""
+    async with ctx["sessions"]() as session:
+        event = await session.scalar(
+            select(Event).where(
+                Event.topic == keys.course_topic(course_id), Event.seq == seq, Event.type == chat.ANNOUNCEMENT_TYPE
+            )
+        )
+        data = event.data if event is not None else {}
+        course = await session.get(Course, course_id)
+        # Hidden (or gone) before the mail went out: students no longer see it, so it is not sent.
+        if course is None or not data.get("emailed") or data.get("hidden") or not data.get("text"):
+            return None
+        rows = await session.execute(
+            select(User.id, User.name, User.email)
+            .join(Enrolment, Enrolment.user_id == User.id)
+            .where(Enrolment.course_id == course_id, Enrolment.role == STUDENT)
+            .order_by(User.id)
+        )
+        return course, str(data["text"]), [Recipient(row.id, row.name, row.email) for row in rows]
+
+
+async def announcement_mail(ctx: dict[str, Any], course_id: int, seq: int, part: int = 0) -> str:
+    """Mail announcement ``seq`` to every enrolled student not mailed yet (docstring above)."""
+    settings: Settings = ctx["settings"]
+    section = settings.smtp
+    found = await _announcement(ctx, course_id, seq)
+    if found is None:
+        return "nothing to send"
+    course, text, recipients = found
+    mailed_key = keys.announcement_mailed(course_id, seq)
+    mailed = {int(member) for member in await ctx["redis"].smembers(mailed_key)}
+    policy = settings.retry_policy(TASK)
+    stop_at = asyncio.get_running_loop().time() + policy.timeout_seconds / 2
+    sent = 0
+    for recipient in recipients:
+        if recipient.id in mailed:
+            continue
+        if sent and asyncio.get_running_loop().time() > stop_at:  # each part sends at least one
+            await chat.queue_announcement_mail(ctx["redis"], course_id, seq, part + 1)
+            return f"sent {sent}; the rest in part {part + 1}"
+        message = build_announcement(course, seq, text, recipient, section, settings.public_url)
+        if not section.host:
+            await to_outbox(section, message)
+        else:
+            try:
+                await send(message, section)
+            except PermanentStepError as error:  # this address is refused for good: the others still get it
+                log.warning("announcement not delivered", extra={"user_id": recipient.id, "error": str(error)})
+            except TransientStepError as error:
+                raise Retry(defer=policy.delay(int(ctx.get("job_try", 1)))) from error
+        await ctx["redis"].sadd(mailed_key, recipient.id)
+        await ctx["redis"].expire(mailed_key, SENT_MARK_TTL_SECONDS)
+        sent += 1
+    return f"sent {sent}"
+
+
+def functions(settings: Settings) -> list[Function]:
+    """The receipt step and the announcement mail, both on the receipt queue."""
+    policy = settings.retry_policy(TASK)
+    return [
+        step_function(TASK, handle, settings),
+        func(
+            announcement_mail,
+            name=keys.ANNOUNCEMENT_MAIL_FUNCTION,
+            timeout=policy.timeout_seconds + settings.worker.job_timeout_margin_seconds,
+            max_tries=policy.max_tries + ARQ_EXTRA_TRIES,
+        ),
+    ]
+
+
+on_worker_shutdown(close_smtp)
+WorkerSettings = worker_settings(TASK, functions(get_settings()))

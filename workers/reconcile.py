@@ -32,12 +32,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from core import keys
 from core.clock import utcnow
 from core.db import make_engine, make_sessionmaker
-from core.events import EventBatch
 from core.models import Submission, SubmissionStep
 from core.pipeline import StepState
 from core.queues import connect, enqueue_step, job_exists
 from core.settings import Settings, get_settings
 from core.steps import settle_submission
+from core.unit_of_work import unit_of_work
 
 log = logging.getLogger(__name__)
 
@@ -102,22 +102,20 @@ async def _record_requeue(
     The state is left as it is: a "running" row stays running, so the runner
     counts an attempt whose worker vanished and gives up after max_tries.
     """
-    async with sessions() as session, session.begin():
-        row = await session.scalar(
+    async with unit_of_work(sessions, redis) as work:
+        row = await work.session.scalar(
             select(SubmissionStep).where(SubmissionStep.id == seen.id).with_for_update()
         )
         if row is None or row.state != seen.state or row.attempts != seen.attempts:
             return False
         if row.state == StepState.queued.value:
             row.queued_at = utcnow()
-        batch = EventBatch(session)
-        await batch.emit(
+        await work.emit(
             keys.submission_topic(row.submission_id),
             "reconciler.requeued",
             {"step": row.step, "reason": reason, "state": row.state, "attempts": row.attempts},
             actor=ACTOR,
         )
-    await batch.publish(redis)
     return True
 
 

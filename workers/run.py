@@ -2,19 +2,83 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
 import logging
+from typing import Any
 
-from arq.worker import create_worker
-from prometheus_client import start_http_server
+from arq.worker import get_kwargs
+from redis.exceptions import RedisError
 
 from core import keys
 from core.logs import configure_logging
 from core.settings import get_settings
+from workers.base import IdlePollingWorker
+from workers.health import WorkerHealth, start_health_server
 
 log = logging.getLogger(__name__)
 
 WORKER_TASKS = (*keys.TASKS, keys.MAINTENANCE_TASK)
+# After a failed poll (Redis gone) wait this long before the next, instead of arq's poll_delay.
+REDIS_RETRY_SECONDS = 1.0
+
+
+class HandinWorker(IdlePollingWorker):
+    """arq's worker, kept alive through a Redis outage and watched by /healthz.
+
+    arq lets a Redis error out of its poll loop, which ends the process and
+    cancels every running job (burning a try each). Here the poll is tried again
+    until Redis is back, and the liveness probe says Redis is unreachable meanwhile.
+    """
+
+    def __init__(self, *args: Any, health: WorkerHealth | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.health = health
+
+    async def main(self) -> None:
+        watcher = asyncio.create_task(self.health.watch(lambda: self._pool)) if self.health else None
+        try:
+            while True:
+                try:
+                    await super().main()
+                    return
+                except (RedisError, OSError) as error:
+                    # Lost while arq was still starting (its Redis INFO, before the first poll): start again.
+                    # Once polling, _poll_iteration keeps the loop alive itself.
+                    if self.burst or self._polling:
+                        raise
+                    log.warning("redis unreachable at start; trying again", extra={"error": str(error)})
+                    await asyncio.sleep(REDIS_RETRY_SECONDS)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+
+    _polling = False
+
+    async def _poll_iteration(self) -> None:
+        self._polling = True
+        try:
+            await super()._poll_iteration()
+        except (RedisError, OSError) as error:
+            log.warning("redis unreachable; polling again", extra={"queue": self.queue_name, "error": str(error)})
+            await asyncio.sleep(REDIS_RETRY_SECONDS)
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        # arq takes a slot before asking Redis about a job; when Redis fails there, give it back.
+        for job_id in job_ids:
+            if self.job_counter >= self.max_jobs:
+                return
+            before = self.job_counter
+            try:
+                await super().start_jobs([job_id])
+            except (RedisError, OSError):
+                if self.job_counter > before and job_id.decode() not in self.tasks:
+                    self.job_counter -= 1
+                    self.sem.release()
+                raise
 
 
 def load_worker_settings(task: str) -> type:
@@ -27,15 +91,21 @@ def load_worker_settings(task: str) -> type:
 
 def run_worker(task: str, burst: bool = False) -> None:
     configure_logging()
-    settings_cls = load_worker_settings(task)
-    port = get_settings().worker.http_port
-    if port and not burst:
+    serve(task, load_worker_settings(task), burst)
+
+
+def serve(task: str, settings_cls: type, burst: bool = False) -> None:
+    """Run the worker described by `settings_cls` until SIGTERM (or, in burst mode, an empty queue)."""
+    section = get_settings().worker
+    health = None
+    if section.http_port and not burst:
+        health = WorkerHealth(section.health_stale_seconds)
         # Liveness and Prometheus scrape both hit this listener. Several workers
         # on one machine (the local autoscaler backend) share a port: the first wins.
         try:
-            start_http_server(port)
+            start_health_server(section.http_port, health)
         except OSError as error:
-            log.info("metrics port taken; serving none", extra={"port": port, "error": str(error)})
-    worker = create_worker(settings_cls, burst=burst)
+            log.info("metrics port taken; serving none", extra={"port": section.http_port, "error": str(error)})
+    worker = HandinWorker(**{**get_kwargs(settings_cls), "burst": burst}, health=health)
     log.info("starting worker", extra={"task": task, "queue": keys.queue_name(task), "burst": burst})
     worker.run()

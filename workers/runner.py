@@ -15,21 +15,22 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from arq import Retry
 from arq.connections import ArqRedis
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core import keys
 from core.clock import utcnow
-from core.events import EventBatch
+from core.db import is_postgres
 from core.models import Submission, SubmissionStep
 from core.pipeline import StepState
 from core.settings import Settings
 from core.steps import finish_step
+from core.unit_of_work import unit_of_work
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class Outcome:
     wait_seconds: float | None = None
     # Set by the scanner: the file is infected and must go no further.
     quarantine: bool = False
+    # Columns of the submission to set in the transaction that ends the step (the thumbnail's key).
+    submission_values: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -68,11 +71,9 @@ class StepContext:
         data: dict[str, Any] = {"step": self.step, "message": message}
         if fraction is not None:
             data["fraction"] = round(max(0.0, min(1.0, fraction)), 3)
-        async with self.sessions() as session, session.begin():
-            batch = EventBatch(session)
+        async with unit_of_work(self.sessions, self.redis) as work:
             topic = keys.submission_topic(self.submission.id)
-            await batch.emit(topic, "step.progress", data, actor=f"worker:{self.step}")
-        await batch.publish(self.redis)
+            await work.emit(topic, "step.progress", data, actor=f"worker:{self.step}")
 
 
 Handler = Callable[[StepContext], Awaitable[Outcome]]
@@ -90,7 +91,11 @@ async def run_step(ctx: dict[str, Any], step: str, submission_id: int, handler: 
         # Every attempt so far ended with the worker gone (killed, OOM): a file that
         # takes the worker down must not be retried for ever.
         await finish_step(
-            sessions, redis, submission_id, step, StepState.failed,
+            sessions,
+            redis,
+            submission_id,
+            step,
+            StepState.failed,
             error=f"the worker stopped during each of {started.attempts} attempts (gave up)",
         )
         return "failed"
@@ -117,7 +122,11 @@ async def run_step(ctx: dict[str, Any], step: str, submission_id: int, handler: 
             log.exception("step raised unexpectedly", extra={"step": step, "submission_id": submission_id})
         if row.attempts >= policy.max_tries:
             await finish_step(
-                sessions, redis, submission_id, step, StepState.failed,
+                sessions,
+                redis,
+                submission_id,
+                step,
+                StepState.failed,
                 error=f"{reason} (gave up after {row.attempts} attempts)",
             )
             return "failed"
@@ -128,7 +137,16 @@ async def run_step(ctx: dict[str, Any], step: str, submission_id: int, handler: 
         await _mark_waiting(sessions, redis, submission_id, step, outcome)
         return "waiting"
     state = StepState.skipped if outcome.state == "skipped" else StepState.succeeded
-    await finish_step(sessions, redis, submission_id, step, state, result=outcome.result, quarantine=outcome.quarantine)
+    await finish_step(
+        sessions,
+        redis,
+        submission_id,
+        step,
+        state,
+        result=outcome.result,
+        quarantine=outcome.quarantine,
+        submission_values=outcome.submission_values,
+    )
     return state.value
 
 
@@ -139,6 +157,59 @@ async def _lock_step(session: AsyncSession, submission_id: int, step: str) -> Su
         .with_for_update()
     )
     return row
+
+
+# A step whose job may simply start: nobody is running it, it has not ended.
+_STARTABLE = [state.value for state in StepState if not state.terminal and state != StepState.running]
+_steps: Table = SubmissionStep.__table__  # type: ignore[assignment]
+_submissions: Table = Submission.__table__  # type: ignore[assignment]
+# Built once, with bound parameters only: compiled once per process, prepared once per connection.
+_START_WAITING = (
+    update(_steps)
+    .where(
+        _steps.c.submission_id == bindparam("sid"),
+        _steps.c.step == bindparam("name"),
+        _steps.c.state.in_(_STARTABLE),
+    )
+    .values(
+        state=StepState.running.value,
+        attempts=_steps.c.attempts + 1,
+        started_at=bindparam("now"),
+        wait_until=None,
+        error=None,
+    )
+    .returning(_steps.c.attempts, _steps.c.result, _steps.c.submission_id)
+)
+_READ_SUBMISSION = select(_submissions).where(_submissions.c.id == bindparam("sid"))
+# PostgreSQL: both in one statement (a data-modifying CTE), one round trip fewer per step.
+_started = _START_WAITING.cte("started")
+_START_AND_READ = select(
+    _started.c.attempts.label("step_attempts"), _started.c.result.label("step_result"), *_submissions.c
+).join_from(_started, _submissions, _submissions.c.id == _started.c.submission_id)
+
+
+async def _start_waiting_step(
+    session: AsyncSession, step: str, submission_id: int, now: datetime
+) -> tuple[SubmissionStep, Submission] | None:
+    """The usual start: mark the step running if it is waiting to run, and read its submission
+    (one statement on PostgreSQL, two elsewhere). None when the step is in any other state
+    (running elsewhere, ended, missing): the caller then takes the row lock and decides."""
+    parameters = {"sid": submission_id, "name": step, "now": now}
+    if is_postgres(session):
+        both = (await session.execute(_START_AND_READ, parameters)).one_or_none()
+        if both is None:
+            return None
+        attempts, result = both.step_attempts, both.step_result
+        columns = {column.key: both._mapping[column] for column in _submissions.c}
+    else:
+        started = (await session.execute(_START_WAITING, parameters)).one_or_none()
+        if started is None:
+            return None
+        attempts, result = started.attempts, started.result
+        columns = dict((await session.execute(_READ_SUBMISSION, parameters)).one()._mapping)
+    # Plain objects for the handler, never attached to a session: no ORM identity map or flush.
+    row = SubmissionStep(submission_id=submission_id, step=step, attempts=attempts, result=result)
+    return row, Submission(**columns)
 
 
 @dataclass(frozen=True)
@@ -155,7 +226,19 @@ async def _start(
     max_tries: int,
 ) -> str | _Abandoned | tuple[SubmissionStep, Submission]:
     now = utcnow()
-    async with sessions() as session, session.begin():
+    async with unit_of_work(sessions, redis) as work:
+        fast = await _start_waiting_step(work.session, step, submission_id, now)
+        if fast is not None:
+            work.stage(
+                keys.submission_topic(submission_id),
+                "step.running",
+                {"step": step, "attempt": fast[0].attempts},
+                actor=f"worker:{step}",
+            )
+    if fast is not None:
+        return fast
+    async with unit_of_work(sessions, redis) as work:
+        session = work.session
         row = await _lock_step(session, submission_id, step)
         if row is None:
             log.warning("job for a step that does not exist", extra={"step": step, "submission_id": submission_id})
@@ -183,14 +266,12 @@ async def _start(
         row.error = None
         submission = await session.get(Submission, submission_id)
         assert submission is not None  # the step row's foreign key guarantees it
-        batch = EventBatch(session)
-        await batch.emit(
+        await work.emit(
             keys.submission_topic(submission_id),
             "step.running",
             {"step": step, "attempt": row.attempts},
             actor=f"worker:{step}",
         )
-    await batch.publish(redis)
     return row, submission
 
 
@@ -202,37 +283,33 @@ async def _mark_retrying(
     reason: str,
     delay: float,
 ) -> None:
-    async with sessions() as session, session.begin():
-        row = await _lock_step(session, submission_id, step)
+    async with unit_of_work(sessions, redis) as work:
+        row = await _lock_step(work.session, submission_id, step)
         if row is None:
             return
         row.state = StepState.retrying.value
         row.error = reason
-        batch = EventBatch(session)
-        await batch.emit(
+        await work.emit(
             keys.submission_topic(submission_id),
             "step.retrying",
             {"step": step, "attempt": row.attempts, "error": reason, "retry_in_seconds": round(delay, 1)},
             actor=f"worker:{step}",
         )
-    await batch.publish(redis)
 
 
 async def _mark_waiting(
     sessions: async_sessionmaker[AsyncSession], redis: ArqRedis, submission_id: int, step: str, outcome: Outcome
 ) -> None:
-    async with sessions() as session, session.begin():
-        row = await _lock_step(session, submission_id, step)
+    async with unit_of_work(sessions, redis) as work:
+        row = await _lock_step(work.session, submission_id, step)
         # The third party may have answered (webhook) before we got here.
         if row is None or StepState(row.state).terminal:
             return
         row.result = outcome.result
         row.wait_until = utcnow() + timedelta(seconds=outcome.wait_seconds or 3600)
-        batch = EventBatch(session)
-        await batch.emit(
+        await work.emit(
             keys.submission_topic(submission_id),
             "step.waiting",
             {"step": step, **outcome.result},
             actor=f"worker:{step}",
         )
-    await batch.publish(redis)

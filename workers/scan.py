@@ -12,10 +12,10 @@ from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core import keys
-from core.events import EventBatch
 from core.flash import FlashSpec, add_flash
 from core.models import Assignment, Submission
 from core.storage import Area, Storage
+from core.unit_of_work import unit_of_work
 from workers.base import step_worker_settings
 from workers.clamd import ClamdClient, ClamdError, ClamdSizeLimitExceeded, ClamdUnavailable, ScanVerdict
 from workers.runner import Outcome, PermanentStepError, StepContext, TransientStepError
@@ -81,23 +81,22 @@ async def _tell_student_and_staff(
     sessions: async_sessionmaker[AsyncSession], redis: ArqRedis, submission: Submission, verdict: ScanVerdict
 ) -> None:
     """One flash for the owner and one dashboard event; a retried attempt adds nothing."""
-    async with sessions() as session, session.begin():
-        batch = EventBatch(session)
-        flash = await add_flash(batch, submission.user_id, quarantine_flash(submission, verdict))
+    async with unit_of_work(sessions, redis) as work:
+        flash = await add_flash(work, submission.user_id, quarantine_flash(submission, verdict))
         if flash is not None:
-            assignment = await session.get(Assignment, submission.assignment_id)
-            await batch.emit(
-                keys.STAFF_DASHBOARD_TOPIC,
+            assignment = await work.session.get(Assignment, submission.assignment_id)
+            assert assignment is not None  # a submission's assignment is never deleted
+            await work.emit(
+                keys.course_staff_topic(assignment.course_id),
                 "submission.quarantined",
                 {
                     "submission_id": submission.id,
                     "assignment_id": submission.assignment_id,
-                    "course_id": assignment.course_id if assignment else None,
+                    "course_id": assignment.course_id,
                     "signature": verdict.signature,
                 },
                 actor="worker:scan",
             )
-    await batch.publish(redis)
 
 
 WorkerSettings = step_worker_settings("scan", handle)

@@ -26,10 +26,10 @@ from core import keys
 from core.models import SubmissionStep
 from core.pipeline import TERMINAL_STATES, StepState
 from core.settings import Settings, get_settings
-from core.similarity.external import ExternalProvider, final_result
+from core.similarity.external import ExternalProvider, close_shared_clients, final_result
 from core.similarity.provider import CheckRequest, ProviderRejected, ProviderUnavailable, make_provider
 from core.steps import finish_step
-from workers.base import step_function, worker_settings
+from workers.base import on_worker_shutdown, step_function, worker_settings
 from workers.runner import Outcome, PermanentStepError, StepContext, TransientStepError
 
 log = logging.getLogger(__name__)
@@ -102,14 +102,24 @@ async def poll(ctx: dict[str, Any], submission_id: int, number: int) -> str:
 
     if score is not None:
         done = await finish_step(
-            sessions, redis, submission_id, STEP, StepState.succeeded,
-            result=final_result(str(provider_id), score), actor=POLL_ACTOR,
+            sessions,
+            redis,
+            submission_id,
+            STEP,
+            StepState.succeeded,
+            result=final_result(str(provider_id), score),
+            actor=POLL_ACTOR,
         )
         return "succeeded" if done else "already finished"
     await save_result(sessions, submission_id, state)
     if number >= settings.similarity.max_polls:
         await finish_step(
-            sessions, redis, submission_id, STEP, StepState.failed, actor=POLL_ACTOR,
+            sessions,
+            redis,
+            submission_id,
+            STEP,
+            StepState.failed,
+            actor=POLL_ACTOR,
             error=f"no similarity report from the provider after {number} polls "
             f"({number * settings.similarity.poll_interval_seconds:g} s)",
         )
@@ -141,6 +151,10 @@ async def save_result(sessions: async_sessionmaker[AsyncSession], submission_id:
             )
             .values(result=result)
         )
+
+
+# A stopping worker closes its kept-alive connections to the provider.
+on_worker_shutdown(close_shared_clients)
 
 
 def functions(settings: Settings) -> list[Function]:

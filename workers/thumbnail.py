@@ -21,10 +21,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
-from core.models import Submission
 from core.storage import Area, ObjectMissing
 from workers.base import step_worker_settings
 from workers.documents import DocumentError, render_thumbnail
@@ -58,11 +54,6 @@ async def local_copy(storage: Any, area: Area, key: str) -> AsyncIterator[Path]:
         await asyncio.to_thread(os.unlink, temp)
 
 
-async def remember_thumbnail(sessions: async_sessionmaker[AsyncSession], submission_id: int, key: str) -> None:
-    async with sessions() as session, session.begin():
-        await session.execute(update(Submission).where(Submission.id == submission_id).values(thumbnail_key=key))
-
-
 async def handle(ctx: StepContext) -> Outcome:
     submission = ctx.submission
     await ctx.progress("drawing a preview")
@@ -79,7 +70,6 @@ async def handle(ctx: StepContext) -> Outcome:
 
     key = thumbnail_key(submission.storage_key)
     await ctx.storage.put_bytes(Area.thumbnails, key, thumbnail.png)
-    await remember_thumbnail(ctx.sessions, submission.id, key)
     result: dict[str, Any] = {
         "width": thumbnail.width,
         "height": thumbnail.height,
@@ -88,7 +78,8 @@ async def handle(ctx: StepContext) -> Outcome:
     }
     if thumbnail.note:
         result["note"] = thumbnail.note
-    return Outcome("succeeded", result)
+    # The key is recorded by the transaction that ends the step, not one of its own.
+    return Outcome("succeeded", result, submission_values={"thumbnail_key": key})
 
 
 WorkerSettings = step_worker_settings(TASK, handle)
