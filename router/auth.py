@@ -6,23 +6,43 @@ replayed ticket is refused even on another replica. The web session behind it
 must still exist and be neither revoked nor expired.
 
 Authorisation answers come from core.access and are cached briefly per
-(user, action, topic); a message on keys.AUTHZ_INVALIDATE_CHANNEL (a user id,
-or "*") drops a user's cached answers at once, e.g. when enrolment changes.
+(user, action, topic), at most ``authz_cache_entries`` of them (LRU); a message
+on keys.AUTHZ_INVALIDATE_CHANNEL (a user id, or "*") drops a user's cached
+answers at once, e.g. when enrolment changes.
+
+Every look-up has a time limit: one that takes longer (a database lock, an
+exhausted pool) raises AuthorizationTimeout, which the router answers with an
+ERROR and logs, so a SUBSCRIBE is never left unanswered. The look-up itself runs
+on as its own task and is not cancelled: cancelling a query mid-flight can leave
+the caller waiting for the driver's clean-up (aiosqlite closes a connection only
+after its running statement returns), which is the very wait the limit is for.
+Concurrent look-ups of the same (user, action, topic) share that one task.
+
+Neither the ticket check nor a decision asks the database per session: the web session, the user's
+rights and the topic's facts come from router.directory, which keeps them (correct through the
+invalidations handin publishes) and loads what it lacks in batches shared by concurrent handshakes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import math
 import time
+from collections import OrderedDict
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core import access, keys
+from core.audience import Audience
 from core.auth import TokenError, read_ws_ticket
 from core.clock import utcnow
-from core.models import WebSession
+from router.directory import Directory
+
+log = logging.getLogger(__name__)
 
 
 class AuthenticationFailed(Exception):
@@ -40,65 +60,181 @@ class Identity:
         return access.Principal(self.user_id, self.role)
 
 
-async def authenticate_ticket(
-    ticket: str, *, secret: str, redis: Redis, sessions: async_sessionmaker[AsyncSession]
-) -> Identity:
+async def authenticate_ticket(ticket: str, *, secret: str, redis: Redis, directory: Directory) -> Identity:
     try:
         claims = read_ws_ticket(ticket, secret)
     except TokenError as error:
         raise AuthenticationFailed(f"ticket {error}") from None
     ttl = max(1, math.ceil(claims.expires_at - time.time()) + 1)
-    if not await redis.set(keys.ws_ticket_used(claims.ticket_id), "1", nx=True, ex=ttl):
+    # One round trip: mark the ticket used (once across replicas) and read the logout mark.
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.set(keys.ws_ticket_used(claims.ticket_id), "1", nx=True, ex=ttl)
+        pipe.exists(keys.web_session_revoked(claims.session_id))
+        first_use, logged_out = await pipe.execute()
+    if not first_use:
         raise AuthenticationFailed("ticket already used")
-    if await redis.exists(keys.web_session_revoked(claims.session_id)):
+    if logged_out:
         raise AuthenticationFailed("web session logged out")
-    async with sessions() as db:
-        web_session = await db.get(WebSession, claims.session_id)
-        if web_session is None or web_session.user_id != claims.user_id:
-            raise AuthenticationFailed("no such web session")
-        if web_session.revoked_at is not None:
-            raise AuthenticationFailed("web session logged out")
-        if web_session.expires_at <= utcnow():
-            raise AuthenticationFailed("web session expired")
-        principal = await access.principal_for(db, claims.user_id)
-    if principal is None:
+    web_session = directory.held_web_session(claims.session_id)
+    rights = directory.held_rights(claims.user_id)
+    if web_session is None or rights is None:  # not held: both in the batches now being gathered
+        web_session, rights = await asyncio.gather(
+            directory.web_session(claims.session_id), directory.rights(claims.user_id)
+        )
+    if web_session is None or web_session.user_id != claims.user_id:
+        raise AuthenticationFailed("no such web session")
+    if web_session.revoked:
+        raise AuthenticationFailed("web session logged out")
+    if web_session.expires_at <= utcnow():
+        raise AuthenticationFailed("web session expired")
+    if rights is None:
         raise AuthenticationFailed("no such user")
+    principal = rights.principal
     return Identity(principal.user_id, principal.role, claims.session_id)
 
 
-SUBSCRIBE, PUBLISH = "subscribe", "publish"
-MAX_CACHED_USERS = 50_000
+class AuthorizationTimeout(Exception):
+    """An authorisation look-up did not answer within the time limit."""
+
+    def __init__(self, action: str, topic: str, seconds: float) -> None:
+        super().__init__(f"{action} {topic}: no answer after {seconds:.1f} s")
+        self.action = action
+        self.topic = topic
+        self.seconds = seconds
+
+
+SUBSCRIBE, PUBLISH, PRINCIPAL = "subscribe", "publish", "principal"
+CacheKey = tuple[int, str, str]  # (user, action, topic)
+Answer = Audience | bool | None  # SUBSCRIBE: the audience (None refuses); PUBLISH: yes or no
 
 
 class Authorizer:
-    """core.access answers with a short per-(user, action, topic) cache."""
+    """core.access answers with a short per-(user, action, topic) cache, bounded in entries.
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], ttl_seconds: float) -> None:
-        self.sessions = sessions
+    The least recently used answers go first when the cache is full, so a user who
+    subscribes to many topics cannot grow a replica's memory, nor evict everyone at once.
+    """
+
+    def __init__(
+        self,
+        directory: Directory,
+        ttl_seconds: float,
+        max_entries: int,
+        timeout_seconds: float = 5.0,
+    ) -> None:
+        self.directory = directory
         self.ttl = ttl_seconds
-        self._cache: dict[int, dict[tuple[str, str], tuple[bool, float]]] = {}
+        self.max_entries = max_entries
+        self.timeout = timeout_seconds
+        self._cache: OrderedDict[CacheKey, tuple[Answer, float]] = OrderedDict()
+        self._by_user: dict[int, set[CacheKey]] = {}
+        self._inflight: dict[CacheKey, asyncio.Future[object]] = {}
+
+    def __len__(self) -> int:
+        return max(len(self._cache), len(self.directory))
+
+    async def audience(self, who: access.Principal, topic: str) -> Audience | None:
+        """What ``who`` sees of ``topic`` (core.audience), or None: may not subscribe."""
+        answer = await self._answer(who, SUBSCRIBE, topic)
+        return answer if isinstance(answer, Audience) else None
 
     async def allowed(self, who: access.Principal, action: str, topic: str) -> bool:
-        now = time.monotonic()
-        if len(self._cache) > MAX_CACHED_USERS:
-            self._cache.clear()  # crude but bounded; answers are cheap to recompute
-        per_user = self._cache.setdefault(who.user_id, {})
-        hit = per_user.get((action, topic))
-        if hit is not None and hit[1] > now:
+        if action == SUBSCRIBE:
+            return await self.audience(who, topic) is not None
+        return await self._answer(who, PUBLISH, topic) is True
+
+    async def _answer(self, who: access.Principal, action: str, topic: str) -> Answer:
+        key = (who.user_id, action, topic)
+        hit = self._cache.get(key)
+        if hit is not None and hit[1] > time.monotonic():
+            self._cache.move_to_end(key)
             return hit[0]
-        async with self.sessions() as db:
-            check = access.can_subscribe if action == SUBSCRIBE else access.can_publish
-            answer = await check(db, who, topic)
-        per_user[(action, topic)] = (answer, now + self.ttl)
+        rights = self.directory.held_rights(who.user_id)
+        held, facts = self.directory.held_facts(topic)
+        if rights is not None and held:  # decided from memory: no task, no time limit needed
+            return self._decide(key, rights, action, topic, facts)
+        answer = await self._bounded(key, topic, self._look_up(key, who, action, topic))
+        assert answer is None or isinstance(answer, Audience | bool)
         return answer
 
+    async def _look_up(self, key: CacheKey, who: access.Principal, action: str, topic: str) -> Answer:
+        rights, facts = await asyncio.gather(self.directory.rights(who.user_id), self.directory.facts(topic))
+        return self._decide(key, rights, action, topic, facts)
+
+    def _decide(
+        self, key: CacheKey, rights: access.Rights | None, action: str, topic: str, facts: access.TopicFacts | None
+    ) -> Answer:
+        answer: Answer
+        if rights is None:
+            answer = None if action == SUBSCRIBE else False
+        elif action == SUBSCRIBE:
+            answer = access.decide_audience(rights, topic, facts)
+        else:
+            answer = access.decide_publish(rights, topic, facts)
+        self._remember(key, answer)
+        return answer
+
+    async def _bounded(self, key: CacheKey, topic: str, look_up: Awaitable[object]) -> object:
+        """The look-up's answer, shared with concurrent callers, or AuthorizationTimeout after the limit."""
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(look_up)
+            self._inflight[key] = task
+            task.add_done_callback(lambda done: self._settled(key, done))
+        elif asyncio.iscoroutine(look_up):
+            look_up.close()  # not needed: the running look-up answers this caller too
+        started = time.monotonic()
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), self.timeout)
+        except TimeoutError:
+            raise AuthorizationTimeout(key[1], topic, time.monotonic() - started) from None
+
+    def _settled(self, key: CacheKey, task: asyncio.Future[object]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if not task.cancelled() and task.exception() is not None:
+            # Also seen by any caller still waiting; one that gave up is told by the time limit.
+            log.debug("authorisation look-up failed", extra={"topic": key[2], "error": str(task.exception())})
+
+    async def close(self) -> None:
+        """Cancel look-ups still running (nobody waits for them any more)."""
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            with contextlib.suppress(Exception):
+                await asyncio.wait(tasks, timeout=1.0)
+
+    def _remember(self, key: CacheKey, answer: Answer) -> None:
+        self._cache[key] = (answer, time.monotonic() + self.ttl)
+        self._cache.move_to_end(key)
+        self._by_user.setdefault(key[0], set()).add(key)
+        while len(self._cache) > self.max_entries:
+            old, _ = self._cache.popitem(last=False)
+            self._forget_key(old)
+
+    def _forget_key(self, key: CacheKey) -> None:
+        keys_of_user = self._by_user.get(key[0])
+        if keys_of_user is not None:
+            keys_of_user.discard(key)
+            if not keys_of_user:
+                del self._by_user[key[0]]
+
     async def principal(self, user_id: int) -> access.Principal | None:
-        async with self.sessions() as db:
-            return await access.principal_for(db, user_id)
+        answer = await self._bounded((user_id, PRINCIPAL, ""), f"user.{user_id}", self._principal(user_id))
+        assert answer is None or isinstance(answer, access.Principal)
+        return answer
+
+    async def _principal(self, user_id: int) -> access.Principal | None:
+        rights = await self.directory.rights(user_id)
+        return None if rights is None else rights.principal
 
     def invalidate(self, user_id: int | None) -> None:
-        """Forget one user's answers, or everyone's with None."""
+        """Forget one user's answers and rights, or everyone's with None."""
+        self.directory.forget_user(user_id)
         if user_id is None:
             self._cache.clear()
-        else:
-            self._cache.pop(user_id, None)
+            self._by_user.clear()
+            return
+        for key in self._by_user.pop(user_id, set()):
+            self._cache.pop(key, None)

@@ -3,9 +3,10 @@
 A router replica subscribes in Redis only to the topics its local sessions
 want, reference-counted: the first local subscriber subscribes the channel,
 the last one to leave unsubscribes it. Every event read from Redis is parsed
-once, reshaped once per subscriber role (see ``Reshaper``), encoded once per
-(serializer, role) and written to every recipient without waiting on any of
-them; a recipient whose unsent backlog passes the bound is dropped.
+once, projected once per audience (core.audience: owner, member or staff,
+decided per subscriber and topic when it subscribed), encoded once per
+(serializer, audience) and written to every recipient without waiting on any
+of them; a recipient whose unsent backlog passes the bound is dropped.
 """
 
 from __future__ import annotations
@@ -29,34 +30,16 @@ from websockets.frames import OP_BINARY, OP_TEXT, Frame
 from websockets.protocol import State
 
 from core import keys
+from core.audience import Audience, project_event
 from router.metrics import RouterMetrics
-from router.wamp import MAX_ID, JsonSerializer, Serializer, encode_event, encode_json_event, publication_id
+from router.wamp import MAX_ID, JsonSerializer, Serializer, encode_event, encode_gap, encode_json_event, publication_id
 
 log = logging.getLogger(__name__)
-
-# Event data fields only staff and services may see (similarity match details).
-STAFF_ONLY_FIELDS = frozenset({"matches"})
-PRIVILEGED_ROLES = frozenset({"staff", "service"})
-
-# A reshaper sees the envelope and the subscriber's role, and returns the envelope
-# to send (the same object when unchanged, a copy when changed) or None to withhold it.
-Reshaper = Callable[[dict[str, Any], str], dict[str, Any] | None]
-
-
-def hide_staff_only_fields(envelope: dict[str, Any], role: str) -> dict[str, Any] | None:
-    data = envelope.get("data")
-    if role in PRIVILEGED_ROLES or not isinstance(data, dict) or not STAFF_ONLY_FIELDS & data.keys():
-        return envelope
-    return {**envelope, "data": {k: v for k, v in data.items() if k not in STAFF_ONLY_FIELDS}}
-
-
-DEFAULT_RESHAPERS: tuple[Reshaper, ...] = (hide_staff_only_fields,)
 
 
 class Subscriber(Protocol):
     """What the broker needs from a local session."""
 
-    role: str
     serializer: Serializer
     connection: ServerConnection
 
@@ -68,12 +51,12 @@ class TopicState:
     subscription_id: int
     ready: asyncio.Future[None]
     subscribers: set[Subscriber] = field(default_factory=set)
+    audiences: dict[Subscriber, Audience] = field(default_factory=dict)  # what each subscriber sees here
     pending: int = 0  # subscribers waiting for Redis to confirm
 
 
 SUBSCRIBE_CONFIRM_SECONDS = 5.0
 ControlHandler = Callable[[str], None]
-_DROP = object()
 
 
 class Broker:
@@ -84,7 +67,6 @@ class Broker:
         *,
         send_buffer_limit: int,
         control: dict[str, ControlHandler],
-        reshapers: tuple[Reshaper, ...] = DEFAULT_RESHAPERS,
     ) -> None:
         # A name per replica, so operators (and tests) can find its pub/sub connection in CLIENT LIST.
         self.client_name = f"handin-router-{os.getpid()}-{secrets.token_hex(3)}"
@@ -93,7 +75,6 @@ class Broker:
         self.metrics = metrics
         self.send_buffer_limit = send_buffer_limit
         self.control = control
-        self.reshapers = reshapers
         self.topics: dict[str, TopicState] = {}
         self._confirmations: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
         # SUBSCRIBE and UNSUBSCRIBE go out in the order the topic table changed: a
@@ -130,6 +111,9 @@ class Broker:
         The caller sends SUBSCRIBED and then calls ``attach`` without awaiting in
         between, so no EVENT can precede SUBSCRIBED.
         """
+        held = self.topics.get(topic)
+        if held is not None and held.ready.done() and not held.ready.cancelled() and not held.ready.exception():
+            return held.subscription_id  # already delivered here: nothing to wait for
         async with self._channel_changes:
             state = self.topics.get(topic)
             if state is None:
@@ -154,15 +138,25 @@ class Broker:
         state.pending -= 1
         return state.subscription_id
 
-    def attach(self, subscriber: Subscriber, topic: str) -> None:
-        self.topics[topic].subscribers.add(subscriber)
+    def attach(self, subscriber: Subscriber, topic: str, audience: Audience) -> None:
+        """Join `topic`; every event reaches this subscriber as `audience` sees it (core.audience)."""
+        state = self.topics[topic]
+        state.subscribers.add(subscriber)
+        state.audiences[subscriber] = audience
         self.metrics.subscriptions.inc()
+
+    def change_audience(self, subscriber: Subscriber, topic: str, audience: Audience) -> None:
+        """Rights changed but the topic is still allowed: later events are shaped for the new audience."""
+        state = self.topics.get(topic)
+        if state is not None and subscriber in state.subscribers:
+            state.audiences[subscriber] = audience
 
     async def detach(self, subscriber: Subscriber, topic: str) -> None:
         state = self.topics.get(topic)
         if state is None or subscriber not in state.subscribers:
             return
         state.subscribers.discard(subscriber)
+        state.audiences.pop(subscriber, None)
         self.metrics.subscriptions.dec()
         await self._release_if_unused(topic, state)
 
@@ -191,24 +185,54 @@ class Broker:
 
     async def _read(self) -> None:
         backoff = 0.1
+        lost = False
         while True:
             try:
                 async for message in self.pubsub.listen():
                     self.healthy = True
                     backoff = 0.1
                     self._on_message(message)
+                    if lost and self._resubscribed(message):
+                        lost = False
+                        self.announce_gap()
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as error:
                 # redis-py reconnects and resubscribes on the next read; events in between are
                 # in the audit trail and clients fetch them with after=seq.
                 self.healthy = False
+                lost = True
                 log.warning("redis pubsub lost; reconnecting", extra={"error": str(error)})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             except Exception:
                 log.exception("router redis reader failed; continuing")
                 await asyncio.sleep(backoff)
+
+    def _resubscribed(self, message: dict[str, Any]) -> bool:
+        """After a reconnect redis-py subscribes every channel again: true once the last one is confirmed
+        (its count reaches the channels held) or anything else arrives."""
+        if message.get("type") != "subscribe":
+            return True
+        count = message.get("data")
+        return not isinstance(count, int) or count >= len(self.pubsub.channels)
+
+    def announce_gap(self) -> None:
+        """Redis was lost and is back: events published meanwhile never reached us. Tell every local
+        subscriber of every topic (EVENT with details.gap), so pages fetch what they missed at once."""
+        told = 0
+        for topic, state in self.topics.items():
+            frames: dict[str, bytes] = {}
+            for subscriber in state.subscribers:
+                name = subscriber.serializer.name
+                if name not in frames:
+                    publication = random.randint(1, MAX_ID)
+                    frames[name] = websocket_frame(
+                        encode_gap(subscriber.serializer, state.subscription_id, publication, topic)
+                    )
+                told += self.write(subscriber, frames[name])
+        self.metrics.gaps.inc()
+        log.warning("told sessions that events may have been missed", extra={"sessions": told})
 
     def _on_message(self, message: dict[str, Any]) -> None:
         kind, channel = message.get("type"), message.get("channel")
@@ -248,25 +272,24 @@ class Broker:
         seq: int = envelope["seq"]
         publication = publication_id(topic, seq)
         excluded = self._exclusions.pop((topic, seq), None)
-        shaped: dict[str, dict[str, Any] | None] = {}
-        frames: dict[tuple[str, str], Any] = {}
-        groups: dict[tuple[str, str], list[Subscriber]] = defaultdict(list)
+        shaped: dict[Audience, dict[str, Any]] = {}
+        frames: dict[tuple[str, Audience], Any] = {}
+        groups: dict[tuple[str, Audience], list[Subscriber]] = defaultdict(list)
         for subscriber in state.subscribers:
             if subscriber is excluded:
                 continue
-            key = (subscriber.serializer.name, subscriber.role)
+            # Unknown means least: a subscriber never sees more than a fellow student would.
+            audience = state.audiences.get(subscriber, Audience.MEMBER)
+            key = (subscriber.serializer.name, audience)
             if key not in frames:
-                if subscriber.role not in shaped:
-                    shaped[subscriber.role] = self._reshape(envelope, subscriber.role)
-                body = shaped[subscriber.role]
-                if body is None:
-                    frames[key] = _DROP
-                elif body is envelope and isinstance(subscriber.serializer, JsonSerializer):
+                if audience not in shaped:
+                    shaped[audience] = project_event(envelope, audience)
+                body = shaped[audience]
+                if body is envelope and isinstance(subscriber.serializer, JsonSerializer):
                     frames[key] = encode_json_event(state.subscription_id, publication, raw)
                 else:
                     frames[key] = encode_event(subscriber.serializer, state.subscription_id, publication, body)
-            if frames[key] is not _DROP:
-                groups[key].append(subscriber)
+            groups[key].append(subscriber)
         sent = 0
         for key, recipients in groups.items():
             wire = websocket_frame(frames[key])
@@ -274,14 +297,6 @@ class Broker:
                 sent += self.write(subscriber, wire)
         self.metrics.events_out.inc(sent)
         return sent
-
-    def _reshape(self, envelope: dict[str, Any], role: str) -> dict[str, Any] | None:
-        body: dict[str, Any] | None = envelope
-        for reshaper in self.reshapers:
-            if body is None:
-                return None
-            body = reshaper(body, role)
-        return body
 
     def write(self, subscriber: Subscriber, wire: bytes) -> bool:
         """Queue one serialised frame; all queued frames go out together at the end of this loop turn.

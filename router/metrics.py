@@ -19,11 +19,23 @@ class RouterMetrics:
         self.slow_consumers = Counter(
             "handin_router_slow_consumers_dropped", "Sessions dropped for a send backlog past the bound", registry=r
         )
-        self.auth_failures = Counter(
-            "handin_router_auth_failures", "Refused authentications", ["reason"], registry=r
-        )
+        self.auth_failures = Counter("handin_router_auth_failures", "Refused authentications", ["reason"], registry=r)
         self.denied = Counter("handin_router_denied", "Refused SUBSCRIBE/PUBLISH", ["action"], registry=r)
         self.protocol_errors = Counter("handin_router_protocol_violations", "Sessions aborted", registry=r)
+        self.revoked = Counter(
+            "handin_router_revoked_subscriptions", "Subscriptions ended because rights were withdrawn", registry=r
+        )
+        self.authz_timeouts = Counter(
+            "handin_router_authz_timeouts", "Authorisation look-ups past the time limit", ["action"], registry=r
+        )
+        self.handshakes = Gauge("handin_router_handshakes_in_flight", "Handshakes being served", registry=r)
+        self.busy = Counter(
+            "handin_router_handshakes_refused_busy", "Upgrades answered 503 (too many handshakes at once)", registry=r
+        )
+        self.gaps = Counter(
+            "handin_router_gaps_announced", "Redis reconnects after which sessions were told to catch up", registry=r
+        )
+        self.chat_refused = Counter("handin_router_chat_refused", "Class chat messages refused", ["reason"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

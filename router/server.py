@@ -1,7 +1,17 @@
 """The router process: WebSocket server, one WAMP session per connection.
 
 ``/ws`` speaks WAMP (subprotocols wamp.2.json and wamp.2.msgpack); ``/healthz``
-and ``/metrics`` are answered from ``process_request`` before any upgrade.
+and ``/metrics`` are answered from ``process_request`` before any upgrade, and
+so is a browser from an origin not on the allow-list (403).
+
+Rights follow changes: an invalidation published on keys.AUTHZ_INVALIDATE_CHANNEL
+re-checks that user's open subscriptions at once, and every session is re-checked
+every ``authz_recheck_seconds`` for changes written straight into the database. A
+session that lost a topic gets GOODBYE ``handin.close.rights_changed``; its client
+reconnects and is refused what it may no longer see.
+An authorisation look-up slower than ``authz_timeout_seconds`` is answered with
+ERROR ``handin.error.unavailable`` and logged with its topic and duration: the
+client may try again, and never waits on a SUBSCRIBE nobody answers.
 SIGTERM sends every session GOODBYE ``wamp.close.system_shutdown`` so clients
 reconnect to another replica, waits a short grace period, then exits.
 """
@@ -18,6 +28,7 @@ from collections import OrderedDict, defaultdict
 from collections.abc import AsyncIterator
 from http import HTTPStatus
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.asyncio import Redis
@@ -27,21 +38,39 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from core import keys
-from core.db import make_engine, make_sessionmaker, transaction
-from core.events import EventBatch
+from core import chat, keys
+from core.access import SERVICE
+from core.db import make_engine, make_sessionmaker
 from core.settings import Settings, get_settings
+from core.unit_of_work import unit_of_work
 from router import wamp
-from router.auth import PUBLISH, SUBSCRIBE, AuthenticationFailed, Authorizer, Identity, authenticate_ticket
+from router.admission import Admission
+from router.auth import (
+    PUBLISH,
+    SUBSCRIBE,
+    AuthenticationFailed,
+    AuthorizationTimeout,
+    Authorizer,
+    Identity,
+    authenticate_ticket,
+)
 from router.broker import Broker, websocket_frame
+from router.chat import ChatGate
+from router.directory import Directory
 from router.metrics import RouterMetrics
 
 log = logging.getLogger("router")
 
 WS_PATH = "/ws"
 UNAVAILABLE = "handin.error.unavailable"
+TOO_MANY_SESSIONS = "handin.error.too_many_sessions"
+TOO_MANY_SUBSCRIPTIONS = "handin.error.too_many_subscriptions"
+# GOODBYE reason when a session lost the right to a topic it had subscribed. Not an UNSUBSCRIBED
+# with request 0 (subscription revocation): autobahn-python announces that feature but treats the
+# message as a protocol error, so every client gets the one close all of them understand.
+RIGHTS_CHANGED = "handin.close.rights_changed"
 # The event type a client PUBLISH is stored under in the audit trail.
-CLIENT_MESSAGE_TYPE = "message"
+CLIENT_MESSAGE_TYPE = chat.MESSAGE_TYPE
 K = TypeVar("K")
 
 
@@ -49,7 +78,18 @@ class Peer:
     """One WebSocket connection and the WAMP session on it."""
 
     # Thousands of these live at once: no per-instance __dict__.
-    __slots__ = ("connection", "dropped", "gone", "identity", "protocol", "role", "router", "serializer")
+    __slots__ = (
+        "connection",
+        "dropped",
+        "gone",
+        "handshaking",
+        "identity",
+        "pending",
+        "protocol",
+        "role",
+        "router",
+        "serializer",
+    )
 
     def __init__(self, router: Router, connection: ServerConnection, serializer: wamp.Serializer) -> None:
         self.router = router
@@ -60,6 +100,8 @@ class Peer:
         self.role = "student"  # the least privileged shape until authenticated
         self.dropped = False
         self.gone = asyncio.Event()
+        self.pending = 0  # SUBSCRIBEs being checked, counted against the per-session cap
+        self.handshaking = True  # counted in Router.handshakes until WELCOME or the end
 
     def send(self, frame: str | bytes) -> None:
         # Written synchronously like events, so replies and EVENTs keep their order.
@@ -80,10 +122,21 @@ class Router:
         self.settings = settings
         self.limits = settings.router
         self.metrics = RouterMetrics()
-        self.engine = make_engine(settings.database_url, mostly_reads=True)
+        # A few long-lived connections: look-ups are batched (router.directory), so a storm grows
+        # batches, not connections; no overflow connections opened and closed per burst.
+        pool = {} if settings.database_url.startswith("sqlite") else {"pool_size": 4, "max_overflow": 0}
+        self.engine = make_engine(settings.database_url, mostly_reads=True, pool_recycle=3600, **pool)
         self.sessions = make_sessionmaker(self.engine)
         self.redis: Redis = Redis.from_url(settings.redis_url)
-        self.authorizer = Authorizer(self.sessions, self.limits.authz_cache_seconds)
+        self.directory = Directory(self.sessions, self.limits.authz_recheck_seconds, self.limits.authz_cache_entries)
+        self.authorizer = Authorizer(
+            self.directory,
+            self.limits.authz_cache_seconds,
+            self.limits.authz_cache_entries,
+            timeout_seconds=self.limits.authz_timeout_seconds,
+        )
+        self.allowed_origins = allowed_origins(settings)
+        self.chat = ChatGate(self.redis, settings.chat)
         self.broker = Broker(
             settings.redis_url,
             self.metrics,
@@ -99,13 +152,17 @@ class Router:
         self._recently_revoked: OrderedDict[str, None] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self.shutting_down = False
+        self.handshakes = 0  # connections upgraded and not yet welcomed (admission control)
+        self.admission = Admission(self.limits.busy_retry_after_seconds)
 
     async def start(self) -> None:
         await self.broker.start()
+        self._spawn(self._recheck_periodically())
 
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        await self.authorizer.close()
         await self.broker.stop()
         await self.redis.aclose()
         await self.engine.dispose()
@@ -124,12 +181,35 @@ class Router:
             return response
         if path != WS_PATH:
             return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
+        # Browsers always send Origin: a page elsewhere must not open a socket with our user's
+        # cookies behind its ticket request. Clients that are not browsers send none.
+        origin = request.headers.get("Origin")
+        if origin is not None and normal_origin(origin) not in self.allowed_origins:
+            self.metrics.auth_failures.labels(reason="origin not allowed").inc()
+            return connection.respond(HTTPStatus.FORBIDDEN, "origin not allowed\n")
         if self.shutting_down:
-            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
+            return self._busy(connection, "shutting down\n", 1)
         offered = {p.strip() for h in request.headers.get_all("Sec-WebSocket-Protocol") for p in h.split(",")}
         if not offered & set(wamp.SUBPROTOCOLS):
             return connection.respond(HTTPStatus.BAD_REQUEST, "offer subprotocol wamp.2.json or wamp.2.msgpack\n")
+        # Admission control: past the bound, say "not now" at once (a few hundred bytes, no ticket
+        # check) instead of queueing handshakes until everyone's times out.
+        if self.handshakes >= self.limits.max_handshakes_in_flight:
+            self.metrics.busy.inc()
+            return self._busy(connection, "busy; try again shortly\n", self.admission.retry_after())
         return None
+
+    @staticmethod
+    def _busy(connection: ServerConnection, text: str, retry_after: int) -> Response:
+        response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, text)
+        response.headers["Retry-After"] = str(retry_after)
+        return response
+
+    def _handshake_over(self, peer: Peer) -> None:
+        if peer.handshaking:
+            peer.handshaking = False
+            self.handshakes -= 1
+            self.metrics.handshakes.set(self.handshakes)
 
     # One connection ----------------------------------------------------------------
 
@@ -140,6 +220,8 @@ class Router:
             return
         peer = Peer(self, connection, serializer)
         self.peers.add(peer)
+        self.handshakes += 1
+        self.metrics.handshakes.set(self.handshakes)
         deadline = asyncio.get_running_loop().call_later(
             self.limits.handshake_timeout_seconds, self._handshake_expired, peer
         )
@@ -182,7 +264,7 @@ class Router:
     async def _authenticate(self, peer: Peer, ticket: str) -> None:
         try:
             identity = await authenticate_ticket(
-                ticket, secret=self.settings.secret_key, redis=self.redis, sessions=self.sessions
+                ticket, secret=self.settings.secret_key, redis=self.redis, directory=self.directory
             )
         except AuthenticationFailed as error:
             self.metrics.auth_failures.labels(reason=str(error)).inc()
@@ -190,13 +272,21 @@ class Router:
             return
         except (RedisError, SQLAlchemyError, OSError) as error:
             log.warning("authentication backend failed", extra={"error": str(error)})
-            await self._run_actions(peer, peer.protocol.abort(UNAVAILABLE, "try again shortly"))
+            retry = self.limits.busy_retry_after_seconds
+            await self._run_actions(peer, peer.protocol.abort(UNAVAILABLE, "try again shortly", retry_after=retry))
             return
         if peer.protocol.phase is not wamp.Phase.AUTHENTICATING:
             return  # the handshake timed out meanwhile
+        if len(self.by_user.get(identity.user_id, ())) >= self.limits.max_sessions_per_user:
+            self.metrics.auth_failures.labels(reason="too many sessions").inc()
+            text = f"at most {self.limits.max_sessions_per_user} open sessions per user; close another tab"
+            await self._run_actions(peer, peer.protocol.abort(TOO_MANY_SESSIONS, text))
+            return
         peer.identity, peer.role = identity, identity.role
         session_id = random.randint(1, wamp.MAX_ID)
         peer.send(peer.protocol.welcome(session_id, str(identity.user_id), identity.role).frame)
+        self._handshake_over(peer)
+        self.admission.welcomed()
         self.metrics.sessions.inc()
         self.by_web_session[identity.web_session_id].add(peer)
         self.by_user[identity.user_id].add(peer)
@@ -205,7 +295,31 @@ class Router:
 
     async def _subscribe(self, peer: Peer, request: wamp.SubscribeRequested) -> None:
         assert peer.identity is not None
-        if not await self.authorizer.allowed(peer.identity.principal, SUBSCRIBE, request.topic):
+        if keys.parse_topic(request.topic) is None:
+            text = f"{request.topic} is not a handin topic name (ids are decimal, without leading zeros)"
+            peer.send(peer.protocol.error(wamp.SUBSCRIBE, request.request, wamp.INVALID_URI, text).frame)
+            return
+        limit = self.limits.max_subscriptions_per_session
+        if len(peer.protocol.topics) + peer.pending >= limit:
+            self.metrics.denied.labels(action=SUBSCRIBE).inc()
+            text = f"at most {limit} subscriptions per session"
+            peer.send(peer.protocol.error(wamp.SUBSCRIBE, request.request, TOO_MANY_SUBSCRIPTIONS, text).frame)
+            return
+        peer.pending += 1
+        try:
+            await self._subscribe_allowed(peer, request)
+        finally:
+            peer.pending -= 1
+
+    async def _subscribe_allowed(self, peer: Peer, request: wamp.SubscribeRequested) -> None:
+        assert peer.identity is not None
+        try:
+            audience = await self.authorizer.audience(peer.identity.principal, request.topic)
+        except (AuthorizationTimeout, SQLAlchemyError, OSError) as error:
+            text = self._authorization_failed(peer, SUBSCRIBE, request.topic, error)
+            peer.send(peer.protocol.error(wamp.SUBSCRIBE, request.request, UNAVAILABLE, text).frame)
+            return
+        if audience is None:
             self.metrics.denied.labels(action=SUBSCRIBE).inc()
             peer.send(peer.protocol.error(wamp.SUBSCRIBE, request.request, wamp.NOT_AUTHORIZED).frame)
             return
@@ -219,7 +333,7 @@ class Router:
             return
         # SUBSCRIBED is written before the session joins the topic: no EVENT can overtake it.
         peer.send(peer.protocol.subscribed(request.request, request.topic, subscription).frame)
-        self.broker.attach(peer, request.topic)
+        self.broker.attach(peer, request.topic, audience)
 
     async def _publish(self, peer: Peer, request: wamp.PublishRequested) -> None:
         assert peer.identity is not None
@@ -229,7 +343,15 @@ class Router:
             if request.acknowledge:
                 peer.send(peer.protocol.error(wamp.PUBLISH, request.request, uri, text).frame)
 
-        if not await self.authorizer.allowed(identity.principal, PUBLISH, request.topic):
+        if keys.parse_topic(request.topic) is None:
+            refuse(wamp.INVALID_URI, f"{request.topic} is not a handin topic name")
+            return
+        try:
+            allowed = await self.authorizer.allowed(identity.principal, PUBLISH, request.topic)
+        except (AuthorizationTimeout, SQLAlchemyError, OSError) as error:
+            refuse(UNAVAILABLE, self._authorization_failed(peer, PUBLISH, request.topic, error))
+            return
+        if not allowed:
             self.metrics.denied.labels(action=PUBLISH).inc()
             refuse(wamp.NOT_AUTHORIZED)
             return
@@ -239,10 +361,22 @@ class Router:
         except (TypeError, ValueError):
             refuse(wamp.INVALID_ARGUMENT, "payload must be JSON-representable")
             return
+        if chat.is_chat_topic(request.topic) and identity.role != SERVICE:
+            try:
+                async with self.sessions() as db:  # a muted student's message is refused, not counted
+                    refusal = await chat.mute_refusal(db, request.topic, identity.user_id)
+                refusal = refusal or await self.chat.refusal(identity.user_id, request.args, request.kwargs)
+            except (RedisError, OSError, SQLAlchemyError):
+                refuse(UNAVAILABLE, "not sent; try again")
+                return
+            if refusal is not None:
+                self.metrics.chat_refused.labels(reason=refusal[0]).inc()
+                refuse(*refusal)
+                return
         try:
-            async with transaction(self.sessions) as db:
-                batch = EventBatch(db)
-                envelope = await batch.emit(
+            # Published below, once the publisher's own exclusion is noted.
+            async with unit_of_work(self.sessions, None) as work:
+                envelope = await work.emit(
                     request.topic, CLIENT_MESSAGE_TYPE, data, actor="user", actor_id=identity.user_id
                 )
         except SQLAlchemyError as error:
@@ -251,13 +385,30 @@ class Router:
             return
         if request.exclude_me:
             self.broker.exclude_once(request.topic, envelope.seq, peer)
-        await batch.publish(self.redis)
+        await work.publish(self.redis)
         self.metrics.published.inc()
         if request.acknowledge:
             publication = wamp.publication_id(request.topic, envelope.seq)
             peer.send(peer.protocol.published(request.request, publication).frame)
 
+    def _authorization_failed(self, peer: Peer, action: str, topic: str, error: Exception) -> str:
+        """Log a look-up that failed or took too long; the text for the client's ERROR."""
+        user_id = peer.identity.user_id if peer.identity is not None else None
+        if isinstance(error, AuthorizationTimeout):
+            self.metrics.authz_timeouts.labels(action=action).inc()
+            log.warning(
+                "authorisation look-up timed out",
+                extra={"action": action, "topic": topic, "seconds": round(error.seconds, 3), "user_id": user_id},
+            )
+            return "authorisation took too long; try again shortly"
+        log.warning(
+            "authorisation look-up failed",
+            extra={"action": action, "topic": topic, "user_id": user_id, "error": str(error)},
+        )
+        return "authorisation unavailable; try again shortly"
+
     async def _forget(self, peer: Peer) -> None:
+        self._handshake_over(peer)
         self.peers.discard(peer)
         peer.gone.set()
         if peer.identity is not None:
@@ -280,6 +431,7 @@ class Router:
     # Control messages from Redis -------------------------------------------------
 
     def _on_web_session_revoked(self, session_id: str) -> None:
+        self.directory.forget_web_session(session_id)
         self._recently_revoked[session_id] = None
         while len(self._recently_revoked) > 10_000:
             self._recently_revoked.popitem(last=False)
@@ -289,24 +441,63 @@ class Router:
     def _on_authz_invalidated(self, message: str) -> None:
         user_id = int(message) if message.isdigit() else None
         self.authorizer.invalidate(user_id)
-        peers = self.peers if user_id is None else set(self.by_user.get(user_id, ()))
-        for peer in list(peers):
-            if peer.identity is not None:
-                self._spawn(self._recheck(peer))
+        users = list(self.by_user) if user_id is None else [user_id] if user_id in self.by_user else []
+        for user in users:
+            self._spawn(self._recheck_user_logged(user))
 
-    async def _recheck(self, peer: Peer) -> None:
-        """Rights changed: refresh the role and stop topics the user may no longer see."""
-        assert peer.identity is not None
-        principal = await self.authorizer.principal(peer.identity.user_id)
-        if principal is None:
-            self._end(peer, wamp.NOT_AUTHORIZED, "user removed")
-            return
-        peer.role = principal.role
-        peer.identity = Identity(principal.user_id, principal.role, peer.identity.web_session_id)
-        for topic in list(peer.protocol.topics):
-            if not await self.authorizer.allowed(principal, SUBSCRIBE, topic):
-                peer.protocol.forget(topic)
-                await self.broker.detach(peer, topic)
+    async def _recheck_user_logged(self, user_id: int) -> None:
+        try:
+            await self._recheck_user(user_id)
+        except (AuthorizationTimeout, SQLAlchemyError, OSError) as error:
+            log.warning("authorisation re-check failed; next round retries", extra={"error": str(error)})
+
+    async def _recheck_periodically(self) -> None:
+        """Catch rights removed without an invalidation (a row deleted straight in the database):
+        forget every cached answer and re-check every session, every ``authz_recheck_seconds``."""
+        while True:
+            await asyncio.sleep(self.limits.authz_recheck_seconds)
+            self.authorizer.invalidate(None)
+            try:  # every connected user's rights in a few batched statements, then decided from memory
+                await asyncio.wait_for(self.directory.refresh(list(self.by_user)), self.limits.authz_timeout_seconds)
+            except (TimeoutError, SQLAlchemyError, OSError) as error:
+                log.warning("authorisation re-check failed; next round retries", extra={"error": str(error)})
+                continue
+            for user_id in list(self.by_user):
+                try:
+                    await self._recheck_user(user_id)
+                except (AuthorizationTimeout, SQLAlchemyError, OSError) as error:
+                    log.warning("authorisation re-check failed; next round retries", extra={"error": str(error)})
+                    break
+
+    async def _recheck_user(self, user_id: int) -> None:
+        """Rights changed: refresh the role of the user's sessions; end those that lost a topic."""
+        principal = await self.authorizer.principal(user_id)
+        for peer in list(self.by_user.get(user_id, ())):
+            if peer.identity is None or peer.protocol.phase is not wamp.Phase.ESTABLISHED:
+                continue
+            if principal is None:
+                self._end(peer, wamp.NOT_AUTHORIZED, "user removed")
+                continue
+            peer.role = principal.role
+            peer.identity = Identity(principal.user_id, principal.role, peer.identity.web_session_id)
+            lost = []
+            for topic in list(peer.protocol.topics):
+                audience = await self.authorizer.audience(principal, topic)
+                if audience is None:
+                    lost.append(topic)
+                else:  # e.g. a student made staff of the course: later events shaped for staff
+                    self.broker.change_audience(peer, topic, audience)
+            if lost:
+                await self._revoke(peer, lost)
+
+    async def _revoke(self, peer: Peer, topics: list[str]) -> None:
+        # No event of these topics may go out from here on, not even while GOODBYE is answered.
+        for topic in topics:
+            peer.protocol.forget(topic)
+            await self.broker.detach(peer, topic)
+        self.metrics.revoked.inc(len(topics))
+        log.info("rights withdrawn", extra={"user_id": peer.identity and peer.identity.user_id, "topics": topics})
+        self._end(peer, RIGHTS_CHANGED, f"access withdrawn: {', '.join(sorted(topics))}; reconnect")
 
     # Ending sessions ------------------------------------------------------------------
 
@@ -339,6 +530,25 @@ class Router:
                 waiter.cancel()
 
 
+def normal_origin(value: str) -> str:
+    """``scheme://host[:port]`` in lower case, without a default port or trailing slash."""
+    parts = urlsplit(value.strip().lower())
+    default = {"http": 80, "https": 443, "ws": 80, "wss": 443}.get(parts.scheme)
+    try:
+        port = parts.port
+    except ValueError:
+        return value
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None and port != default else "")
+
+
+def allowed_origins(settings: Settings) -> frozenset[str]:
+    """The configured allow-list; empty means the public URL's own origin only."""
+    return frozenset(normal_origin(o) for o in (settings.router.allowed_origins or [settings.public_url]))
+
+
 @contextlib.asynccontextmanager
 async def running_router(settings: Settings, host: str, port: int) -> AsyncIterator[tuple[Router, Server]]:
     """Start a router on (host, port); port 0 picks a free one (see server.sockets)."""
@@ -359,6 +569,9 @@ async def running_router(settings: Settings, host: str, port: int) -> AsyncItera
             # permessage-deflate would compress every EVENT once per connection: fan-out cost
             # grows with subscribers, and a backlog would hide behind compression. Events are small.
             compression=None,
+            # A restart brings every browser back at once: let the kernel hold their connections
+            # (up to net.core.somaxconn) rather than drop SYNs that then retry after 1, 3, 7 s.
+            backlog=4096,
         ) as server:
             yield router, server
             await router.drain()

@@ -392,12 +392,15 @@ class BrokerSession:
         }
         return Send(self._encode([WELCOME, session_id, details]))
 
-    def abort(self, reason: str, text: str = "") -> list[Action]:
-        """ABORT and close; only meaningful before the peer is gone."""
+    def abort(self, reason: str, text: str = "", retry_after: float | None = None) -> list[Action]:
+        """ABORT and close; only meaningful before the peer is gone. ``retry_after``: seconds the
+        client should wait before trying again (details.retry_after; handin's browser client honours it)."""
         if self.phase is Phase.CLOSED:
             return []
         self.phase = Phase.CLOSED
-        details = {"message": text} if text else {}
+        details: dict[str, Any] = {"message": text} if text else {}
+        if retry_after is not None:
+            details["retry_after"] = retry_after
         return [Send(self._encode([ABORT, details, reason])), CloseTransport(reason)]
 
     def goodbye(self, reason: str, text: str = "") -> list[Action]:
@@ -434,6 +437,17 @@ class BrokerSession:
 def encode_event(serializer: Serializer, subscription: int, publication: int, envelope: dict[str, Any]) -> str | bytes:
     """EVENT with the envelope as the only positional argument, so clients see `seq`."""
     return serializer.encode([EVENT, subscription, publication, {}, [envelope], {}])
+
+
+GAP_EVENT_TYPE = "router.gap"
+
+
+def encode_gap(serializer: Serializer, subscription: int, publication: int, topic: str) -> str | bytes:
+    """EVENT saying "events of this topic may have been missed" (the router lost Redis a moment):
+    details.gap is true and the only argument is an envelope without ``seq``, which seq-keyed clients
+    ignore; handin's browser client fetches what it missed (after=seq) at once."""
+    envelope = {"topic": topic, "type": GAP_EVENT_TYPE, "data": {}}
+    return serializer.encode([EVENT, subscription, publication, {"gap": True}, [envelope], {}])
 
 
 def encode_json_event(subscription: int, publication: int, envelope_json: str) -> str:

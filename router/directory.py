@@ -1,0 +1,228 @@
+"""What the handshake and SUBSCRIBE decisions need from the database, kept in memory and loaded in batches.
+
+Opening a session needs the web session behind the ticket (its user, expiry, revocation) and the user's
+rights (service or not, the role in each course); a SUBSCRIBE to an assignment or a submission needs
+that row's course (and owner). Asking the database for each, per session, made the router open only a
+few hundred sessions a second and churn its connection pool. Here:
+
+- Look-ups of the same kind that arrive together are answered by one statement (``IN (...)``): a
+  storm of reconnecting browsers costs one query per few hundred sessions, on one pooled connection.
+- Web sessions and rights are kept ``ttl`` seconds (the periodic re-check interval). Through handin
+  they are dropped at once: logout publishes the web session's id (and sets a Redis key the ticket
+  check reads every time), enrolment changes publish the user's id (core.access.invalidate_access).
+  Rows changed straight in the database are seen within ``ttl``, and the periodic re-check reloads
+  the rights of every connected user, so an open socket keeps a removed right no longer than that.
+- Topic facts (an assignment's course, a submission's owner and course) never change for a row's
+  life and are kept until evicted (least recently used first, at most ``max_entries``). A row not
+  found is never remembered: it may be created a moment later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Collection, Hashable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Generic, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from core import access
+from core.models import WebSession
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+BATCH_LIMIT = 500  # keys per statement
+
+
+class Batcher(Generic[K, V]):
+    """Coalesce look-ups: keys asked for while a batch runs go into the next one, one statement each.
+
+    At most one batch per kind runs at a time, so under load batches grow instead of connections.
+    """
+
+    def __init__(self, load: Callable[[list[K]], Awaitable[dict[K, V]]]) -> None:
+        self._load = load
+        self._waiting: dict[K, asyncio.Future[V | None]] = {}
+        self._running: asyncio.Task[None] | None = None
+        self.batches = 0
+
+    def get(self, key: K) -> asyncio.Future[V | None]:
+        future = self._waiting.get(key)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._waiting[key] = future
+            if self._running is None:
+                self._running = asyncio.ensure_future(self._run())
+        # Shared by every caller of this key: one that gives up (a time limit) must not cancel it for the rest.
+        return asyncio.shield(future)
+
+    async def _run(self) -> None:
+        await asyncio.sleep(0)  # let this loop turn's other callers join the batch
+        try:
+            while self._waiting:
+                batch = dict(list(self._waiting.items())[:BATCH_LIMIT])
+                for key in batch:
+                    del self._waiting[key]
+                self.batches += 1
+                try:
+                    found = await self._load(list(batch))
+                except BaseException as error:
+                    for future in batch.values():
+                        if not future.done():
+                            future.set_exception(error if isinstance(error, Exception) else RuntimeError("cancelled"))
+                            future.exception()  # a caller that gave up (time limit) must not leave it unretrieved
+                    if not isinstance(error, Exception):
+                        raise
+                    continue
+                for key, future in batch.items():
+                    if not future.done():
+                        future.set_result(found.get(key))
+        finally:
+            self._running = None
+
+
+@dataclass(frozen=True)
+class WebSessionFacts:
+    user_id: int
+    expires_at: datetime
+    revoked: bool
+
+
+class Directory:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], ttl_seconds: float, max_entries: int) -> None:
+        self.sessions = sessions
+        self.ttl = ttl_seconds
+        self.max_entries = max_entries
+        self._web_sessions: dict[str, tuple[WebSessionFacts, float]] = {}
+        self._rights: dict[int, tuple[access.Rights, float]] = {}
+        self._facts: OrderedDict[tuple[str, int], access.TopicFacts] = OrderedDict()
+        # Bumped by every invalidation: a load that began before one may have read the old row, and
+        # is then answered but not kept (its answer is at most as old as the change itself).
+        self._generation = 0
+        self._web_session_loader: Batcher[str, WebSessionFacts] = Batcher(self._load_web_sessions)
+        self._rights_loader: Batcher[int, access.Rights] = Batcher(self._load_rights)
+        self._facts_loader: Batcher[tuple[str, int], access.TopicFacts] = Batcher(self._load_facts)
+
+    def __len__(self) -> int:
+        return len(self._facts)
+
+    @property
+    def batches(self) -> int:
+        """Statements sent so far (batches loaded), for tests and metrics."""
+        return self._web_session_loader.batches + self._rights_loader.batches + self._facts_loader.batches
+
+    # Web sessions -------------------------------------------------------------------------
+
+    def held_web_session(self, session_id: str) -> WebSessionFacts | None:
+        """The web session if held and fresh, without waiting (None: ask ``web_session``)."""
+        hit = self._web_sessions.get(session_id)
+        return hit[0] if hit is not None and hit[1] > time.monotonic() else None
+
+    async def web_session(self, session_id: str) -> WebSessionFacts | None:
+        held = self.held_web_session(session_id)
+        if held is not None:
+            return held
+        generation = self._generation
+        found = await self._web_session_loader.get(session_id)
+        if found is not None and not found.revoked and generation == self._generation:
+            self._web_sessions[session_id] = (found, time.monotonic() + self.ttl)
+            self._trim(self._web_sessions)
+        return found
+
+    def forget_web_session(self, session_id: str) -> None:
+        self._generation += 1
+        self._web_sessions.pop(session_id, None)
+
+    async def _load_web_sessions(self, ids: list[str]) -> dict[str, WebSessionFacts]:
+        async with self.sessions() as db:
+            rows = await db.execute(
+                select(WebSession.id, WebSession.user_id, WebSession.expires_at, WebSession.revoked_at).where(
+                    WebSession.id.in_(ids)
+                )
+            )
+            return {sid: WebSessionFacts(user, expires, revoked is not None) for sid, user, expires, revoked in rows}
+
+    # Rights ---------------------------------------------------------------------------------
+
+    def held_rights(self, user_id: int) -> access.Rights | None:
+        """The user's rights if held and fresh, without waiting (None: ask ``rights``)."""
+        hit = self._rights.get(user_id)
+        return hit[0] if hit is not None and hit[1] > time.monotonic() else None
+
+    async def rights(self, user_id: int) -> access.Rights | None:
+        held = self.held_rights(user_id)
+        if held is not None:
+            return held
+        return await self._fetch_rights(user_id)
+
+    async def _fetch_rights(self, user_id: int) -> access.Rights | None:
+        generation = self._generation
+        found = await self._rights_loader.get(user_id)
+        if found is None:
+            self._rights.pop(user_id, None)
+        elif generation == self._generation:
+            self._rights[user_id] = (found, time.monotonic() + self.ttl)
+            self._trim(self._rights)
+        return found
+
+    async def refresh(self, user_ids: Collection[int]) -> None:
+        """Reload these users' rights from the database (the periodic re-check), in batches."""
+        for user_id in user_ids:
+            self._rights.pop(user_id, None)
+        await asyncio.gather(*(self._fetch_rights(user_id) for user_id in user_ids))
+
+    def forget_user(self, user_id: int | None) -> None:
+        """Rights changed through handin: drop one user's rights, or everyone's (None)."""
+        self._generation += 1
+        if user_id is None:
+            self._rights.clear()
+        else:
+            self._rights.pop(user_id, None)
+
+    async def _load_rights(self, user_ids: list[int]) -> dict[int, access.Rights]:
+        async with self.sessions() as db:
+            return await access.rights_of(db, user_ids)
+
+    # Topic facts ----------------------------------------------------------------------------
+
+    def held_facts(self, topic: str) -> tuple[bool, access.TopicFacts | None]:
+        """(True, facts) when deciding ``topic`` needs nothing from the database; (False, None) otherwise."""
+        wanted = access.needs_facts(topic)
+        if wanted is None:
+            return True, None
+        hit = self._facts.get(wanted)
+        if hit is None:
+            return False, None
+        self._facts.move_to_end(wanted)
+        return True, hit
+
+    async def facts(self, topic: str) -> access.TopicFacts | None:
+        held, facts = self.held_facts(topic)
+        if held:
+            return facts
+        wanted = access.needs_facts(topic)
+        assert wanted is not None
+        found = await self._facts_loader.get(wanted)
+        if found is not None:
+            self._facts[wanted] = found
+            while len(self._facts) > self.max_entries:
+                self._facts.popitem(last=False)
+        return found
+
+    async def _load_facts(self, wanted: list[tuple[str, int]]) -> dict[tuple[str, int], access.TopicFacts]:
+        async with self.sessions() as db:
+            return await access.facts_of(db, wanted)
+
+    def _trim(self, cache: dict[K, tuple[V, float]]) -> None:
+        """Bounded: past max_entries, drop expired entries, then the oldest inserted."""
+        if len(cache) <= self.max_entries:
+            return
+        now = time.monotonic()
+        for key in [k for k, (_v, until) in cache.items() if until <= now]:
+            del cache[key]
+        while len(cache) > self.max_entries:
+            del cache[next(iter(cache))]
