@@ -2,6 +2,12 @@
 
 Use the ``Annotated`` aliases in route signatures, e.g.
 ``async def me(user: CurrentUser, session: SessionDep)``.
+
+Pages check who may see them with dependencies that raise: ``PageUser``
+raises ``LoginRequired`` (answered with a redirect to the login page) and
+``StaffCourse``/``StaffAssignment``/``StaffSubmission`` raise ``PageNotFound``
+(answered with the not-found page, the same for "missing" and "not yours").
+The handlers are in ``api.errors``.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.auth import TokenError, unsign
 from core.clock import utcnow
-from core.models import User, WebSession
+from core.models import Assignment, Course, Enrolment, Submission, User, WebSession
 from core.settings import Settings
 from core.storage import Storage
 
@@ -118,3 +124,61 @@ CurrentWebSession = Annotated[WebSession, Depends(current_web_session)]
 OptionalWebSession = Annotated[WebSession | None, Depends(optional_web_session)]
 CurrentUser = Annotated[User, Depends(current_user)]
 OptionalUser = Annotated[User | None, Depends(optional_user)]
+
+
+# Pages: who may see them ---------------------------------------------------------------------------
+
+
+class LoginRequired(Exception):
+    """A page needs a logged-in user: answered with a redirect to the login page and back."""
+
+
+class PageNotFound(Exception):
+    """Missing or not the viewer's to see: answered with the not-found page naming ``what``."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+async def page_user(user: OptionalUser) -> User:
+    if user is None:
+        raise LoginRequired()
+    return user
+
+
+PageUser = Annotated[User, Depends(page_user)]
+
+
+async def is_staff_of(session: AsyncSession, user_id: int, course_id: int) -> bool:
+    role = await session.scalar(
+        select(Enrolment.role).where(Enrolment.user_id == user_id, Enrolment.course_id == course_id)
+    )
+    return role == "staff"
+
+
+async def staff_course(course_id: int, user: PageUser, session: SessionDep) -> Course:
+    course = await session.get(Course, course_id)
+    if course is None or not await is_staff_of(session, user.id, course_id):
+        raise PageNotFound("course")
+    return course
+
+
+async def staff_assignment(assignment_id: int, user: PageUser, session: SessionDep) -> Assignment:
+    assignment = await session.get(Assignment, assignment_id)
+    if assignment is None or not await is_staff_of(session, user.id, assignment.course_id):
+        raise PageNotFound("assignment")
+    return assignment
+
+
+async def staff_submission(submission_id: int, user: PageUser, session: SessionDep) -> Submission:
+    submission = await session.get(Submission, submission_id)
+    assignment = await session.get(Assignment, submission.assignment_id) if submission is not None else None
+    if submission is None or assignment is None or not await is_staff_of(session, user.id, assignment.course_id):
+        raise PageNotFound("submission")
+    return submission
+
+
+StaffCourse = Annotated[Course, Depends(staff_course)]
+StaffAssignment = Annotated[Assignment, Depends(staff_assignment)]
+StaffSubmission = Annotated[Submission, Depends(staff_submission)]

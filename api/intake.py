@@ -28,7 +28,7 @@ from api.multipart_stream import BodyTooLarge, MalformedUpload, MultipartStream,
 from core import keys
 from core.access import STUDENT
 from core.clock import isoformat, utcnow
-from core.db import transaction
+from core.deadlines import WindowState, student_window
 from core.events import EventBatch
 from core.models import Assignment, Enrolment, Extension, Submission, SubmissionStep, User
 from core.pipeline import FIRST_STEPS, STEPS, StepState, SubmissionStatus
@@ -36,6 +36,7 @@ from core.queues import enqueue_step
 from core.settings import Settings
 from core.sniff import SNIFF_BYTES, TEXT, Sniffed, TextCheck, accepts, sanitise_filename, sniff
 from core.storage import Area, Storage, TooLarge, new_key
+from core.unit_of_work import UnitOfWork, unit_of_work
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +118,18 @@ class Intake:
             window = await self._check_window(session, user, assignment_id, now)
         _check_declared_length(request, window.max_bytes)
         landed = await self._receive_file(request, window)
+        return await self.accept(user, window, landed, idempotency_key, now)
+
+    async def accept(
+        self, user: User, window: Window, landed: Landed, idempotency_key: str | None, started: datetime
+    ) -> Accepted:
+        """Record a landed file as a submission, publish, enqueue the first step (plain and resumable uploads).
+
+        ``started`` is when the upload began: the window was judged by it. The landed
+        file is removed if recording fails or an earlier upload with the key won.
+        """
         try:
-            accepted, batch = await self._record(user, window, landed, idempotency_key, now)
+            accepted, batch = await self._record(user, window, landed, idempotency_key, started)
         except BaseException:
             await self.storage.delete(Area.incoming, landed.key)
             raise
@@ -131,43 +142,7 @@ class Intake:
         return accepted
 
     async def _check_window(self, session: AsyncSession, user: User, assignment_id: int, now: datetime) -> Window:
-        # One round trip: the assignment, the student's role on its course, any extension, attempts used.
-        used = (
-            select(func.count(Submission.id))
-            .where(Submission.user_id == user.id, Submission.assignment_id == Assignment.id)
-            .scalar_subquery()
-        )
-        found = (
-            await session.execute(
-                select(Assignment, Enrolment.role, Extension.deadline, Extension.cutoff_at, used)
-                .outerjoin(Enrolment, and_(Enrolment.course_id == Assignment.course_id, Enrolment.user_id == user.id))
-                .outerjoin(Extension, and_(Extension.assignment_id == Assignment.id, Extension.user_id == user.id))
-                .where(Assignment.id == assignment_id)
-            )
-        ).first()
-        if found is None:
-            raise Refused(404, "no_assignment", "There is no such assignment.")
-        assignment, role, extended_deadline, extended_cutoff, attempts_used = found
-        if role != STUDENT:
-            raise Refused(
-                403, "not_enrolled", "You are not enrolled as a student on this course, so you cannot submit here."
-            )
-        deadline, cutoff = assignment.deadline, assignment.cutoff_at
-        if extended_deadline is not None:
-            deadline, cutoff = max(deadline, extended_deadline), max(cutoff, extended_cutoff)
-        if now < assignment.opens_at:
-            raise Refused(
-                403, "not_open", f"This assignment opens at {isoformat(assignment.opens_at)}; submit after that."
-            )
-        if now > cutoff:
-            raise Refused(
-                403,
-                "after_cutoff",
-                f"The cut-off for this assignment passed at {isoformat(cutoff)}; submissions are closed.",
-            )
-        attempt = _next_attempt(assignment, attempts_used or 0)
-        max_bytes = min(assignment.max_bytes, self.settings.max_upload_bytes)
-        return Window(assignment=assignment, late=now > deadline, max_bytes=max_bytes, attempt=attempt)
+        return await check_window(session, self.settings, user, assignment_id, now)
 
     async def _receive_file(self, request: Request, window: Window) -> Landed:
         try:
@@ -181,7 +156,7 @@ class Intake:
             return await self._stream_into_incoming(body, window)
         except (TooLarge, BodyTooLarge) as error:
             await body.drain(DRAIN_AFTER_REFUSAL)
-            raise _too_large(window.max_bytes) from error
+            raise too_large(window.max_bytes) from error
         except Refused:
             await body.drain(DRAIN_AFTER_REFUSAL)
             raise
@@ -203,24 +178,20 @@ class Intake:
             if len(prefix) >= SNIFF_BYTES:
                 complete = False
                 break
-        if not prefix:
-            raise Refused(422, "empty", "The file is empty.")
-        sniffed = sniff(bytes(prefix), complete=complete)
+        sniffed = check_kind(bytes(prefix), complete, window.assignment.accepted_types)
         accepted_types = window.assignment.accepted_types
-        if sniffed is None or not accepts(accepted_types, sniffed):
-            raise Refused(415, "type", _type_refusal(sniffed, accepted_types))
         key = new_key(window.assignment.id)
         chunks = _checked(bytes(prefix), data if not complete else None, sniffed)
         try:
             stored = await self.storage.put_stream(Area.incoming, key, chunks, max_bytes=window.max_bytes)
         except NotText as error:
-            raise Refused(415, "type", _type_refusal(None, accepted_types)) from error
+            raise not_text(accepted_types) from error
         await body.drain(MULTIPART_OVERHEAD)  # the closing boundary
         return Landed(key, stored.size, stored.sha256, sanitise_filename(part.filename), sniffed)
 
     async def _record(
         self, user: User, window: Window, landed: Landed, idempotency_key: str | None, now: datetime
-    ) -> tuple[Accepted, EventBatch]:
+    ) -> tuple[Accepted, UnitOfWork]:
         """One transaction: submission + step rows + events. Retried if a concurrent upload took the attempt no.
 
         The first try takes the attempt number the window check counted; the unique
@@ -230,16 +201,19 @@ class Intake:
         attempt: int | None = window.attempt
         for _ in range(5):
             try:
-                async with transaction(self.sessions) as session:
+                # Published by the caller: a publish cut short must not look like a failed record,
+                # which deletes the landed file.
+                async with unit_of_work(self.sessions, None) as work:
+                    session = work.session
                     if idempotency_key and (
                         earlier := await _by_idempotency_key(session, user, window.assignment.id, idempotency_key)
                     ):
-                        return Accepted(earlier, replayed=True), EventBatch(session)
+                        return Accepted(earlier, replayed=True), work
                     if attempt is None:
                         attempt = await _check_attempts(session, user, window.assignment)
                     submission_id = await _insert(session, user, window, landed, idempotency_key, attempt, now)
-                    batch = await _emit_received(session, user, window, landed, submission_id, attempt)
-                return Accepted(submission_id, replayed=False), batch
+                    await _emit_received(work, user, window, landed, submission_id, attempt)
+                return Accepted(submission_id, replayed=False), work
             except IntegrityError:
                 # Same idempotency key or same attempt number committed first: look again.
                 log.info("intake raced another upload; retrying", extra={"user_id": user.id})
@@ -256,6 +230,64 @@ class Intake:
                     "enqueue failed; reconciler will retry",
                     extra={"submission_id": submission_id, "step": step, "error": str(error)},
                 )
+
+
+async def check_window(
+    session: AsyncSession, settings: Settings, user: User, assignment_id: int, now: datetime
+) -> Window:
+    """Enrolment, window and attempts as of ``now`` (when the upload started); a Refused says which failed."""
+    # One round trip: the assignment, the student's role on its course, any extension, attempts used.
+    used = (
+        select(func.count(Submission.id))
+        .where(Submission.user_id == user.id, Submission.assignment_id == Assignment.id)
+        .scalar_subquery()
+    )
+    found = (
+        await session.execute(
+            select(Assignment, Enrolment.role, Extension.deadline, Extension.cutoff_at, used)
+            .outerjoin(Enrolment, and_(Enrolment.course_id == Assignment.course_id, Enrolment.user_id == user.id))
+            .outerjoin(Extension, and_(Extension.assignment_id == Assignment.id, Extension.user_id == user.id))
+            .where(Assignment.id == assignment_id)
+        )
+    ).first()
+    if found is None:
+        raise Refused(404, "no_assignment", "There is no such assignment.")
+    assignment, role, extended_deadline, extended_cutoff, attempts_used = found
+    if role != STUDENT:
+        raise Refused(
+            403, "not_enrolled", "You are not enrolled as a student on this course, so you cannot submit here."
+        )
+    # The same rule the pages show (core.deadlines): an extension only ever adds time.
+    dates = student_window(
+        assignment.opens_at, assignment.deadline, assignment.cutoff_at, extended_deadline, extended_cutoff
+    )
+    state = dates.state_at(now)
+    if state is WindowState.not_open:
+        raise Refused(403, "not_open", f"This assignment opens at {isoformat(assignment.opens_at)}; submit after that.")
+    if state is WindowState.closed:
+        raise Refused(
+            403,
+            "after_cutoff",
+            f"The cut-off for this assignment passed at {isoformat(dates.cutoff_at)}; submissions are closed.",
+        )
+    attempt = _next_attempt(assignment, attempts_used or 0)
+    max_bytes = min(assignment.max_bytes, settings.max_upload_bytes)
+    return Window(assignment=assignment, late=state is WindowState.late, max_bytes=max_bytes, attempt=attempt)
+
+
+def check_kind(prefix: bytes, complete: bool, accepted_types: list[str]) -> Sniffed:
+    """The kind sniffed from the file's first bytes (``complete``: they are the whole file), if accepted."""
+    if not prefix:
+        raise Refused(422, "empty", "The file is empty.")
+    sniffed = sniff(prefix, complete=complete)
+    if sniffed is None or not accepts(accepted_types, sniffed):
+        raise Refused(415, "type", _type_refusal(sniffed, accepted_types))
+    return sniffed
+
+
+def not_text(accepted_types: list[str]) -> Refused:
+    """The refusal for a file that began as text and turned binary further in."""
+    return Refused(415, "type", _type_refusal(None, accepted_types))
 
 
 class NotText(Exception):
@@ -303,7 +335,8 @@ async def _insert(
                 storage_key=landed.key,
                 status=SubmissionStatus.processing.value,
                 idempotency_key=idempotency_key,
-                received_at=now,
+                upload_started_at=now,
+                received_at=utcnow(),  # accepted: the file has landed and this transaction records it
             )
             .returning(Submission.id)
         )
@@ -355,9 +388,8 @@ def _next_attempt(assignment: Assignment, used: int) -> int:
 
 
 async def _emit_received(
-    session: AsyncSession, user: User, window: Window, landed: Landed, submission_id: int, attempt: int
-) -> EventBatch:
-    batch = EventBatch(session)
+    batch: EventBatch, user: User, window: Window, landed: Landed, submission_id: int, attempt: int
+) -> None:
     steps = {step.name: (StepState.queued if step.name in FIRST_STEPS else StepState.pending).value for step in STEPS}
     await batch.emit(
         keys.submission_topic(submission_id),
@@ -377,9 +409,9 @@ async def _emit_received(
         actor="student",
         actor_id=user.id,
     )
-    # Last, so the shared dashboard topic's seq row stays locked for as short a time as possible.
+    # Last, so the course's staff topic seq row stays locked for as short a time as possible.
     await batch.emit(
-        keys.STAFF_DASHBOARD_TOPIC,
+        keys.course_staff_topic(window.assignment.course_id),
         "submission.arrived",
         {
             "submission_id": submission_id,
@@ -392,16 +424,15 @@ async def _emit_received(
         actor="student",
         actor_id=user.id,
     )
-    return batch
 
 
 def _check_declared_length(request: Request, max_bytes: int) -> None:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes + MULTIPART_OVERHEAD:
-        raise _too_large(max_bytes)
+        raise too_large(max_bytes)
 
 
-def _too_large(max_bytes: int) -> Refused:
+def too_large(max_bytes: int) -> Refused:
     return Refused(
         status.HTTP_413_CONTENT_TOO_LARGE,
         "too_large",

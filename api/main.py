@@ -13,8 +13,12 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from api import errors
 from api.metrics import MetricsMiddleware
+from api.middleware import install as install_security
+from api.middleware.internal import internal_listener
 from api.routes import routers
+from api.routes.health import metrics_router
 from core.db import make_engine, make_sessionmaker
 from core.queues import connect_lazily
 from core.settings import Settings, get_settings
@@ -36,17 +40,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.redis = redis
         app.state.storage = storage
         try:
-            yield
+            if production:
+                async with internal_listener(app, settings) as internal_port:
+                    app.state.internal_port = internal_port
+                    yield
+            else:
+                yield
         finally:
             await storage.close()
             await redis.aclose()
             await engine.dispose()
 
-    app = FastAPI(title="handin", lifespan=lifespan, docs_url="/api/docs", openapi_url="/api/openapi.json")
+    # In production /metrics and the API docs are served only by the internal listener, never through the Ingress.
+    production = settings.environment == "production"
+    docs_url, openapi_url = (None, None) if production else ("/api/docs", "/api/openapi.json")
+    app = FastAPI(title="handin", lifespan=lifespan, docs_url=docs_url, openapi_url=openapi_url, redoc_url=None)
     app.state.settings = settings
+    install_security(app, settings)
+    errors.install(app)
     app.add_middleware(MetricsMiddleware)
     for router in routers:
         app.include_router(router)
+    if not production:
+        app.include_router(metrics_router)
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

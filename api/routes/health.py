@@ -12,6 +12,8 @@ from sqlalchemy import text
 from api.deps import RedisDep, SessionsDep
 
 router = APIRouter(tags=["health"])
+# Not on the public port in production: the api's internal listener serves it (api/middleware/internal.py).
+metrics_router = APIRouter(tags=["health"])
 CHECK_TIMEOUT_SECONDS = 2.0
 
 
@@ -47,6 +49,6 @@ async def _check_redis(redis: RedisDep) -> str:
     return "ok"
 
 
-@router.get("/metrics")
+@metrics_router.get("/metrics")
 async def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,7 +1,9 @@
 """JSON for the staff pages: grades, grade release, the live submissions table, the dashboard.
 
 Everything answers 404 to anyone who is not staff of the course concerned,
-the same as for something that does not exist.
+the same as for something that does not exist: ``core.grades`` raises
+``GradeRefused``, answered by one exception handler (``api.errors``). Each
+write goes through the request's own session, in one unit of work.
 """
 
 from __future__ import annotations
@@ -14,11 +16,10 @@ from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 from sqlalchemy import select
 
-from api.deps import CurrentUser, RedisDep, SessionDep, SessionsDep
-from core import keys
+from api.deps import CurrentUser, RedisDep, SessionDep
+from core import keys, wording
 from core.clock import isoformat, utcnow
 from core.grades import (
-    GradeRefused,
     cancel_release,
     enter_grade,
     marking_progress,
@@ -26,18 +27,15 @@ from core.grades import (
     schedule_release,
     staff_assignment,
 )
+from core.marking import claims_of
 from core.models import Assignment, Enrolment, Event, Submission, SubmissionStep, TopicSeq, User
 from core.pipeline import STEP_NAMES
 
 router = APIRouter(prefix="/api", tags=["staff"])
 
-Filter = Literal["all", "late", "failed", "quarantined", "similar"]
+Filter = Literal["all", "late", "failed", "quarantined", "unscanned", "similar"]
 HIGH_SIMILARITY = 40.0
 TABLE_LIMIT = 500
-
-
-def refused(error: GradeRefused) -> HTTPException:
-    return HTTPException(error.status, error.detail)
 
 
 class GradeIn(BaseModel):
@@ -48,16 +46,15 @@ class GradeIn(BaseModel):
 class ReleaseIn(BaseModel):
     # Absent or null: release now. Otherwise an ISO 8601 time with its zone.
     at: datetime | None = None
+    # "Release now" with an undo window: released this many seconds from now, cancellable until then.
+    undo_seconds: int | None = Field(default=None, ge=1, le=3600)
 
 
 @router.put("/submissions/{submission_id}/grade")
 async def put_grade(
-    submission_id: int, body: GradeIn, user: CurrentUser, sessions: SessionsDep, redis: RedisDep, session: SessionDep
+    submission_id: int, body: GradeIn, user: CurrentUser, session: SessionDep, redis: RedisDep
 ) -> dict[str, Any]:
-    try:
-        submission = await enter_grade(sessions, redis, submission_id, user.id, body.grade, body.feedback)
-    except GradeRefused as error:
-        raise refused(error) from None
+    submission = await enter_grade(session, redis, submission_id, user.id, body.grade, body.feedback)
     return {
         "submission_id": submission.id,
         "grade": submission.grade,
@@ -68,29 +65,25 @@ async def put_grade(
 
 @router.post("/assignments/{assignment_id}/release")
 async def release(
-    assignment_id: int, body: ReleaseIn, user: CurrentUser, sessions: SessionsDep, redis: RedisDep
+    assignment_id: int, body: ReleaseIn, user: CurrentUser, session: SessionDep, redis: RedisDep
 ) -> dict[str, Any]:
-    try:
-        if body.at is None:
-            summary = await release_now(sessions, redis, assignment_id, user.id)
-            return {
-                "released_at": isoformat(summary.released_at),
-                "grades_sent": summary.grades_sent,
-                "flashes_created": summary.flashes_created,
-                "detail": f"Released: {summary.grades_sent} grades sent, {summary.flashes_created} students told.",
-            }
-        at = await schedule_release(sessions, redis, assignment_id, user.id, body.at)
-    except GradeRefused as error:
-        raise refused(error) from None
+    if body.at is None and body.undo_seconds is None:
+        summary = await release_now(session, redis, assignment_id, user.id)
+        return {
+            "released_at": isoformat(summary.released_at),
+            "grades_sent": summary.grades_sent,
+            "flashes_created": summary.flashes_created,
+            "already_released": summary.already_released,
+            "detail": summary.detail,
+        }
+    at = body.at if body.at is not None else utcnow() + timedelta(seconds=body.undo_seconds or 0)
+    at = await schedule_release(session, redis, assignment_id, user.id, at)
     return {"scheduled_at": isoformat(at), "detail": f"Release scheduled for {isoformat(at)}."}
 
 
 @router.delete("/assignments/{assignment_id}/release")
-async def cancel(assignment_id: int, user: CurrentUser, sessions: SessionsDep, redis: RedisDep) -> dict[str, Any]:
-    try:
-        cancelled = await cancel_release(sessions, redis, assignment_id, user.id)
-    except GradeRefused as error:
-        raise refused(error) from None
+async def cancel(assignment_id: int, user: CurrentUser, session: SessionDep, redis: RedisDep) -> dict[str, Any]:
+    cancelled = await cancel_release(session, redis, assignment_id, user.id)
     return {"cancelled": cancelled, "detail": "Scheduled release cancelled." if cancelled else "Nothing was scheduled."}
 
 
@@ -105,6 +98,8 @@ def keep(row: dict[str, Any], wanted: Filter) -> bool:
         return bool(row["late"])
     if wanted == "failed":
         return "failed" in row["steps"].values() or row["status"] == "needs_attention"
+    if wanted == "unscanned":
+        return row["steps"].get("scan") == "skipped"
     if wanted == "quarantined":
         return row["status"] == "quarantined"
     if wanted == "similar":
@@ -116,10 +111,7 @@ def keep(row: dict[str, Any], wanted: Filter) -> bool:
 async def submissions_table(
     assignment_id: int, user: CurrentUser, session: SessionDep, show: Annotated[Filter, Query(alias="filter")] = "all"
 ) -> dict[str, Any]:
-    try:
-        assignment = await staff_assignment(session, assignment_id, user.id)
-    except GradeRefused as error:
-        raise refused(error) from None
+    assignment = await staff_assignment(session, assignment_id, user.id)
     submissions = list(
         await session.scalars(
             select(Submission)
@@ -142,6 +134,7 @@ async def submissions_table(
         u.id: u.name
         for u in await session.scalars(select(User).where(User.id.in_({s.user_id for s in submissions} or {0})))
     }
+    markers = await claims_of(session, ids)
     rows = []
     for submission in submissions:
         own = steps[submission.id]
@@ -158,7 +151,11 @@ async def submissions_table(
             "steps": {name: own[name].state if name in own else "pending" for name in STEP_NAMES},
             "similarity": similarity_score(own),
             "grade": submission.grade,
+            # Who has claimed it for marking (core.marking), updated live by marking.state on the staff topic.
+            "marker": markers.get(submission.id),
         }
+        # In core.wording's words: a finished but unscanned file is "complete, not virus-scanned".
+        row["status_text"], row["status_tone"] = wording.overall(submission.status, row["steps"]["scan"])
         if keep(row, show):
             rows.append(row)
     return {
@@ -185,7 +182,7 @@ async def latest_replicas(session: SessionDep) -> dict[str, int]:
     """Workers per pool as the autoscaler last decided them (none: no autoscaler has run)."""
     row = await session.scalar(
         select(Event)
-        .where(Event.topic == keys.STAFF_DASHBOARD_TOPIC, Event.type == "autoscaler.decision")
+        .where(Event.topic == keys.FLEET_TOPIC, Event.type == "autoscaler.decision")
         .order_by(Event.seq.desc())
         .limit(1)
     )

@@ -2,7 +2,10 @@
 a submission's detail with grading, and the live dashboard.
 
 Only staff of a course see its pages; everyone else gets the same 404 as for
-something that does not exist.
+something that does not exist. Who may see what is checked by the dependencies
+in ``api.deps`` (``PageUser``, ``StaffCourse``, ``StaffAssignment``,
+``StaffSubmission``); a form that saves writes through the request's own
+session in one unit of work, so on SQLite it never waits for its own lock.
 """
 
 from __future__ import annotations
@@ -14,20 +17,32 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 
-from api.deps import OptionalUser, RedisDep, SessionDep, SessionsDep, StorageDep
-from api.routes.pages import not_found, submission_context, to_login
+from api.deps import (
+    PageNotFound,
+    PageUser,
+    RedisDep,
+    SessionDep,
+    StaffAssignment,
+    StaffCourse,
+    StaffSubmission,
+    StorageDep,
+)
+from api.routes.pages import submission_context
 from api.routes.views import course_role, render, submission_counts, topic_seq
 from core import keys
+from core.audience import Audience
 from core.clock import isoformat, utcnow
-from core.events import EventBatch
 from core.grades import marking_progress
 from core.models import Assignment, Course, Enrolment, Extension, Submission, User
+from core.similarity.passages import decode_kept_text, excerpt, text_key
 from core.storage import Area
+from core.unit_of_work import unit_of_work
 
 router = APIRouter(prefix="/staff", tags=["pages"], include_in_schema=False)
 
 KINDS = ("pdf", "text", "image", "docx")
-SIDE_BY_SIDE_BYTES = 20_000
+# The similarity step keeps at most 2 million characters of text (core.similarity.text).
+MAX_KEPT_TEXT_BYTES = 8_000_000
 
 
 async def staff_courses(session: SessionDep, user_id: int) -> list[Course]:
@@ -41,12 +56,10 @@ async def staff_courses(session: SessionDep, user_id: int) -> list[Course]:
 
 
 @router.get("", response_class=HTMLResponse)
-async def staff_home(request: Request, user: OptionalUser, session: SessionDep) -> Response:
-    if user is None:
-        return to_login(request)
+async def staff_home(request: Request, user: PageUser, session: SessionDep) -> Response:
     courses = await staff_courses(session, user.id)
     if not courses:
-        return await not_found(request, session, user, "staff area")
+        raise PageNotFound("staff area")
     listing = []
     for course in courses:
         query = select(Assignment).where(Assignment.course_id == course.id).order_by(Assignment.deadline)
@@ -54,13 +67,6 @@ async def staff_home(request: Request, user: OptionalUser, session: SessionDep) 
         counts = await submission_counts(session, [a.id for a in assignments])
         listing.append({"course": course, "assignments": assignments, "counts": counts})
     return await render(request, session, user, "staff/home.html", listing=listing)
-
-
-async def owned_assignment(session: SessionDep, user: User, assignment_id: int) -> Assignment | None:
-    assignment = await session.get(Assignment, assignment_id)
-    if assignment is None or await course_role(session, user.id, assignment.course_id) != "staff":
-        return None
-    return assignment
 
 
 # Assignment setup --------------------------------------------------------------------------------
@@ -99,8 +105,11 @@ def form_values(assignment: Assignment | None) -> dict[str, Any]:
     }
 
 
-def read_assignment_form(form: Any) -> tuple[dict[str, Any], list[str]]:
-    """Validated fields for an Assignment, and every problem in words a person understands."""
+def read_assignment_form(form: Any, cap_bytes: int) -> tuple[dict[str, Any], list[str]]:
+    """Validated fields for an Assignment, and every problem in words a person understands.
+
+    The size limit may not exceed ``cap_bytes`` (HANDIN_MAX_UPLOAD_BYTES): intake never accepts more, so a
+    larger limit would promise students what the server then refuses."""
     errors: list[str] = []
     fields: dict[str, Any] = {
         "title": str(form.get("title", "")).strip()[:200],
@@ -124,13 +133,19 @@ def read_assignment_form(form: Any) -> tuple[dict[str, Any], list[str]]:
             errors.append("The deadline must be after the opening time.")
         if fields["cutoff_at"] < fields["deadline"]:
             errors.append("The cut-off cannot be before the deadline.")
+    cap_mb = cap_bytes / 1024 / 1024
     try:
         max_mb = float(form.get("max_mb", ""))
         if not 0 < max_mb <= 2048:
             raise ValueError
         fields["max_bytes"] = int(max_mb * 1024 * 1024)
+        if fields["max_bytes"] > cap_bytes:
+            errors.append(
+                f"Maximum size: this server accepts at most {cap_mb:g} MB per file;"
+                f" enter {cap_mb:g} or less."
+            )
     except ValueError:
-        errors.append("Maximum size: a number of megabytes between 0 and 2048.")
+        errors.append(f"Maximum size: a number of megabytes above 0 and at most {cap_mb:g}.")
     try:
         fields["max_attempts"] = int(form.get("max_attempts", ""))
         if not 1 <= fields["max_attempts"] <= 100:
@@ -156,12 +171,7 @@ def echo_form(form: Any) -> dict[str, Any]:
 
 
 @router.get("/courses/{course_id}/assignments/new", response_class=HTMLResponse)
-async def new_assignment(request: Request, course_id: int, user: OptionalUser, session: SessionDep) -> Response:
-    if user is None:
-        return to_login(request)
-    course = await session.get(Course, course_id)
-    if course is None or await course_role(session, user.id, course_id) != "staff":
-        return await not_found(request, session, user, "course")
+async def new_assignment(request: Request, course: StaffCourse, user: PageUser, session: SessionDep) -> Response:
     return await render(
         request,
         session,
@@ -177,15 +187,10 @@ async def new_assignment(request: Request, course_id: int, user: OptionalUser, s
 
 @router.post("/courses/{course_id}/assignments/new", response_class=HTMLResponse)
 async def create_assignment(
-    request: Request, course_id: int, user: OptionalUser, session: SessionDep, sessions: SessionsDep, redis: RedisDep
+    request: Request, course: StaffCourse, user: PageUser, session: SessionDep, redis: RedisDep
 ) -> Response:
-    if user is None:
-        return to_login(request)
-    course = await session.get(Course, course_id)
-    if course is None or await course_role(session, user.id, course_id) != "staff":
-        return await not_found(request, session, user, "course")
     form = await request.form()
-    fields, errors = read_assignment_form(form)
+    fields, errors = read_assignment_form(form, request.app.state.settings.max_upload_bytes)
     if errors:
         return await render(
             request,
@@ -199,29 +204,24 @@ async def create_assignment(
             errors=errors,
             kinds=KINDS,
         )
-    async with sessions() as db, db.begin():
-        assignment = Assignment(course_id=course_id, **fields)
-        db.add(assignment)
-        await db.flush()
-        batch = EventBatch(db)
-        await batch.emit(
-            keys.course_topic(course_id),
+    async with unit_of_work(session, redis) as work:
+        assignment = Assignment(course_id=course.id, **fields)
+        session.add(assignment)
+        await session.flush()
+        await work.emit(
+            keys.course_topic(course.id),
             "assignment.created",
             {"assignment_id": assignment.id, "title": assignment.title},
             actor=f"staff:{user.id}",
             actor_id=user.id,
         )
-    await batch.publish(redis)
     return RedirectResponse(f"/staff/assignments/{assignment.id}", status_code=303)
 
 
 @router.get("/assignments/{assignment_id}/edit", response_class=HTMLResponse)
-async def edit_assignment(request: Request, assignment_id: int, user: OptionalUser, session: SessionDep) -> Response:
-    if user is None:
-        return to_login(request)
-    assignment = await owned_assignment(session, user, assignment_id)
-    if assignment is None:
-        return await not_found(request, session, user, "assignment")
+async def edit_assignment(
+    request: Request, assignment: StaffAssignment, user: PageUser, session: SessionDep
+) -> Response:
     return await render(
         request,
         session,
@@ -254,20 +254,10 @@ async def extension_context(session: SessionDep, assignment: Assignment) -> dict
 
 @router.post("/assignments/{assignment_id}/edit", response_class=HTMLResponse)
 async def update_assignment(
-    request: Request,
-    assignment_id: int,
-    user: OptionalUser,
-    session: SessionDep,
-    sessions: SessionsDep,
-    redis: RedisDep,
+    request: Request, assignment: StaffAssignment, user: PageUser, session: SessionDep, redis: RedisDep
 ) -> Response:
-    if user is None:
-        return to_login(request)
-    assignment = await owned_assignment(session, user, assignment_id)
-    if assignment is None:
-        return await not_found(request, session, user, "assignment")
     form = await request.form()
-    fields, errors = read_assignment_form(form)
+    fields, errors = read_assignment_form(form, request.app.state.settings.max_upload_bytes)
     if errors:
         return await render(
             request,
@@ -282,46 +272,32 @@ async def update_assignment(
             kinds=KINDS,
             **await extension_context(session, assignment),
         )
-    async with sessions() as db, db.begin():
-        row = await db.get(Assignment, assignment_id)
-        assert row is not None
+    async with unit_of_work(session, redis) as work:
         for name, value in fields.items():
-            setattr(row, name, value)
-        batch = EventBatch(db)
+            setattr(assignment, name, value)
         # Open student pages move their countdowns at once.
-        await batch.emit(
-            keys.assignment_topic(assignment_id),
+        await work.emit(
+            keys.assignment_topic(assignment.id),
             "assignment.updated",
             {
-                "assignment_id": assignment_id,
-                "title": row.title,
-                "opens_at": isoformat(row.opens_at),
-                "deadline": isoformat(row.deadline),
-                "cutoff_at": isoformat(row.cutoff_at),
-                "max_attempts": row.max_attempts,
-                "late_policy": row.late_policy,
+                "assignment_id": assignment.id,
+                "title": assignment.title,
+                "opens_at": isoformat(assignment.opens_at),
+                "deadline": isoformat(assignment.deadline),
+                "cutoff_at": isoformat(assignment.cutoff_at),
+                "max_attempts": assignment.max_attempts,
+                "late_policy": assignment.late_policy,
             },
             actor=f"staff:{user.id}",
             actor_id=user.id,
         )
-    await batch.publish(redis)
-    return RedirectResponse(f"/staff/assignments/{assignment_id}?saved=1", status_code=303)
+    return RedirectResponse(f"/staff/assignments/{assignment.id}?saved=1", status_code=303)
 
 
 @router.post("/assignments/{assignment_id}/extensions", response_class=HTMLResponse)
 async def save_extension(
-    request: Request,
-    assignment_id: int,
-    user: OptionalUser,
-    session: SessionDep,
-    sessions: SessionsDep,
-    redis: RedisDep,
+    request: Request, assignment: StaffAssignment, user: PageUser, session: SessionDep, redis: RedisDep
 ) -> Response:
-    if user is None:
-        return to_login(request)
-    assignment = await owned_assignment(session, user, assignment_id)
-    if assignment is None:
-        return await not_found(request, session, user, "assignment")
     form = await request.form()
     errors: list[str] = []
     try:
@@ -352,46 +328,34 @@ async def save_extension(
             kinds=KINDS,
             **await extension_context(session, assignment),
         )
-    async with sessions() as db, db.begin():
-        extension = await db.scalar(
+    assignment_id = assignment.id
+    async with unit_of_work(session, redis) as work:
+        extension = await session.scalar(
             select(Extension).where(Extension.assignment_id == assignment_id, Extension.user_id == student_id)
         )
         if extension is None:
             extension = Extension(assignment_id=assignment_id, user_id=student_id, deadline=deadline, cutoff_at=cutoff)
-            db.add(extension)
+            session.add(extension)
         extension.deadline, extension.cutoff_at = deadline, cutoff
-        batch = EventBatch(db)
-        await batch.emit(
+        await work.emit(
             keys.user_topic(student_id),
             "extension.updated",
             {"assignment_id": assignment_id, "deadline": isoformat(deadline), "cutoff_at": isoformat(cutoff)},
             actor=f"staff:{user.id}",
             actor_id=user.id,
         )
-    await batch.publish(redis)
     return RedirectResponse(f"/staff/assignments/{assignment_id}/edit#extensions", status_code=303)
 
 
 @router.post("/assignments/{assignment_id}/extensions/{extension_id}/delete", response_class=HTMLResponse)
 async def delete_extension(
-    request: Request,
-    assignment_id: int,
-    extension_id: int,
-    user: OptionalUser,
-    session: SessionDep,
-    sessions: SessionsDep,
-    redis: RedisDep,
+    assignment: StaffAssignment, extension_id: int, user: PageUser, session: SessionDep, redis: RedisDep
 ) -> Response:
-    if user is None:
-        return to_login(request)
-    assignment = await owned_assignment(session, user, assignment_id)
-    if assignment is None:
-        return await not_found(request, session, user, "assignment")
-    async with sessions() as db, db.begin():
-        extension = await db.get(Extension, extension_id)
-        batch = EventBatch(db)
+    assignment_id = assignment.id
+    async with unit_of_work(session, redis) as work:
+        extension = await session.get(Extension, extension_id)
         if extension is not None and extension.assignment_id == assignment_id:
-            await batch.emit(
+            await work.emit(
                 keys.user_topic(extension.user_id),
                 "extension.updated",
                 {
@@ -402,8 +366,7 @@ async def delete_extension(
                 actor=f"staff:{user.id}",
                 actor_id=user.id,
             )
-            await db.delete(extension)
-    await batch.publish(redis)
+            await session.delete(extension)
     return RedirectResponse(f"/staff/assignments/{assignment_id}/edit#extensions", status_code=303)
 
 
@@ -411,13 +374,10 @@ async def delete_extension(
 
 
 @router.get("/assignments/{assignment_id}", response_class=HTMLResponse)
-async def assignment_table(request: Request, assignment_id: int, user: OptionalUser, session: SessionDep) -> Response:
-    if user is None:
-        return to_login(request)
-    assignment = await owned_assignment(session, user, assignment_id)
-    if assignment is None:
-        return await not_found(request, session, user, "assignment")
-    topic = keys.assignment_topic(assignment_id)
+async def assignment_table(
+    request: Request, assignment: StaffAssignment, user: PageUser, session: SessionDep
+) -> Response:
+    topic = keys.assignment_topic(assignment.id)
     return await render(
         request,
         session,
@@ -427,39 +387,35 @@ async def assignment_table(request: Request, assignment_id: int, user: OptionalU
         course=await session.get(Course, assignment.course_id),
         topic=topic,
         seq=await topic_seq(session, topic),
-        progress=await marking_progress(session, assignment_id),
+        staff_topic=keys.course_staff_topic(assignment.course_id),
+        staff_seq=await topic_seq(session, keys.course_staff_topic(assignment.course_id)),
+        progress=await marking_progress(session, assignment.id),
         saved=request.query_params.get("saved") == "1",
     )
 
 
 @router.get("/submissions/{submission_id}", response_class=HTMLResponse)
 async def submission_detail(
-    request: Request, submission_id: int, user: OptionalUser, session: SessionDep, storage: StorageDep
+    request: Request,
+    submission: StaffSubmission,
+    user: PageUser,
+    session: SessionDep,
+    storage: StorageDep,
+    match: int | None = None,
 ) -> Response:
-    if user is None:
-        return to_login(request)
-    submission = await session.get(Submission, submission_id)
-    assignment = await owned_assignment(session, user, submission.assignment_id) if submission else None
-    if submission is None or assignment is None:
-        return await not_found(request, session, user, "submission")
-    context = await submission_context(session, submission)
+    context = await submission_context(session, submission, Audience.STAFF)
     student = await session.get(User, submission.user_id)
-    similarity = next((s for s in context["steps"] if s["name"] == "similarity"), None)
+    similarity = next((s for s in context["steps"] if s["step"] == "similarity"), None)
     matches = []
-    for match in ((similarity or {}).get("result") or {}).get("matches", [])[:5]:
-        other = await session.get(Submission, match.get("submission_id"))
-        if other is None or other.assignment_id != assignment.id:
+    for found in ((similarity or {}).get("result") or {}).get("matches", [])[:5]:
+        other = await session.get(Submission, found.get("submission_id"))
+        if other is None or other.assignment_id != submission.assignment_id:
             continue
-        owner = await session.get(User, other.user_id)
-        matches.append(
-            {
-                "match": match,
-                "other": other,
-                "owner": owner,
-                "mine_text": await text_excerpt(storage, submission),
-                "other_text": await text_excerpt(storage, other),
-            }
-        )
+        matches.append({"match": found, "other": other, "owner": await session.get(User, other.user_id)})
+    # One match's passages at a time (?match=<its submission id>), the strongest first.
+    chosen = next((m for m in matches if m["other"].id == match), matches[0] if matches else None)
+    if chosen is not None:
+        chosen["passages"] = await passage_rows(storage, submission, chosen["other"], chosen["match"])
     return await render(
         request,
         session,
@@ -468,34 +424,56 @@ async def submission_detail(
         **context,
         student=student,
         matches=matches,
-        progress=await marking_progress(session, assignment.id),
-        assignment_seq=await topic_seq(session, keys.assignment_topic(assignment.id)),
+        chosen=chosen,
+        progress=await marking_progress(session, submission.assignment_id),
+        assignment_seq=await topic_seq(session, keys.assignment_topic(submission.assignment_id)),
     )
 
 
-async def text_excerpt(storage: Any, submission: Submission) -> str | None:
-    """The start of a stored text file for side-by-side reading; None for other kinds."""
-    if submission.kind != "text" or submission.status == "quarantined":
+async def passage_rows(
+    storage: Any, mine: Submission, other: Submission, match: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Each matched passage of both texts with its context, in this submission's order. A match
+    recorded before passages were paired has only this submission's ``spans``: the other side is None."""
+    mine_text, other_text = await kept_text(storage, mine), await kept_text(storage, other)
+    if mine_text is None:
+        return []
+    if "passages" in match and other_text is not None:
+        return [
+            {"mine": excerpt(mine_text, a, b), "other": excerpt(other_text, c, d)} for a, b, c, d in match["passages"]
+        ]
+    return [{"mine": excerpt(mine_text, a, b), "other": None} for a, b in match.get("spans", [])]
+
+
+async def kept_text(storage: Any, submission: Submission) -> str | None:
+    """The text the similarity step extracted (kept beside the file); a plain-text file's own text
+    for a submission checked before texts were kept; None otherwise. The api reads no PDF or DOCX."""
+    if submission.status == "quarantined":
         return None
-    try:
-        data = await storage.read_prefix(Area.store, submission.storage_key, SIDE_BY_SIDE_BYTES)
-    except Exception:  # not stored yet, or gone: the page still works without it
-        return None
-    return bytes(data).decode("utf-8", errors="replace")
+    for key, kind in ((text_key(submission.storage_key), None), (submission.storage_key, "text")):
+        if kind is not None and submission.kind != kind:
+            continue
+        try:
+            data = await storage.read_prefix(Area.store, key, MAX_KEPT_TEXT_BYTES)
+        except Exception:  # not stored yet, or gone: the page still works without it
+            continue
+        return decode_kept_text(bytes(data)) if kind is None else bytes(data).decode("utf-8", errors="replace")
+    return None
 
 
 @router.get("/dashboard", response_class=HTMLResponse)
-async def dashboard(request: Request, user: OptionalUser, session: SessionDep) -> Response:
-    if user is None:
-        return to_login(request)
+async def dashboard(request: Request, user: PageUser, session: SessionDep) -> Response:
     courses = await staff_courses(session, user.id)
     if not courses:
-        return await not_found(request, session, user, "dashboard")
+        raise PageNotFound("dashboard")
     return await render(
         request,
         session,
         user,
         "staff/dashboard.html",
-        topic=keys.STAFF_DASHBOARD_TOPIC,
-        seq=await topic_seq(session, keys.STAFF_DASHBOARD_TOPIC),
+        # The staff topic of every course this user teaches, and the fleet: each rendered at its seq.
+        topics=[
+            {"topic": topic, "seq": await topic_seq(session, topic)}
+            for topic in [*(keys.course_staff_topic(course.id) for course in courses), keys.FLEET_TOPIC]
+        ],
     )

@@ -13,9 +13,10 @@ from api.deps import CurrentUser, RedisDep, SessionDep, SessionsDep, SettingsDep
 from api.intake import Intake
 from api.views import submission_view
 from core import keys
-from core.access import STAFF, can_view_submission, course_role
+from core.access import submission_audience
+from core.audience import Audience, project_event
 from core.events import events_after
-from core.models import Assignment, Submission, User
+from core.models import Submission, User
 from core.pipeline import SubmissionStatus
 from core.storage import Area, ObjectMissing, Storage
 
@@ -44,17 +45,18 @@ async def submit(
 
 @router.get("/submissions/{submission_id}")
 async def get_submission(submission_id: int, user: CurrentUser, session: SessionDep) -> dict[str, Any]:
-    submission = await _visible_submission(session, user, submission_id)
-    return await submission_view(session, submission, viewer_is_staff=await _is_staff_for(session, user, submission))
+    submission, viewer = await _visible_submission_as(session, user, submission_id)
+    return await submission_view(session, submission, viewer)
 
 
 @router.get("/submissions/{submission_id}/events")
 async def submission_events(
     submission_id: int, user: CurrentUser, session: SessionDep, after: Annotated[int, Query(ge=0)] = 0
 ) -> dict[str, Any]:
-    await _visible_submission(session, user, submission_id)
+    _submission, viewer = await _visible_submission_as(session, user, submission_id)
     topic = keys.submission_topic(submission_id)
-    return {"topic": topic, "events": [e.as_dict() for e in await events_after(session, topic, after)]}
+    events = [project_event(e.as_dict(), viewer) for e in await events_after(session, topic, after)]
+    return {"topic": topic, "events": events}
 
 
 @router.get("/submissions/{submission_id}/file")
@@ -100,16 +102,16 @@ def content_disposition(filename: str, disposition: str = "attachment") -> str:
 
 
 async def _visible_submission(session: SessionDep, user: User, submission_id: int) -> Submission:
-    """The submission if this user may see it; 404 otherwise, so ids do not leak."""
+    return (await _visible_submission_as(session, user, submission_id))[0]
+
+
+async def _visible_submission_as(session: SessionDep, user: User, submission_id: int) -> tuple[Submission, Audience]:
+    """The submission and the audience this user is for it; 404 if they may not see it, so ids do not leak."""
     submission = await session.get(Submission, submission_id)
-    if submission is None or not await can_view_submission(session, user.id, submission):
+    viewer = await submission_audience(session, user.id, submission) if submission is not None else None
+    if submission is None or viewer is None:
         raise HTTPException(404, NOT_FOUND)
-    return submission
-
-
-async def _is_staff_for(session: SessionDep, user: User, submission: Submission) -> bool:
-    assignment = await session.get(Assignment, submission.assignment_id)
-    return assignment is not None and await course_role(session, user.id, assignment.course_id) == STAFF
+    return submission, viewer
 
 
 async def _open_following_moves(storage: Storage, area: Area, key: str) -> AsyncIterator[bytes]:

@@ -8,7 +8,6 @@ Pages are rendered from the database; each live page also gets the current
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import keys
-from core.clock import isoformat, utcnow
+from core.clock import isoformat
+from core.deadlines import Window, student_window
 from core.flash import flash_as_dict, pending_flashes
 from core.models import Assignment, Enrolment, Extension, Submission, TopicSeq, User
 
@@ -81,34 +81,18 @@ async def render(
     return response
 
 
-@dataclass
-class Window:
-    """An assignment's dates as they apply to one student (with any extension)."""
-
-    opens_at: datetime
-    deadline: datetime
-    cutoff_at: datetime
-    extended: bool
-
-    @property
-    def state(self) -> str:
-        now = utcnow()
-        if now < self.opens_at:
-            return "not_open"
-        if now <= self.deadline:
-            return "open"
-        if now <= self.cutoff_at:
-            return "late"
-        return "closed"
-
-
 async def window_for(session: AsyncSession, assignment: Assignment, user_id: int) -> Window:
+    """The student's dates by the rule intake applies too (core.deadlines)."""
     extension = await session.scalar(
         select(Extension).where(Extension.assignment_id == assignment.id, Extension.user_id == user_id)
     )
-    if extension is not None:
-        return Window(assignment.opens_at, extension.deadline, extension.cutoff_at, True)
-    return Window(assignment.opens_at, assignment.deadline, assignment.cutoff_at, False)
+    return student_window(
+        assignment.opens_at,
+        assignment.deadline,
+        assignment.cutoff_at,
+        extension.deadline if extension is not None else None,
+        extension.cutoff_at if extension is not None else None,
+    )
 
 
 async def attempts_of(session: AsyncSession, assignment_id: int, user_id: int) -> list[Submission]:

@@ -6,6 +6,7 @@
 // confirms it at once. Anything unconfirmed (never seen, hidden tab, user navigated away)
 // comes back on the next page view.
 import { follow } from './live.js';
+import { csrfToken, safeNext } from './util.js';
 
 const CONFIRM_MS = Number(document.body.dataset.flashConfirmMs || 3000);
 const TICK_MS = 200;
@@ -31,7 +32,7 @@ function confirm(view, reason) {
     method: 'POST',
     credentials: 'same-origin',
     keepalive: true,
-    headers: { 'Content-Type': 'application/json' },
+    headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': csrfToken() },
     body: JSON.stringify({ reason }),
   }).catch(() => { view.confirmed = false; });
 }
@@ -48,30 +49,42 @@ function remove(view) {
   }
 }
 
+// A path on this site, or null: `//host`, other origins, backslashes and javascript: are never followed.
+function sameSitePath(target) {
+  if (typeof target !== 'string' || !target) return null;
+  const path = safeNext(target);
+  return path === '/' && target !== '/' ? null : path;
+}
+
 function actions(view) {
   const { flash } = view;
   const parts = [];
-  if (flash.link_url && flash.link_url.startsWith('/')) {
+  const linkUrl = sameSitePath(flash.link_url);
+  const opens = typeof flash.button_action === 'string' && flash.button_action.startsWith('open:');
+  const buttonUrl = sameSitePath(opens ? flash.button_action.slice('open:'.length) : flash.button_action);
+  if (linkUrl) {
     const link = document.createElement('a');
-    link.href = flash.link_url;
+    link.href = linkUrl;
     link.textContent = flash.link_text || 'Open';
     link.addEventListener('click', () => confirm(view, 'clicked'));
     parts.push(link);
   }
-  if (flash.button_text && flash.button_action && flash.button_action.startsWith('/') ) {
+  if (flash.button_text && buttonUrl && !opens) {
     const button = document.createElement('button');
     button.type = 'button';
     button.textContent = flash.button_text;
     button.addEventListener('click', async () => {
       confirm(view, 'clicked');
-      await fetch(flash.button_action, { method: 'POST', credentials: 'same-origin' }).catch(() => null);
+      await fetch(buttonUrl, {
+        method: 'POST', credentials: 'same-origin', headers: { 'X-CSRF-Token': csrfToken() },
+      }).catch(() => null);
       remove(view);
     });
     parts.push(button);
-  } else if (flash.button_text && flash.button_action?.startsWith('open:/')) {
+  } else if (flash.button_text && buttonUrl) {
     const link = document.createElement('a');
     link.className = 'button';
-    link.href = flash.button_action.slice('open:'.length);
+    link.href = buttonUrl;
     link.textContent = flash.button_text;
     link.addEventListener('click', () => confirm(view, 'clicked'));
     parts.push(link);

@@ -14,7 +14,7 @@ form.addEventListener('submit', async (event) => {
   try {
     const answer = await api('PUT', form.dataset.url, { grade: form.grade.value, feedback: form.feedback.value });
     status.textContent = `Saved at ${clockTime()}.`;
-    progress.textContent = `${answer.progress.graded} of ${answer.progress.submissions} submissions marked.`;
+    progress.textContent = `${answer.progress.graded} of ${answer.progress.submissions} latest attempts marked (a replaced attempt does not count).`;
   } catch (failure) {
     status.textContent = '';
     showError(error, failure.detail);
@@ -23,6 +23,6 @@ form.addEventListener('submit', async (event) => {
 
 follow(progress.dataset.assignmentTopic, Number(progress.dataset.assignmentSeq), (envelope) => {
   if (envelope.type === 'marking.updated') {
-    progress.textContent = `${envelope.data.graded} of ${envelope.data.submissions} submissions marked.`;
+    progress.textContent = `${envelope.data.graded} of ${envelope.data.submissions} latest attempts marked (a replaced attempt does not count).`;
   }
 });

@@ -1,5 +1,5 @@
 // Log in without leaving the page on a wrong password; the form still works without this script.
-import { api, showError } from './util.js';
+import { api, safeNext, showError } from './util.js';
 
 const form = document.getElementById('login-form');
 const error = document.getElementById('login-error');
@@ -11,7 +11,7 @@ form?.addEventListener('submit', async (event) => {
   button.disabled = true;
   try {
     await api('POST', '/api/login', { email: form.email.value, password: form.password.value });
-    window.location.assign(form.next.value || '/');
+    window.location.assign(safeNext(form.next.value));
   } catch (failure) {
     showError(error, failure.detail || String(failure));
     form.password.focus();

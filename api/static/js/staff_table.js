@@ -10,6 +10,9 @@ const progress = document.getElementById('marking-progress');
 const releaseState = document.getElementById('release-state');
 const releaseError = document.getElementById('release-error');
 const cancelButton = document.getElementById('release-cancel');
+const releaseButton = document.getElementById('release-now');
+const undoButton = document.getElementById('release-undo');
+const releaseDialog = document.getElementById('release-dialog');
 const followed = new Set();
 let filter = 'all';
 
@@ -25,11 +28,26 @@ function stepsCell(steps) {
   list.className = 'step-chips';
   for (const [name, state] of Object.entries(steps)) {
     const item = document.createElement('li');
-    item.className = `chip state-${state}`;
-    item.textContent = `${name}: ${state}`;
+    // The scan skipped (no scanner) is amber and says so, as on the submission pages.
+    const unscanned = name === 'scan' && state === 'skipped';
+    item.className = `chip state-${state}${unscanned ? ' tone-warn' : ''}`;
+    item.textContent = unscanned ? 'scan: not virus-scanned' : `${name}: ${state}`;
     list.append(item);
   }
   return list;
+}
+
+function markerCell(name) {
+  const td = cell(name || '—', 'Being marked by');
+  td.className = 'marker';
+  return td;
+}
+
+/** A claim taken, handed over or ended (marking.state on the staff topic): the row says so at once. */
+function showMarker(data) {
+  const row = table.querySelector(`tr[data-submission-id="${Number(data.submission_id)}"]`);
+  const td = row?.querySelector('td.marker');
+  if (td) td.textContent = data.state === 'marking' && data.marker_name ? data.marker_name : '—';
 }
 
 function render(data) {
@@ -37,7 +55,7 @@ function render(data) {
   if (!data.rows.length) {
     const row = document.createElement('tr');
     const td = cell(filter === 'all' ? 'No submissions yet.' : 'No submissions match this filter.', '');
-    td.colSpan = 7;
+    td.colSpan = 8;
     row.append(td);
     body.append(row);
   }
@@ -51,8 +69,8 @@ function render(data) {
     link.textContent = item.student;
     name.append(link);
     const status = document.createElement('span');
-    status.className = `badge status-${item.status}`;
-    status.textContent = item.status.replace('_', ' ') + (item.late ? ' · late' : '');
+    status.className = `badge status-${item.status_tone}`;
+    status.textContent = item.status_text + (item.late ? ' · late' : '');
     row.append(
       name,
       cell(String(item.attempt), 'Attempt'),
@@ -60,6 +78,7 @@ function render(data) {
       cell(status, 'Status'),
       cell(stepsCell(item.steps), 'Steps'),
       cell(item.similarity === null ? '—' : `${item.similarity}%`, 'Similarity'),
+      markerCell(item.marker),
       cell(item.grade || '—', 'Grade'),
     );
     body.append(row);
@@ -70,8 +89,8 @@ function render(data) {
     }
   }
   table.tBodies[0].replaceWith(body);
-  progress.textContent = `${data.progress.graded} of ${data.progress.submissions} submissions marked.`;
-  cancelButton.hidden = !data.release_scheduled_at;
+  progress.textContent = `${data.progress.graded} of ${data.progress.submissions} latest attempts marked (a replaced attempt does not count).`;
+  cancelButton.hidden = !data.release_scheduled_at || !undoButton.hidden; // "Undo" stands in for it
   tableStatus.textContent = `${data.rows.length} shown · updated ${clockTime()}`;
 }
 
@@ -95,12 +114,38 @@ function setReleaseText(text) {
   releaseState.textContent = text;
 }
 
-document.getElementById('release-now').addEventListener('click', async () => {
+// "Release grades now" asks first, then schedules the release a few seconds ahead (the same
+// deferred job as a scheduled release), so a slip of the mouse can still be undone.
+function askToRelease() {
+  return new Promise((resolve) => {
+    const answer = (value) => () => { releaseDialog.close(); resolve(value); };
+    document.getElementById('release-confirm').onclick = answer(true);
+    document.getElementById('release-keep').onclick = answer(false);
+    releaseDialog.oncancel = () => resolve(false);
+    releaseDialog.showModal();
+  });
+}
+
+releaseButton.addEventListener('click', async () => {
+  showError(releaseError, '');
+  if (!(await askToRelease())) return;
+  try {
+    const undoSeconds = Number(releaseButton.dataset.undoSeconds) || 30;
+    const answer = await api('POST', `/api/assignments/${assignmentId}/release`, { undo_seconds: undoSeconds });
+    setReleaseText(`Releasing grades at ${clockTime(answer.scheduled_at)}: you can undo until then.`);
+    undoButton.hidden = false;
+    undoButton.focus();
+  } catch (failure) {
+    showError(releaseError, failure.detail);
+  }
+});
+
+undoButton.addEventListener('click', async () => {
   showError(releaseError, '');
   try {
-    const answer = await api('POST', `/api/assignments/${assignmentId}/release`, {});
-    setReleaseText(`Grades released ${localTime(answer.released_at)}. ${answer.detail}`);
-    cancelButton.hidden = true;
+    const answer = await api('DELETE', `/api/assignments/${assignmentId}/release`);
+    setReleaseText(answer.cancelled ? 'Release undone. Grades not released.' : 'Too late to undo: the grades were released.');
+    undoButton.hidden = true;
   } catch (failure) {
     showError(releaseError, failure.detail);
   }
@@ -138,21 +183,26 @@ cancelButton.addEventListener('click', async () => {
 follow(root.dataset.topic, Number(root.dataset.seq), (envelope) => {
   const data = envelope.data || {};
   if (envelope.type === 'marking.updated') {
-    progress.textContent = `${data.graded} of ${data.submissions} submissions marked.`;
+    progress.textContent = `${data.graded} of ${data.submissions} latest attempts marked (a replaced attempt does not count).`;
   } else if (envelope.type === 'grades.released') {
-    setReleaseText(`Grades released ${localTime(data.released_at)}: `
-      + `${data.grades_sent} grades sent, ${data.flashes_created} students told.`);
+    setReleaseText(`Grades released ${localTime(data.released_at)}. `
+      + (data.detail || `${data.grades_sent} grades sent, ${data.flashes_created} students told.`));
+    undoButton.hidden = true;
+    cancelButton.hidden = true;
     announce('Grades released.');
   } else if (envelope.type === 'grades.release_scheduled') {
-    setReleaseText(`Release scheduled for ${localTime(data.at)}.`);
+    if (undoButton.hidden) setReleaseText(`Release scheduled for ${localTime(data.at)}.`);
   } else if (envelope.type === 'grades.release_cancelled') {
-    setReleaseText('Scheduled release cancelled. Grades not released.');
+    if (undoButton.hidden) setReleaseText('Scheduled release cancelled. Grades not released.');
+    undoButton.hidden = true;
   }
   refreshSoon();
 });
 
-follow('staff.dashboard', Number(root.dataset.dashboardSeq), (envelope) => {
-  if (Number(envelope.data?.assignment_id) === Number(assignmentId)) refreshSoon();
+follow(root.dataset.staffTopic, Number(root.dataset.staffSeq), (envelope) => {
+  if (Number(envelope.data?.assignment_id) !== Number(assignmentId)) return;
+  if (envelope.type === 'marking.state') showMarker(envelope.data);
+  refreshSoon();
 });
 
 refresh();

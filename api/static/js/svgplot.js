@@ -2,6 +2,9 @@
 // Every chart has a text alternative (role=img + aria-label) and a caption with the numbers.
 
 const NS = 'http://www.w3.org/2000/svg';
+// Width of one character of the axis font (11px, in viewBox units), a little generous: margins are
+// sized from the longest label, so a tick like "1500 ms" is never cut off at the left edge.
+const CHAR_WIDTH = 7;
 
 function node(name, attributes = {}, text) {
   const element = document.createElementNS(NS, name);
@@ -24,9 +27,16 @@ function niceMax(value) {
 export function barChart(figure, { series, labels, markers = [], unit = '', summary, labelEvery = 1 }) {
   const width = 640;
   const height = 220;
-  const pad = { left: 44, right: 10, top: 14, bottom: 42 };
   const count = labels.length;
   const max = niceMax(Math.max(0, ...series.flatMap((s) => s.values.filter((v) => v !== null && v !== undefined))));
+  const tickText = (value) => `${Math.round(value * 10) / 10}${unit}`;
+  const longestTick = Math.max(...[0, 0.5, 1].map((tick) => tickText(max * tick).length));
+  // Room for the y labels on the left, and for half the last x label on the right.
+  const lastLabel = String(labels.at(-1) ?? '');
+  const pad = {
+    left: Math.max(28, longestTick * CHAR_WIDTH + 10), right: Math.max(10, (lastLabel.length * CHAR_WIDTH) / 2),
+    top: 14, bottom: 42,
+  };
   const plotWidth = width - pad.left - pad.right;
   const plotHeight = height - pad.top - pad.bottom;
   const slot = plotWidth / Math.max(1, count);
@@ -38,8 +48,7 @@ export function barChart(figure, { series, labels, markers = [], unit = '', summ
   for (const tick of [0, 0.5, 1]) {
     const value = max * tick;
     svg.append(node('line', { x1: pad.left, x2: width - pad.right, y1: y(value), y2: y(value), class: 'grid' }));
-    svg.append(node('text', { x: pad.left - 6, y: y(value) + 4, class: 'axis', 'text-anchor': 'end' },
-      `${Math.round(value * 10) / 10}${unit}`));
+    svg.append(node('text', { x: pad.left - 6, y: y(value) + 4, class: 'axis', 'text-anchor': 'end' }, tickText(value)));
   }
   series.forEach((s, seriesIndex) => {
     s.values.forEach((value, index) => {
@@ -60,7 +69,11 @@ export function barChart(figure, { series, labels, markers = [], unit = '', summ
   for (const marker of markers) {
     const x = pad.left + marker.index * slot + slot / 2;
     svg.append(node('line', { x1: x, x2: x, y1: pad.top, y2: pad.top + plotHeight, class: 'marker' }));
-    svg.append(node('text', { x: x + 4, y: pad.top + 10, class: 'marker-label' }, marker.text));
+    // A label that would run past the right edge is written to the left of its line.
+    const fits = x + 4 + marker.text.length * CHAR_WIDTH <= width;
+    svg.append(node('text', {
+      x: fits ? x + 4 : x - 4, y: pad.top + 10, class: 'marker-label', 'text-anchor': fits ? 'start' : 'end',
+    }, marker.text));
   }
   if (series.length > 1) {
     series.forEach((s, index) => {

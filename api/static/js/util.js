@@ -22,8 +22,32 @@ export function detailOf(status, bodyText) {
   return `The server refused the request (HTTP ${status}).`;
 }
 
+// The CSRF token of this page (api/middleware/csrf.py): every state-changing request sends it.
+export function csrfToken() {
+  return document.querySelector('meta[name="csrf-token"]')?.content || '';
+}
+
+// Where to go after logging in: only a path on this site. The server applies the same rule
+// (api/routes/auth.py safe_next): one leading slash, no backslash, no control characters.
+export function safeNext(target) {
+  if (typeof target !== 'string' || !target.startsWith('/') || target.startsWith('//')) return '/';
+  if (/[\\\u0000-\u001f\u007f]/.test(target)) return '/';
+  let decoded;
+  try {
+    decoded = decodeURIComponent(target);
+  } catch (_) {
+    return '/';
+  }
+  if (decoded.startsWith('//') || /[\\\u0000-\u001f\u007f]/.test(decoded)) return '/';
+  const url = new URL(target, window.location.origin);
+  if (url.origin !== window.location.origin) return '/';
+  return url.pathname + url.search + url.hash;
+}
+
 export async function api(method, url, body) {
-  const options = { method, credentials: 'same-origin', headers: { Accept: 'application/json' } };
+  const options = {
+    method, credentials: 'same-origin', headers: { Accept: 'application/json', 'X-CSRF-Token': csrfToken() },
+  };
   if (body !== undefined) {
     options.headers['Content-Type'] = 'application/json';
     options.body = JSON.stringify(body);
