@@ -27,7 +27,10 @@ class AutoscalerMetrics:
         self.leader = Gauge("handin_autoscaler_leader", "1 while this process leads", registry=r)
         self.errors = Counter("handin_autoscaler_errors", "Failed pool cycles", ["pool"], registry=r)
         self.cycles = Counter("handin_autoscaler_cycles", "Completed cycles", registry=r)
+        self.redis_up = Gauge("handin_autoscaler_redis_up", "1 while the queues in Redis are readable", registry=r)
+        self.redis_up.set(1)
         self.last_cycle = time.monotonic()
+        self.degraded: str | None = None  # why cycles run on less than they need, if they do
 
     def record(self, decision: Decision) -> None:
         pool, inputs = decision.task, decision.inputs
@@ -44,12 +47,20 @@ class AutoscalerMetrics:
         self.cycles.inc()
         self.last_cycle = time.monotonic()
 
+    def set_degraded(self, reason: str | None) -> None:
+        self.degraded = reason
+        self.redis_up.set(0 if reason == "redis unreachable" else 1)
+
     def healthy(self, max_age: float) -> bool:
         return time.monotonic() - self.last_cycle < max_age
 
 
 async def serve_http(metrics: AutoscalerMetrics, port: int, max_age: float, host: str = "0.0.0.0") -> asyncio.Server:
-    """/healthz answers 200 while cycles keep completing (a hung loop fails the probe); /metrics for scraping."""
+    """/healthz answers 200 while cycles keep completing (a hung loop fails the probe); /metrics for scraping.
+
+    A cycle that completes without Redis (pools held, the forecast still used) is healthy, and says
+    so in the body: restarting the process would not bring Redis back, and would lose its state.
+    """
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -62,7 +73,10 @@ async def serve_http(metrics: AutoscalerMetrics, port: int, max_age: float, host
             elif path.startswith("/healthz"):
                 ok = metrics.healthy(max_age)
                 status = "200 OK" if ok else "503 Service Unavailable"
-                body, kind = (b"ok\n" if ok else b"stalled\n"), "text/plain"
+                text = "ok" if ok else "stalled"
+                if metrics.degraded:
+                    text += f"; degraded: {metrics.degraded}"
+                body, kind = f"{text}\n".encode(), "text/plain"
             else:
                 status, body, kind = "404 Not Found", b"not found\n", "text/plain"
             writer.write(

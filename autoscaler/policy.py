@@ -7,10 +7,16 @@ Two recommendations, the larger wins:
 - forecast (what is coming): the peak arrival rate expected within the next
   lead time (≥ pod start), so pods are up before the submissions hit.
 
+Capacity is counted in slots, the jobs one replica usefully runs at once
+(an io worker's max_jobs; one per core for a cpu-bound one): spare capacity is
+added on slots, then rounded up to whole replicas.
+
 Scaling up is immediate (bounded by a step); scaling down takes the highest
-reactive recommendation of the stabilisation window, like the HPA, so a
-noisy queue does not make the fleet flap. The forecast is smooth and is not
-held back: once a deadline has passed the pool may fall after the window.
+recommendation (reactive or forecast) of the stabilisation window, like the
+HPA, so a noisy queue does not make the fleet flap and pods started for a
+forecast, still starting or not, are not released the moment it falls.
+Without queue readings (Redis unreachable) a pool never shrinks: it holds
+its replicas, and grows only for the forecast.
 """
 
 from __future__ import annotations
@@ -41,12 +47,14 @@ class PoolInputs:
     running: int  # picked up by a worker
     deferred: int  # scheduled for later (retries, polls)
     current_replicas: int
-    drain_rate: float  # jobs/s one replica finishes (measured, or the profile default)
+    drain_rate: float  # jobs/s one ready replica finishes (learned from the workers, or the default)
     arrival_rate: float = 0.0  # jobs/s arriving, measured
     due_soon: int = 0  # deferred jobs coming due within the lead time
     upstream: int = 0  # jobs waiting in earlier steps that will reach this pool
     forecast_jobs: float = 0.0  # submissions expected within the lead time
     forecast_peak_rate: float = 0.0  # their peak rate (per s) within the lead time
+    slots: int = 1  # jobs one replica usefully runs at once
+    queues_known: bool = True  # False: Redis unreachable, the counts above are unknown
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,7 @@ class Decision:
     forecast: int
     reasons: tuple[str, ...]
     inputs: PoolInputs
-    # Reactive recommendations inside the stabilisation window, newest last.
+    # Recommendations (reactive or forecast, the larger) inside the stabilisation window, newest last.
     history: tuple[Recommendation, ...] = field(default=(), repr=False)
 
     @property
@@ -89,6 +97,8 @@ class Decision:
                 "arrival_rate": round(self.inputs.arrival_rate, 3),
                 "forecast_jobs": round(self.inputs.forecast_jobs, 1),
                 "forecast_peak_rate": round(self.inputs.forecast_peak_rate, 3),
+                "slots": self.inputs.slots,
+                "queues_known": self.inputs.queues_known,
             },
         }
 
@@ -97,7 +107,7 @@ def reactive_replicas(inputs: PoolInputs, limits: PoolLimits) -> int:
     """Serve the measured arrival rate and clear the waiting jobs within the target wait."""
     drain = max(inputs.drain_rate, 1e-9)
     waiting = inputs.ready + inputs.due_soon
-    serving = serving_replicas(inputs.arrival_rate, drain, limits) + waiting / limits.target_wait / drain
+    serving = serving_replicas(inputs.arrival_rate, drain, limits, inputs.slots) + waiting / limits.target_wait / drain
     # Everything in the pool (running too) must be done within the target wait.
     in_pool = (waiting + inputs.running) / (drain * limits.target_wait)
     return math.ceil(max(serving, in_pool) - 1e-9)
@@ -108,20 +118,23 @@ def forecast_replicas(inputs: PoolInputs, limits: PoolLimits) -> int:
     drain = max(inputs.drain_rate, 1e-9)
     coming = inputs.forecast_jobs + inputs.upstream
     rate = max(inputs.forecast_peak_rate, coming / max(limits.lead, 1e-9))
-    return math.ceil(serving_replicas(rate, drain, limits) - 1e-9)
+    return math.ceil(serving_replicas(rate, drain, limits, inputs.slots) - 1e-9)
 
 
-def serving_replicas(rate: float, drain: float, limits: PoolLimits) -> float:
-    """Replicas to serve `rate` jobs/s without queueing: square-root staffing.
+def serving_replicas(rate: float, drain: float, limits: PoolLimits, slots: int = 1) -> float:
+    """Replicas to serve `rate` jobs/s without queueing: square-root staffing on slots.
 
-    The offered load R = rate / drain in replicas, a proportional headroom,
-    and burst_factor x sqrt(R) for Poisson bursts: a small pool needs
+    The offered load L = rate / (drain / slots) in busy slots, a proportional
+    headroom, and burst_factor x sqrt(L) for Poisson bursts: a small pool needs
     relatively more spare capacity than a large one to keep waits near zero.
+    A replica of many slots absorbs bursts itself, so the spare is counted in
+    slots, not whole replicas.
     """
     if rate <= 0:
         return 0.0
-    load = rate / drain
-    return load * (1 + limits.headroom) + limits.burst_factor * math.sqrt(load)
+    slots = max(slots, 1)
+    load = rate * slots / drain
+    return (load * (1 + limits.headroom) + limits.burst_factor * math.sqrt(load)) / slots
 
 
 def decide(
@@ -145,11 +158,16 @@ def decide(
         f"(peak {inputs.forecast_peak_rate:.2f}/s) + {inputs.upstream} from earlier steps"
     )
 
-    window = (*(r for r in history if now - r.at < limits.scale_down_window), Recommendation(now, reactive))
+    wanted = max(reactive, ahead)
+    if not inputs.queues_known:
+        # Blind: the queues may be full. Never shrink; grow only for what the database forecasts.
+        wanted = max(current, ahead)
+        reasons.append(f"queues unreadable: holding {current}, growing only for the forecast")
+    window = (*(r for r in history if now - r.at < limits.scale_down_window), Recommendation(now, wanted))
     held = max(r.replicas for r in window)
-    if held > reactive:
-        reasons.append(f"scale-down window {limits.scale_down_window:g}s holds reactive at {held}")
-    target = max(held, ahead)
+    if held > wanted:
+        reasons.append(f"scale-down window {limits.scale_down_window:g}s holds {held}")
+    target = held
 
     bounded = min(max(target, limits.min_replicas), limits.max_replicas)
     if bounded != target:
@@ -184,6 +202,8 @@ class CounterSample:
     completed: int
     queued: int  # ready + running + deferred
     ready: int
+    busy: float = 0.0  # seconds jobs ran, summed over jobs (workers report it)
+    occupied: float = 0.0  # seconds a worker had at least one job running, summed over workers
 
 
 def measured_arrival_rate(previous: CounterSample, current: CounterSample) -> float | None:
@@ -195,18 +215,23 @@ def measured_arrival_rate(previous: CounterSample, current: CounterSample) -> fl
     return max(0.0, arrived / elapsed)
 
 
-def measured_drain_rate(previous: CounterSample, current: CounterSample, replicas: int) -> float | None:
-    """Jobs/s per replica, only when the pool was saturated (jobs were waiting all along).
+def measured_service_time(previous: CounterSample, current: CounterSample, cpu_bound: bool, slots: int) -> float | None:
+    """Seconds one slot takes per job, from what the workers report; None if nothing finished.
 
-    An idle pool finishes only what arrives; that says nothing about its capacity.
+    It needs no replica count, so pods still starting do not dilute it, and
+    no saturated queue: every finished job tells. An io-bound job's own run
+    time is its slot's time (jobs overlap freely). A cpu-bound pool's jobs
+    share the cores, so each job's run time grows with how many run at once;
+    there the time workers were occupied at all, per job, is what a slot
+    spends (x slots, the cores a replica has).
     """
-    elapsed = current.at - previous.at
-    if elapsed <= 0 or replicas <= 0 or previous.ready <= 0 or current.ready <= 0:
-        return None
     done = current.completed - previous.completed
     if done <= 0:
         return None
-    return done / elapsed / replicas
+    spent = (current.occupied - previous.occupied) * max(slots, 1) if cpu_bound else current.busy - previous.busy
+    if spent <= 0:
+        return None  # workers that do not report busy time, or a counter reset
+    return spent / done
 
 
 def smooth(old: float | None, new: float | None, weight: float = 0.5) -> float | None:

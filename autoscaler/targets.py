@@ -22,51 +22,102 @@ class ScaleTarget(Protocol):
 
     async def apply(self, task: str, replicas: int) -> None: ...
 
+    async def external(self, tasks: Sequence[str]) -> dict[str, str]:
+        """Pools among `tasks` someone else scales, each with who: the autoscaler leaves them alone."""
+        ...
+
     async def close(self) -> None: ...
 
 
 def kubernetes_api_client() -> k8s.ApiClient:
-    """In-cluster service account if running in a pod, else the local kubeconfig."""
+    """In-cluster service account if running in a pod, else the kubeconfig ($KUBECONFIG or ~/.kube/config)."""
+    configuration = k8s.Configuration()
     try:
-        k8s_config.load_incluster_config()
+        k8s_config.load_incluster_config(client_configuration=configuration)
     except k8s_config.ConfigException:
-        k8s_config.load_kube_config()
-    return k8s.ApiClient()
+        k8s_config.load_kube_config(client_configuration=configuration)
+    # urllib3 would retry a timed-out GET three times: the per-call timeout must bound the call.
+    configuration.retries = 0
+    return k8s.ApiClient(configuration)
 
 
 class KubernetesTarget:
     """Reads and PATCHes the apps/v1 Deployment scale subresource of each worker pool.
 
     The official client is synchronous; its calls run in a thread so the loop
-    keeps serving /healthz and renewing the Lease.
+    keeps serving /healthz and renewing the Lease. Every call gives up after
+    `timeout`; a PATCH still in flight when the autoscaler stops is waited for
+    (close), so the Lease is released only once this process can change nothing.
+    Writes name `field_manager` (the autoscaler's identity), so the Deployment's
+    managedFields say which autoscaler set its replicas.
     """
 
-    def __init__(self, api_client: k8s.ApiClient, namespace: str, deployment_prefix: str) -> None:
+    def __init__(
+        self,
+        api_client: k8s.ApiClient,
+        namespace: str,
+        deployment_prefix: str,
+        timeout: float = 5.0,
+        field_manager: str = "handin-autoscaler",
+    ) -> None:
         self.apps = k8s.AppsV1Api(api_client)
+        self.hpas = k8s.AutoscalingV2Api(api_client)
         self.namespace = namespace
         self.deployment_prefix = deployment_prefix
+        self.timeout = timeout
+        self.field_manager = field_manager
+        self._in_flight: set[asyncio.Future[object]] = set()
 
     def deployment(self, task: str) -> str:
         return f"{self.deployment_prefix}{task}"
 
     async def current(self, task: str) -> int:
         scale = await asyncio.to_thread(
-            self.apps.read_namespaced_deployment_scale, self.deployment(task), self.namespace
+            self.apps.read_namespaced_deployment_scale,
+            self.deployment(task),
+            self.namespace,
+            _request_timeout=self.timeout,
         )
         return int(scale.spec.replicas or 0)
 
     async def apply(self, task: str, replicas: int) -> None:
         body = {"spec": {"replicas": replicas}}
-        await asyncio.to_thread(
-            self.apps.patch_namespaced_deployment_scale,
-            self.deployment(task),
-            self.namespace,
-            body
+        call = asyncio.ensure_future(
+            asyncio.to_thread(
+                self.apps.patch_namespaced_deployment_scale,
+                self.deployment(task),
+                self.namespace,
+                body,
+                field_manager=self.field_manager,
+                _request_timeout=self.timeout,
+            )
         )
+        self._in_flight.add(call)
+        call.add_done_callback(self._in_flight.discard)
+        # Cancelling the caller does not stop the thread: close() waits for it.
+        await asyncio.shield(call)
         log.info("deployment scaled", extra={"deployment": self.deployment(task), "replicas": replicas})
 
+    async def external(self, tasks: Sequence[str]) -> dict[str, str]:
+        """Pools whose Deployment an autoscaling/v2 HorizontalPodAutoscaler targets (KEDA makes one too)."""
+        answer = await asyncio.to_thread(
+            self.hpas.list_namespaced_horizontal_pod_autoscaler, self.namespace, _request_timeout=self.timeout
+        )
+        by_deployment = {self.deployment(task): task for task in tasks}
+        owners: dict[str, str] = {}
+        for hpa in answer.items:
+            ref = hpa.spec.scale_target_ref
+            if (
+                ref.kind == "Deployment"
+                and (ref.api_version or "apps/v1").startswith("apps/")
+                and ref.name in by_deployment
+            ):
+                owners[by_deployment[ref.name]] = f"HorizontalPodAutoscaler/{hpa.metadata.name}"
+        return owners
+
     async def close(self) -> None:
-        return None
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=self.timeout + 1)
 
 
 def worker_command(task: str) -> list[str]:
@@ -115,6 +166,9 @@ class LocalTarget:
 
     async def current(self, task: str) -> int:
         return len(self._reap(task))
+
+    async def external(self, tasks: Sequence[str]) -> dict[str, str]:
+        return {}  # on one machine nothing else starts workers
 
     async def apply(self, task: str, replicas: int) -> None:
         alive = self._reap(task)
