@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
 import secrets
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -25,6 +28,8 @@ from core.auth import hash_password, sign
 from core.clock import utcnow
 from core.db import make_engine, make_sessionmaker, transaction
 from core.models import Assignment, Base, Course, Enrolment, User, WebSession
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 PG_ADMIN_DSN = os.environ.get("HANDIN_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 # The benchmarks' own Redis database: never the one `make run` (0) or the tests (13) use.
@@ -76,9 +81,14 @@ async def seed_students(database_url: str, students: int, max_bytes: int = 4 * 1
         session.add(course)
         await session.flush()
         assignment = Assignment(
-            course_id=course.id, title="Load", opens_at=now - timedelta(hours=1),
-            deadline=now + timedelta(days=1), cutoff_at=now + timedelta(days=2),
-            max_bytes=max_bytes, accepted_types=["text", "pdf", "image"], max_attempts=100,
+            course_id=course.id,
+            title="Load",
+            opens_at=now - timedelta(hours=1),
+            deadline=now + timedelta(days=1),
+            cutoff_at=now + timedelta(days=2),
+            max_bytes=max_bytes,
+            accepted_types=["text", "pdf", "image"],
+            max_attempts=100,
         )
         users = [User(email=f"s{i}@bench.test", name=f"S{i}", password_hash=password_hash) for i in range(students)]
         session.add(assignment)
@@ -94,6 +104,43 @@ async def seed_students(database_url: str, students: int, max_bytes: int = 4 * 1
             seeded.cookies.append(sign(payload, SECRET, WEB_SESSION_PURPOSE))
     await engine.dispose()
     return seeded
+
+
+CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]*)"')
+
+
+@dataclass
+class Browser:
+    """What one student's browser sends with a change: its cookies, the site's Origin and the page's CSRF token."""
+
+    cookies: dict[str, str]
+    origin: str
+    token: str
+
+    def headers(self) -> dict[str, str]:
+        cookie = "; ".join(f"{name}={value}" for name, value in self.cookies.items())
+        return {"Cookie": cookie, "Origin": self.origin, "X-CSRF-Token": self.token}
+
+
+async def open_pages(base_url: str, sessions: list[str], concurrency: int = 20) -> list[Browser]:
+    """Each logged-in student loads a page once, as a browser would before uploading: the api sets the
+    CSRF cookie and renders the token bound to it and the session in a <meta> tag. `base_url` must be
+    the server's public URL (HANDIN_PUBLIC_URL), whose origin the api accepts changes from."""
+    gate = asyncio.Semaphore(concurrency)
+    origin = base_url.rstrip("/")
+
+    async def one(http: httpx.AsyncClient, session: str) -> Browser:
+        async with gate:
+            # A Cookie header of its own: the client's shared jar would mix students up.
+            page = await http.get("/login", headers={"Cookie": f"handin_session={session}"})
+        page.raise_for_status()
+        found = CSRF_META.search(page.text)
+        if found is None:
+            raise RuntimeError("/login carries no csrf-token meta tag")
+        return Browser({"handin_session": session, **dict(page.cookies.items())}, origin, found.group(1))
+
+    async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
+        return list(await asyncio.gather(*(one(http, session) for session in sessions)))
 
 
 def bench_env(database_url: str, var_dir: Path, **extra: str) -> dict[str, str]:
@@ -115,9 +162,16 @@ def bench_env(database_url: str, var_dir: Path, **extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def running(args: list[str], env: dict[str, str], health_url: str | None = None) -> Any:
-    """A child process for the duration of the block, waited for until healthy."""
-    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def running(
+    args: list[str],
+    env: dict[str, str],
+    health_url: str | None = None,
+    log: Path | None = None,
+    cwd: Path | None = None,
+) -> Any:
+    """A child process for the duration of the block, waited for until healthy; its output to `log` if given."""
+    output: Any = open(log, "ab") if log is not None else subprocess.DEVNULL
+    process = subprocess.Popen(args, env=env, stdout=output, stderr=output, cwd=cwd)
     try:
         if health_url:
             deadline = time.monotonic() + 30
@@ -137,6 +191,8 @@ def running(args: list[str], env: dict[str, str], health_url: str | None = None)
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+        if log is not None:
+            output.close()
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -164,6 +220,23 @@ def tree_cpu_seconds(pid: int) -> float:
         total += times.get(current, 0.0)
         todo.extend(children.get(current, []))
     return total
+
+
+@contextmanager
+def source_tree(ref: str | None) -> Iterator[Path]:
+    """This checkout, or the tree of git `ref` unpacked in a temporary directory (a baseline)."""
+    if ref is None:
+        yield REPO_ROOT
+        return
+    with tempfile.TemporaryDirectory(prefix="handin-baseline-") as path:
+        archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", ref], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", path], input=archive, check=True)
+        yield Path(path)
+
+
+def source_env(env: dict[str, str], source: Path) -> dict[str, str]:
+    """`env` for a process that imports handin from `source` (run it with cwd=source: `-m` puts cwd first)."""
+    return {**env, "PYTHONPATH": str(source)}
 
 
 def handin(*args: str) -> list[str]:
@@ -228,3 +301,157 @@ def row(label: str, figures: dict[str, float]) -> str:
         f"p99 {figures['p99_ms']:8.1f} ms  {figures['ok_per_s']:7.1f}/s  errors {int(figures['errors'])}"
         f"  server CPU {figures['server_cpu_ms']:5.1f} ms/upload"
     )
+
+
+# --- processes the pipeline bench measures ----------------------------------------------------
+
+EICAR_SIGNATURE = "Bench-Eicar"
+# Split so this file is not itself flagged by a scanner.
+EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+
+
+def start_clamd(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A clamd of the bench's own with one local signature (no freshclam, no network)."""
+    port = free_port()
+    database = directory / "db"
+    database.mkdir(parents=True, exist_ok=True)
+    (database / "bench.ndb").write_text(f"{EICAR_SIGNATURE}:0:*:{EICAR.hex()}\n")
+    config = directory / "clamd.conf"
+    config.write_text(
+        "\n".join(
+            [
+                f"DatabaseDirectory {database}",
+                f"TCPSocket {port}",
+                "TCPAddr 127.0.0.1",
+                f"PidFile {directory / 'clamd.pid'}",
+                f"LogFile {directory / 'clamd.log'}",
+                "Foreground yes",
+                "StreamMaxLength 64M",
+                "SelfCheck 3600",
+                "",
+            ]
+        )
+    )
+    process = subprocess.Popen(
+        ["clamd", "--config-file", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"zPING\0")
+                if sock.recv(16).startswith(b"PONG"):
+                    return process, port
+        except OSError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("clamd did not start")
+
+
+class AdminStandIn:
+    """The central admin system as a local HTTP server: answers 200 with a reference to every POST."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        stand_in = self
+        self.received = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as a real admin system would offer
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                stand_in.received += 1
+                body = b'{"reference":"bench"}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/records"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of one process; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class BackendCpu:
+    """CPU of the PostgreSQL backends serving one database, sampled while a run lasts.
+
+    Backends are children of the postmaster, shared with every other database on
+    the server: only those whose `pg_stat_activity.datname` is the bench's own
+    count. Sampled every `interval` seconds, so a backend that exits between two
+    samples loses at most its last interval (pools keep theirs open for minutes).
+    """
+
+    def __init__(self, database: str, interval: float = 0.5) -> None:
+        self.database = database
+        self.interval = interval
+        self.latest: dict[int, float] = {}
+        self.start: dict[int, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def _pids(self, connection: asyncpg.Connection) -> list[int]:
+        rows = await connection.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", self.database
+        )
+        return [int(row["pid"]) for row in rows]
+
+    async def _sample(self, connection: asyncpg.Connection) -> None:
+        for pid in await self._pids(connection):
+            value = process_cpu_seconds(pid)
+            if value is not None:
+                self.latest[pid] = value
+
+    async def __aenter__(self) -> BackendCpu:
+        # Its own connection to the admin database, so it is not one of the measured backends.
+        self._connection = await asyncpg.connect(PG_ADMIN_DSN)
+        await self._sample(self._connection)
+        self.start = dict(self.latest)
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(self.interval)
+                await self._sample(self._connection)
+
+        self._task = asyncio.create_task(loop())
+        return self
+
+    def seconds(self) -> float:
+        return sum(value - self.start.get(pid, 0.0) for pid, value in self.latest.items())
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._sample(self._connection)
+        await self._connection.close()
+
+
+def redis_cpu_seconds(url: str) -> float:
+    """The Redis server's own CPU (INFO cpu): all its databases, so shared with anything else using it."""
+    import redis
+
+    info = redis.Redis.from_url(url).info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])

@@ -43,8 +43,12 @@ def _thumbnail(kind: str, filename: str, data: bytes) -> bytes:
 
 @router.post("/assignments/{assignment_id}/submissions", status_code=201)
 async def submit_inline(
-    assignment_id: int, request: Request, user: CurrentUser, sessions: SessionsDep,
-    settings: SettingsDep, storage: StorageDep,
+    assignment_id: int,
+    request: Request,
+    user: CurrentUser,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    storage: StorageDep,
 ) -> dict[str, Any]:
     form = await request.form()
     upload = form.get("file")
@@ -64,10 +68,20 @@ async def submit_inline(
     now = utcnow()
     async with transaction(sessions) as session:
         submission = Submission(
-            assignment_id=assignment_id, user_id=user.id, attempt=int(uuid.uuid4().int % 2**31), late=False,
-            sha256=hashlib.sha256(data).hexdigest(), size=len(data), original_filename=upload.filename or "upload",
-            content_type=sniffed.content_type, kind=sniffed.kind, storage_key=key, thumbnail_key=f"{key}.png",
-            status="complete", received_at=now, completed_at=now,
+            assignment_id=assignment_id,
+            user_id=user.id,
+            attempt=int(uuid.uuid4().int % 2**31),
+            late=False,
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+            original_filename=upload.filename or "upload",
+            content_type=sniffed.content_type,
+            kind=sniffed.kind,
+            storage_key=key,
+            thumbnail_key=f"{key}.png",
+            status="complete",
+            received_at=now,
+            completed_at=now,
         )
         session.add(submission)
         await session.flush()

@@ -29,6 +29,7 @@ import base64
 import gc
 import json
 import os
+import random
 import secrets
 import signal
 import socket
@@ -43,13 +44,22 @@ from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
+from sqlalchemy import insert
 
-from bench.common import BENCH_REDIS_URL, SECRET, bench_database, free_port, percentile
+from bench.common import (
+    BENCH_REDIS_URL,
+    SECRET,
+    bench_database,
+    free_port,
+    percentile,
+    source_tree,
+    tree_cpu_seconds,
+)
 from core import keys
 from core.auth import mint_ws_ticket
 from core.clock import utcnow
 from core.db import make_engine, make_sessionmaker, transaction
-from core.models import User, WebSession
+from core.models import Assignment, Course, Enrolment, User, WebSession
 
 ROOT = Path(__file__).resolve().parents[1]
 CROSSBAR = ROOT / ".tools" / "crossbar" / "bin" / "crossbar"
@@ -91,6 +101,7 @@ class Wire(asyncio.Protocol):
         self.replies: asyncio.Queue[list[Any]] = asyncio.Queue()
         self.transport: asyncio.Transport | None = None
         self.closed = asyncio.get_running_loop().create_future()
+        self.refused: tuple[int, float | None] | None = None  # HTTP status and Retry-After of a refused upgrade
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -108,9 +119,14 @@ class Wire(asyncio.Protocol):
             end = self.buffer.find(b"\r\n\r\n")
             if end < 0:
                 return
-            status = bytes(self.buffer[:end]).split(b"\r\n", 1)[0]
-            if b" 101 " not in status:
-                raise RuntimeError(f"upgrade refused: {status!r}")
+            head = bytes(self.buffer[:end]).decode("latin-1").split("\r\n")
+            if " 101 " not in head[0]:
+                headers = dict(line.lower().split(":", 1) for line in head[1:] if ":" in line)
+                retry = headers.get("retry-after", "").strip()
+                self.refused = (int(head[0].split()[1]), float(retry) if retry else None)
+                if self.transport is not None:
+                    self.transport.close()
+                return
             del self.buffer[: end + 4]
             self.upgraded = True
         buffer = self.buffer
@@ -159,27 +175,54 @@ class Wire(asyncio.Protocol):
         return await asyncio.wait_for(self.replies.get(), 60)
 
 
-async def open_session(
-    host: str, port: int, path: str, ticket: str, topic: str | None, recorder: Recorder
-) -> Wire:
+class SessionRefused(Exception):
+    """The broker said no: HTTP status at the upgrade or a WAMP ABORT, with its retry hint if any."""
+
+    def __init__(self, reason: str, retry_after: float | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+def _refusal(wire: Wire, reply: list[Any]) -> SessionRefused:
+    if wire.refused is not None:
+        return SessionRefused(f"HTTP {wire.refused[0]}", wire.refused[1])
+    if reply[0] == 3:
+        hint = reply[1].get("retry_after") if isinstance(reply[1], dict) else None
+        return SessionRefused(str(reply[2]), float(hint) if isinstance(hint, int | float) else None)
+    return SessionRefused(f"unexpected {reply[:3]}", None)
+
+
+async def open_session(host: str, port: int, path: str, ticket: str, topic: str | None, recorder: Recorder) -> Wire:
     _transport, wire = await asyncio.get_running_loop().create_connection(
         lambda: Wire(host, port, path, recorder), host, port
     )
+    try:
+        await _join(wire, ticket, topic)
+    except BaseException:
+        # A refused or abandoned attempt (a time limit) must not keep its socket: a storm's retries
+        # would run the generator out of file descriptors.
+        if wire.transport is not None:
+            wire.transport.close()
+        raise
+    return wire
+
+
+async def _join(wire: Wire, ticket: str, topic: str | None) -> None:
     roles = {"subscriber": {}, "publisher": {}}
     wire.send([1, "handin", {"roles": roles, "authmethods": ["ticket"], "authid": "bench"}])
     challenge = await wire.reply()
     if challenge[0] != 4:
-        raise RuntimeError(f"expected CHALLENGE, got {challenge}")
+        raise _refusal(wire, challenge)
     wire.send([5, ticket, {}])
     welcome = await wire.reply()
     if welcome[0] != 2:
-        raise RuntimeError(f"expected WELCOME, got {welcome}")
+        raise _refusal(wire, welcome)
     if topic is not None:
         wire.send([32, 1, {}, topic])
         subscribed = await wire.reply()
         if subscribed[0] != 33:
             raise RuntimeError(f"expected SUBSCRIBED, got {subscribed}")
-    return wire
 
 
 async def open_many(count: int, opener: Callable[[int], Awaitable[Wire]], concurrency: int = 100) -> list[Wire]:
@@ -214,11 +257,20 @@ class Broker:
     path: str
     process: subprocess.Popen[bytes]
     ticket: Callable[[], str]
+    # Browser i's fresh ticket and the topic its page subscribes to (opening sessions, the storm).
+    browser_ticket: Callable[[int], str] = field(default=lambda _i: "")
+    browser_topic: str = "fleet"
     publish: Callable[[list[str]], Awaitable[None]] = field(init=False)
     seq: int = 0
 
-    def rss_kb(self) -> int:
-        return sum(_rss_kb(pid) for pid in _process_tree(self.process.pid))
+    def rss_kb(self, field_name: str = "VmRSS:") -> int:
+        return sum(_rss_kb(pid, field_name) for pid in _process_tree(self.process.pid))
+
+    def peak_rss_kb(self) -> int:
+        return self.rss_kb("VmHWM:")
+
+    def cpu_seconds(self) -> float:
+        return tree_cpu_seconds(self.process.pid)
 
 
 def _process_tree(root: int) -> list[int]:
@@ -238,10 +290,10 @@ def _process_tree(root: int) -> list[int]:
     return tree
 
 
-def _rss_kb(pid: int) -> int:
+def _rss_kb(pid: int, field_name: str = "VmRSS:") -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field_name):
                 return int(line.split()[1])
     except OSError:
         pass
@@ -275,8 +327,53 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(10)
 
 
+@dataclass
+class Browsers:
+    """Students with a logged-in web session each, enrolled in one course; their pages watch its assignment."""
+
+    people: list[tuple[int, str]]  # (user id, web session id)
+    topic: str
+
+
+async def seed_browsers(database_url: str, count: int) -> Browsers:
+    engine = make_engine(database_url)
+    now = utcnow()
+    async with transaction(make_sessionmaker(engine)) as db:
+        course = Course(code=f"BENCH-{secrets.token_hex(3)}", title="Router bench")
+        db.add(course)
+        await db.flush()
+        assignment = Assignment(
+            course_id=course.id,
+            title="A1",
+            opens_at=now,
+            deadline=now + timedelta(days=1),
+            cutoff_at=now + timedelta(days=2),
+        )
+        db.add(assignment)
+        users = [
+            {"email": f"b{i}-{secrets.token_hex(3)}@bench.test", "name": f"B{i}", "password_hash": "x"}
+            for i in range(count)
+        ]
+        ids = list((await db.execute(insert(User).returning(User.id), users)).scalars())
+        await db.execute(insert(Enrolment), [{"user_id": u, "course_id": course.id, "role": "student"} for u in ids])
+        people = [(u, secrets.token_urlsafe(16)) for u in ids]
+        expires = now + timedelta(hours=6)
+        await db.execute(insert(WebSession), [{"id": s, "user_id": u, "expires_at": expires} for u, s in people])
+        await db.flush()
+        topic = f"assignment.{assignment.id}"
+    await engine.dispose()
+    return Browsers(people, topic)
+
+
 @asynccontextmanager
-async def handin_router(database_url: str) -> AsyncIterator[Broker]:
+async def handin_router(
+    database_url: str,
+    browsers: Browsers | None = None,
+    source: Path = ROOT,
+    cpu: str | None = None,
+    name: str = "handin",
+    extra_env: dict[str, str] | None = None,
+) -> AsyncIterator[Broker]:
     engine = make_engine(database_url)
     async with transaction(make_sessionmaker(engine)) as db:
         user = User(email=f"bench-{secrets.token_hex(4)}@bench.test", name="bench", password_hash="x", is_service=True)
@@ -295,13 +392,24 @@ async def handin_router(database_url: str) -> AsyncIterator[Broker]:
         "HANDIN_LOG_LEVEL": "WARNING",
         "HANDIN_WS_TICKET_TTL_SECONDS": "600",
         "HANDIN_ROUTER__HANDSHAKE_TIMEOUT_SECONDS": "120",
+        "HANDIN_ROUTER__MAX_SESSIONS_PER_USER": "1000000",  # one service user holds every fan-out session
+        "PYTHONPATH": str(source),
+        **(extra_env or {}),
     }
     command = [sys.executable, "-m", "core.cli", "router", "--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL)  # noqa: ASYNC220
+    if cpu is not None:
+        command = ["taskset", "-c", cpu, *command]
+    process = subprocess.Popen(  # noqa: ASYNC220
+        command, env=env, cwd=source, start_new_session=True, stdout=subprocess.DEVNULL
+    )
     redis = Redis.from_url(BENCH_REDIS_URL)
     try:
         await asyncio.to_thread(_wait_port, port, process, 60)
-        broker = Broker("handin", "127.0.0.1", port, "/ws", process, lambda: mint_ws_ticket(user_id, sid, SECRET, 600))
+        broker = Broker(name, "127.0.0.1", port, "/ws", process, lambda: mint_ws_ticket(user_id, sid, SECRET, 600))
+        if browsers is not None:
+            people = browsers.people
+            broker.browser_ticket = lambda i: mint_ws_ticket(*people[i % len(people)], SECRET, 600)
+            broker.browser_topic = browsers.topic
 
         async def publish(topics: list[str]) -> None:
             async with redis.pipeline(transaction=False) as pipe:
@@ -319,41 +427,57 @@ async def handin_router(database_url: str) -> AsyncIterator[Broker]:
 
 def crossbar_config(port: int) -> dict[str, Any]:
     permission = {
-        "uri": "", "match": "prefix", "cache": True,
+        "uri": "",
+        "match": "prefix",
+        "cache": True,
         "allow": {"call": False, "register": False, "publish": True, "subscribe": True},
         "disclose": {"caller": False, "publisher": False},
     }
     return {
         "version": 2,
         "controller": {},
-        "workers": [{
-            "type": "router",
-            "realms": [{"name": "handin", "roles": [{"name": "service", "permissions": [permission]}]}],
-            "transports": [{
-                "type": "websocket",
-                "endpoint": {"type": "tcp", "port": port, "interface": "127.0.0.1", "backlog": 4096},
-                "serializers": ["json", "msgpack"],
-                "auth": {"ticket": {"type": "static", "principals": {
-                    "bench": {"ticket": CROSSBAR_TICKET, "role": "service"}}}},
-            }],
-        }],
+        "workers": [
+            {
+                "type": "router",
+                "realms": [{"name": "handin", "roles": [{"name": "service", "permissions": [permission]}]}],
+                "transports": [
+                    {
+                        "type": "websocket",
+                        "endpoint": {"type": "tcp", "port": port, "interface": "127.0.0.1", "backlog": 4096},
+                        "serializers": ["json", "msgpack"],
+                        "auth": {
+                            "ticket": {
+                                "type": "static",
+                                "principals": {"bench": {"ticket": CROSSBAR_TICKET, "role": "service"}},
+                            }
+                        },
+                    }
+                ],
+            }
+        ],
     }
 
 
 @asynccontextmanager
-async def crossbar_router(workdir: Path) -> AsyncIterator[Broker]:
+async def crossbar_router(workdir: Path, cpu: str | None = None) -> AsyncIterator[Broker]:
     cbdir = workdir / ".crossbar"
     cbdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     (cbdir / "config.json").write_text(json.dumps(crossbar_config(port), indent=2))
     log = (workdir / "crossbar.log").open("wb")
+    command = [str(CROSSBAR), "start", "--cbdir", str(cbdir), "--loglevel", "warn"]
     process = subprocess.Popen(  # noqa: ASYNC220
-        [str(CROSSBAR), "start", "--cbdir", str(cbdir), "--loglevel", "warn"],
-        cwd=workdir, start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
+        ["taskset", "-c", cpu, *command] if cpu is not None else command,
+        cwd=workdir,
+        start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         await asyncio.to_thread(_wait_port, port, process, 120)
         broker = Broker("crossbar", "127.0.0.1", port, "/", process, lambda: CROSSBAR_TICKET)
+        broker.browser_ticket = lambda _i: CROSSBAR_TICKET
+        broker.browser_topic = "assignment.1"
         publisher = await open_session(broker.host, port, "/", CROSSBAR_TICKET, None, Recorder())
         request = 0
 
@@ -464,22 +588,129 @@ async def idle_sessions(broker: Broker, sessions: int, topics: int) -> float:
     return (after - before) / sessions
 
 
+@dataclass
+class Opening:
+    sessions_per_s: float
+    cpu_ms_per_session: float
+    failed: int
+
+
+async def open_rate(broker: Broker, count: int, concurrency: int, first: int = 0) -> Opening:
+    """`count` browsers open a session each (fresh ticket, ticket check, one SUBSCRIBE) and stay connected."""
+    recorder = Recorder()
+    failed = 0
+
+    async def one(i: int) -> Wire | None:
+        nonlocal failed
+        try:
+            return await open_session(
+                broker.host, broker.port, broker.path, broker.browser_ticket(first + i), broker.browser_topic, recorder
+            )
+        except (SessionRefused, OSError, TimeoutError, RuntimeError):
+            failed += 1
+            return None
+
+    cpu, start = broker.cpu_seconds(), time.perf_counter()
+    wires = await open_many(count, one, concurrency)  # type: ignore[arg-type]
+    elapsed, cpu = time.perf_counter() - start, broker.cpu_seconds() - cpu
+    await close_all([w for w in wires if w is not None])
+    opened = count - failed
+    return Opening(opened / elapsed, cpu * 1000 / max(opened, 1), failed)
+
+
+@dataclass
+class StormResult:
+    readmitted_s: float
+    failed: int
+    refused: int  # attempts answered "not now" (HTTP 503 or ABORT with a retry hint), then retried
+    errors: int  # attempts that failed otherwise (reset, timeout), then retried
+    peak_rss_mb: float
+    cpu_ms_per_session: float
+
+
+async def storm(broker: Broker, count: int, window: float, give_up: float = 60.0) -> StormResult:
+    """A router restart seen by the new process: `count` browsers arrive at random moments within
+    `window` seconds and retry as the browser client does (jittered exponential backoff, honouring a
+    Retry-After or an ABORT's retry_after) until subscribed, or until `give_up` seconds have passed."""
+    recorder = Recorder()
+    wires: list[Wire] = []
+    refused = errors = failed = 0
+    start = time.perf_counter()
+    last = start
+    cpu = broker.cpu_seconds()
+
+    async def browser(i: int) -> None:
+        nonlocal refused, errors, failed, last
+        await asyncio.sleep(random.uniform(0, window))
+        delay = 0.5
+        while time.perf_counter() - start < give_up:
+            try:
+                wire = await asyncio.wait_for(
+                    open_session(
+                        broker.host, broker.port, broker.path, broker.browser_ticket(i), broker.browser_topic, recorder
+                    ),
+                    10,
+                )
+            except SessionRefused as refusal:
+                refused += 1
+                hint = refusal.retry_after
+            except (OSError, TimeoutError, RuntimeError):
+                errors += 1
+                hint = None
+            else:
+                wires.append(wire)
+                last = max(last, time.perf_counter())
+                return
+            # wamp.js: equal jitter (half fixed, half random), the server's hint as the floor.
+            wait = max(delay / 2 + random.uniform(0, delay / 2), hint or 0.0)
+            delay = min(delay * 2, 30.0)
+            await asyncio.sleep(wait)
+        failed += 1
+
+    await asyncio.gather(*(browser(i) for i in range(count)))
+    result = StormResult(
+        readmitted_s=last - start,
+        failed=failed,
+        refused=refused,
+        errors=errors,
+        peak_rss_mb=broker.peak_rss_kb() / 1024,
+        cpu_ms_per_session=(broker.cpu_seconds() - cpu) * 1000 / max(len(wires), 1),
+    )
+    await close_all(wires)
+    return result
+
+
 # Running it --------------------------------------------------------------------------------
 
 
 @dataclass
 class Results:
+    name: str = ""
     fan: dict[str, tuple[FanOut, FanOut]] = field(default_factory=dict)
     idle_kb: float = float("nan")
+    cold: Opening | None = None  # first session of each browser since the router started
+    warm: Opening | None = None  # the same browsers again (their next page view)
+    storm: StormResult | None = None
+
+
+async def measure_sessions(broker_factory: Callable[[], Any], args: argparse.Namespace) -> Results:
+    results = Results()
+    async with broker_factory() as broker:
+        results.name = broker.name
+        print(f"[{broker.name}] opening {args.sessions} sessions, twice", flush=True)
+        results.cold = await open_rate(broker, args.sessions, args.concurrency)
+        results.warm = await open_rate(broker, args.sessions, args.concurrency)
+    async with broker_factory() as broker:
+        print(f"[{broker.name}] storm: {args.storm} browsers within {args.storm_window:g} s", flush=True)
+        results.storm = await storm(broker, args.storm, args.storm_window)
+    return results
 
 
 async def measure(broker_factory: Callable[[], Any], args: argparse.Namespace) -> Results:
     results = Results()
     async with broker_factory() as broker:
         print(f"[{broker.name}] 1 topic x {args.subscribers} subscribers", flush=True)
-        results.fan["1xN"] = await fan_out(
-            broker, args.subscribers, 1, args.burst_one, args.paced_one, args.rate_one
-        )
+        results.fan["1xN"] = await fan_out(broker, args.subscribers, 1, args.burst_one, args.paced_one, args.rate_one)
         print(f"[{broker.name}] {args.topics} topics x 1 subscriber", flush=True)
         results.fan["Nx1"] = await fan_out(
             broker, args.topics, args.topics, args.burst_many, args.paced_many, args.rate_many
@@ -532,10 +763,38 @@ def report(args: argparse.Namespace, ours: Results, theirs: Results | None) -> s
     return "\n".join(lines)
 
 
+def report_sessions(args: argparse.Namespace, rows: list[Results]) -> str:
+    lines = [
+        f"Opening sessions ({args.sessions} browsers, {args.concurrency} at a time, ticket + 1 SUBSCRIBE each) and "
+        f"the storm ({args.storm} browsers arriving within {args.storm_window:g} s at a fresh router process):",
+        "",
+        "| router | sessions/s (first page view) | CPU/session | sessions/s (next page view) | CPU/session "
+        "| storm: all subscribed after | failed | refused, retried | errors, retried | peak RSS | storm CPU/session |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        assert row.cold and row.warm and row.storm
+        c, w, st = row.cold, row.warm, row.storm
+        failed = f" ({c.failed + w.failed} failed)" if c.failed + w.failed else ""
+        lines.append(
+            f"| {row.name}{failed} | {c.sessions_per_s:,.0f}/s | {c.cpu_ms_per_session:.2f} ms "
+            f"| {w.sessions_per_s:,.0f}/s | {w.cpu_ms_per_session:.2f} ms | {st.readmitted_s:.1f} s | {st.failed} "
+            f"| {st.refused} | {st.errors} | {st.peak_rss_mb:,.0f} MB | {st.cpu_ms_per_session:.2f} ms |"
+        )
+    return "\n".join(lines)
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, to check the setup")
     parser.add_argument("--no-crossbar", action="store_true")
+    parser.add_argument("--only", choices=["all", "sessions", "fanout"], default="all")
+    parser.add_argument("--no-pin", action="store_true", help="don't pin the router to CPU 0 and the load to CPU 1")
+    parser.add_argument("--baseline-ref", help="also measure opening sessions with the router of this git commit")
+    parser.add_argument("--sessions", type=int, default=2000, help="sessions opened for the sessions/s figure")
+    parser.add_argument("--concurrency", type=int, default=100, help="handshakes in flight while opening")
+    parser.add_argument("--storm", type=int, default=10_000, help="browsers reconnecting in the storm")
+    parser.add_argument("--storm-window", type=float, default=5.0)
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--topics", type=int, default=1000)
     parser.add_argument("--idle", type=int, default=5000)
@@ -549,6 +808,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     if args.quick:
         args.subscribers, args.topics, args.idle = 100, 100, 300
         args.burst_one, args.paced_one, args.burst_many, args.paced_many = 50, 20, 1000, 300
+        args.sessions, args.storm = 300, 1000
     return args
 
 
@@ -560,9 +820,24 @@ def workdir() -> Iterator[Path]:
 
 
 async def main_async(args: argparse.Namespace) -> int:
+    cpu = None if args.no_pin else "0"
+    if cpu is not None:
+        os.sched_setaffinity(0, {1})  # the load generator on the other core
+    sessions, fanout = args.only in ("all", "sessions"), args.only in ("all", "fanout")
+    rows: list[Results] = []
+    ours = theirs = None
     async with bench_database() as database_url:
-        ours = await measure(lambda: handin_router(database_url), args)
-    theirs = None
+        browsers = await seed_browsers(database_url, max(args.sessions, args.storm))
+        if sessions and args.baseline_ref:
+            with source_tree(args.baseline_ref) as source:
+                name = f"handin @ {args.baseline_ref}"
+                rows.append(
+                    await measure_sessions(lambda: handin_router(database_url, browsers, source, cpu, name), args)
+                )
+        if sessions:
+            rows.append(await measure_sessions(lambda: handin_router(database_url, browsers, cpu=cpu), args))
+        if fanout:
+            ours = await measure(lambda: handin_router(database_url, cpu=cpu), args)
     if not args.no_crossbar:
         if not CROSSBAR.exists():
             print(
@@ -572,9 +847,16 @@ async def main_async(args: argparse.Namespace) -> int:
             )
         else:
             with workdir() as path:
-                theirs = await measure(lambda: crossbar_router(path), args)
+                if sessions:
+                    rows.append(await measure_sessions(lambda: crossbar_router(path, cpu), args))
+                if fanout:
+                    theirs = await measure(lambda: crossbar_router(path, cpu), args)
     print()
-    print(report(args, ours, theirs))
+    if rows:
+        print(report_sessions(args, rows))
+        print()
+    if ours is not None:
+        print(report(args, ours, theirs))
     return 0
 
 
