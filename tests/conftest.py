@@ -12,6 +12,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
@@ -75,22 +76,29 @@ async def drop_pg_database(name: str) -> None:
         await connection.close()
 
 
+@asynccontextmanager
+async def empty_database(kind: str, folder: Path) -> AsyncIterator[str]:
+    """The URL of a new database without tables: a SQLite file in ``folder`` or a PostgreSQL
+    database of its own (``kind`` "postgres"), dropped afterwards."""
+    if kind == "sqlite":
+        yield f"sqlite+aiosqlite:///{folder}/handin.db"
+        return
+    name = await create_pg_database()
+    try:
+        yield pg_url(name)
+    finally:
+        await drop_pg_database(name)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """An empty database of each kind, with the schema, dropped afterwards."""
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path}/handin.db"
-        name = None
-    else:
-        name = await create_pg_database()
-        url = pg_url(name)
-    engine = make_engine(url)
-    async with engine.begin() as connection:
-        await connection.run_sync(Base.metadata.create_all)
-    await engine.dispose()
-    yield url
-    if name:
-        await drop_pg_database(name)
+    async with empty_database(request.param, tmp_path) as url:
+        engine = make_engine(url)
+        async with engine.begin() as connection:
+            await connection.run_sync(Base.metadata.create_all)
+        await engine.dispose()
+        yield url
 
 
 @pytest.fixture

@@ -108,6 +108,7 @@ async def test_gap_fetch_live_events_and_reconnect_without_gaps_or_repeats(
     await emit(sessions, redis, topic, "step.succeeded", {"step": "store"})
 
     async with contract_api(wamp_world, sessions, student, wamp_router.url, topic) as base, async_playwright() as pw:
+        wamp_router.router.allowed_origins |= {base}  # the page's port is picked now: allow its origin
         browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         try:
             page = await browser.new_page()
@@ -128,5 +129,39 @@ async def test_gap_fetch_live_events_and_reconnect_without_gaps_or_repeats(
             await page.wait_for_function("window.seqs.length === 4", timeout=10_000)
             await asyncio.sleep(0.2)  # nothing further (no repeats) arrives
             assert await page.evaluate("window.seqs") == [2, 3, 4, 5]
+        finally:
+            await browser.close()
+
+
+async def test_the_page_catches_up_at_once_when_the_router_lost_redis(
+    wamp_router: RunningRouter, wamp_world: World, sessions: Any, redis: Redis
+) -> None:
+    from playwright.async_api import async_playwright
+
+    from core.db import transaction
+    from core.events import EventBatch
+
+    student = await wamp_world.user("student")
+    topic = f"user.{student}"
+    await emit(sessions, redis, topic, "flash", {"text": "rendered with the page"})  # seq 1
+    async with contract_api(wamp_world, sessions, student, wamp_router.url, topic) as base, async_playwright() as pw:
+        wamp_router.router.allowed_origins |= {base}
+        browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            await page.goto(f"{base}/page")
+            await page.wait_for_function("window.client.state === 'open'", timeout=10_000)
+            await emit(sessions, redis, topic, "flash", {"text": "live"})
+            await page.wait_for_function("window.seqs.length === 1", timeout=10_000)
+            # An event whose publish was lost while the router's Redis connection was down.
+            async with transaction(sessions) as db:
+                await EventBatch(db).emit(topic, "flash", {"text": "missed"})
+            name = wamp_router.router.broker.client_name
+            for client in await redis.client_list():
+                if client.get("name") == name:
+                    await redis.client_kill_filter(_id=client["id"])
+            # No later live event shows a jump in seq: the router's gap signal alone brings it.
+            await page.wait_for_function("window.seqs.length === 2", timeout=15_000)
+            assert await page.evaluate("window.seqs") == [2, 3]
         finally:
             await browser.close()

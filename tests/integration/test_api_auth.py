@@ -17,7 +17,7 @@ from core import keys
 from core.auth import read_ws_ticket
 from core.models import WebSession
 from core.settings import Settings
-from tests.fixtures.app import PASSWORD, World, login
+from tests.fixtures.app import PASSWORD, World, login, same_origin
 from tests.fixtures.pipeline import step_states
 
 
@@ -54,7 +54,9 @@ async def test_html_form_login_redirects_locally(client: httpx.AsyncClient, worl
 async def test_logout_revokes_the_session_everywhere(
     app: FastAPI, world: World, redis: Redis, sessions: async_sessionmaker[AsyncSession], settings: Settings
 ) -> None:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://handin.test") as http:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://handin.test", event_hooks=same_origin(settings)
+    ) as http:
         await http.post("/api/login", json={"email": World.email("student"), "password": PASSWORD})
         stolen_cookie = http.cookies[SESSION_COOKIE]
         async with sessions() as session:
@@ -109,7 +111,9 @@ async def test_without_redis_the_api_starts_reports_not_ready_and_still_takes_up
     broken = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
     app = create_app(broken)
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://handin.test") as http:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://handin.test", event_hooks=same_origin(settings)
+        ) as http:
             assert (await http.get("/healthz")).status_code == 200
             answer = await asyncio.wait_for(http.get("/readyz"), 10)
             assert answer.status_code == 503

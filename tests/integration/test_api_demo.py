@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from core.demo import DEMO_USERS, seed_demo
 from core.models import Assignment, Course, Enrolment, User
 from core.settings import Settings
+from tests.fixtures.app import same_origin
 
 
 async def test_seed_demo_is_idempotent_and_usable(
@@ -30,7 +31,9 @@ async def test_seed_demo_is_idempotent_and_usable(
     assert sorted(assignment.accepted_types) == ["docx", "image", "pdf", "text"]
 
     student = DEMO_USERS[0]
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://handin.test") as http:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://handin.test", event_hooks=same_origin(settings)
+    ) as http:
         login = await http.post("/api/login", json={"email": student.email, "password": student.password})
         assert login.status_code == 200
         answer = await http.post(

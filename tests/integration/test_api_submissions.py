@@ -19,7 +19,7 @@ from core.models import Submission, SubmissionStep
 from core.pipeline import STEP_NAMES
 from core.settings import Settings
 from core.storage import Area, make_storage
-from tests.fixtures.app import World, login
+from tests.fixtures.app import World, login, same_origin
 from tests.fixtures.s3 import s3_object_keys, s3_storage_settings
 
 Login = Callable[[str], Awaitable[httpx.AsyncClient]]
@@ -80,9 +80,11 @@ async def test_topic_rules_for_the_gap_fetch(as_user: Login, world: World) -> No
     student, staff = await as_user("student"), await as_user("staff")
     assert (await student.get(f"/api/topics/user.{world.users['student']}/events")).status_code == 200
     assert (await student.get(f"/api/topics/user.{world.users['staff']}/events")).status_code == 403
-    assert (await student.get("/api/topics/staff.dashboard/events")).status_code == 403
+    staff_topic = f"/api/topics/course.{world.course_id}.staff/events"
+    assert (await student.get(staff_topic)).status_code == 403
+    assert (await (await as_user("other_staff")).get(staff_topic)).status_code == 403
     await upload(student, world.assignment_id)
-    dashboard = (await staff.get("/api/topics/staff.dashboard/events")).json()
+    dashboard = (await staff.get(staff_topic)).json()
     assert [e["type"] for e in dashboard["events"]] == ["submission.arrived"]
     assert (await student.get("/api/topics/not-a-topic/events")).status_code == 403
 
@@ -151,7 +153,9 @@ async def test_intake_on_the_s3_backend(
         )
     )
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://handin.test") as http:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://handin.test", event_hooks=same_origin(settings)
+        ) as http:
             await login(http, "student")
             submission_id = await upload(http, world.assignment_id)
             download = await http.get(f"/api/submissions/{submission_id}/file")

@@ -26,7 +26,7 @@ from core.db import transaction
 from core.models import Event, Extension, Submission, SubmissionStep
 from core.pipeline import STEP_NAMES
 from core.settings import Settings
-from tests.fixtures.app import PASSWORD, World, make_assignment
+from tests.fixtures.app import PASSWORD, World, make_assignment, same_origin
 
 Login = Callable[[str], Awaitable[httpx.AsyncClient]]
 PDF = b"%PDF-1.7\n" + b"1 0 obj << /Type /Catalog >> endobj\n" * 50
@@ -56,7 +56,7 @@ async def test_happy_path(
 ) -> None:
     student = await as_user("student")
     dashboard = redis.pubsub()
-    await dashboard.subscribe(keys.events_channel(keys.STAFF_DASHBOARD_TOPIC))
+    await dashboard.subscribe(keys.events_channel(keys.course_staff_topic(world.course_id)))
     await dashboard.get_message(timeout=1)
 
     answer = await student.post(upload_url(world.assignment_id), files={"file": ("essay.pdf", PDF, "application/pdf")})
@@ -90,7 +90,7 @@ async def test_happy_path(
     received = [e for e in events if e.topic == f"submission.{submission_id}"]
     assert [(e.seq, e.type) for e in received] == [(1, "submission.received")]
     assert received[0].actor_id == world.users["student"]
-    assert [e.type for e in events if e.topic == keys.STAFF_DASHBOARD_TOPIC] == ["submission.arrived"]
+    assert [e.type for e in events if e.topic == keys.course_staff_topic(world.course_id)] == ["submission.arrived"]
     # The first step waits in its own arq queue under its idempotent job id.
     assert await redis.zscore("handin:queue:scan", f"scan:{submission_id}") is not None
     job = Job(f"scan:{submission_id}", redis, _queue_name=keys.queue_name("scan"))
@@ -147,7 +147,9 @@ async def test_a_failure_while_recording_leaves_nothing_behind(
 
     monkeypatch.setattr("api.intake._emit_received", broken)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://handin.test") as http:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://handin.test", event_hooks=same_origin(settings)
+    ) as http:
         await http.post("/api/login", json={"email": World.email("student"), "password": PASSWORD})
         answer = await http.post(upload_url(world.assignment_id), files={"file": ("a.pdf", PDF)})
     assert answer.status_code == 500
@@ -215,7 +217,7 @@ async def test_oversized_chunked_body_is_refused_while_streaming(
             yield b"0" * 65536
         yield f"\r\n--{boundary}--\r\n".encode()
 
-    async with httpx.AsyncClient(base_url=live_server, timeout=20) as http:
+    async with httpx.AsyncClient(base_url=live_server, timeout=20, event_hooks=same_origin(settings)) as http:
         await http.post("/api/login", json={"email": World.email("student"), "password": PASSWORD})
         answer = await http.post(
             upload_url(world.assignment_id),
@@ -409,7 +411,12 @@ async def test_retry_with_the_same_idempotency_key_returns_the_original(
 async def test_concurrent_uploads_with_one_idempotency_key_make_one_submission(
     app: FastAPI, world: World, sessions: async_sessionmaker[AsyncSession], settings: Settings
 ) -> None:
-    clients = [httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") for _ in range(4)]
+    clients = [
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t", event_hooks=same_origin(settings)
+        )
+        for _ in range(4)
+    ]
     try:
         for http in clients:
             await http.post("/api/login", json={"email": World.email("student"), "password": PASSWORD})

@@ -12,7 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from core.db import make_engine
 from core.migrate import upgrade
 from core.models import Base
-from tests.conftest import create_pg_database, drop_pg_database, pg_url
+from tests.conftest import empty_database
 
 
 def _differences(connection: object) -> list[object]:
@@ -22,13 +22,7 @@ def _differences(connection: object) -> list[object]:
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 async def test_migrations_match_the_models(kind: str, tmp_path: Path) -> None:
-    name = None
-    if kind == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path}/migrated.db"
-    else:
-        name = await create_pg_database()
-        url = pg_url(name)
-    try:
+    async with empty_database(kind, tmp_path) as url:
         # Alembic runs its own event loop, as `handin migrate` does.
         await asyncio.to_thread(upgrade, url)
         await asyncio.to_thread(upgrade, url)  # a second run changes nothing and does not fail
@@ -36,7 +30,4 @@ async def test_migrations_match_the_models(kind: str, tmp_path: Path) -> None:
         async with engine.connect() as connection:
             differences = await connection.run_sync(_differences)
         await engine.dispose()
-        assert differences == []
-    finally:
-        if name:
-            await drop_pg_database(name)
+    assert differences == []

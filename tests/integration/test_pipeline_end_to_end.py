@@ -95,7 +95,7 @@ async def test_every_step_completes(
     assert not await storage.exists(Area.incoming, submission.storage_key)
     assert submission.thumbnail_key and await storage.exists(Area.thumbnails, submission.thumbnail_key)
     assert len(smtp_server.received) == 1
-    assert submission.sha256 in smtp_server.received[0].message.get_content()
+    assert submission.sha256 in smtp_server.received[0].message.get_body(("plain",)).get_content()
     assert len(admin_system.records) == 1
     # The student's page sees it finish: the completion is an event on their topic.
     assert [e.type for e in await events(sessions, keys.submission_topic(submission_id), "submission.complete")]

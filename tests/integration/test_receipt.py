@@ -12,7 +12,7 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core import keys
-from core.models import Submission, SubmissionStep, User
+from core.models import Assignment, Submission, SubmissionStep, User
 from core.queues import enqueue_step
 from core.settings import Settings
 from tests.fixtures.factories import Factory
@@ -58,7 +58,7 @@ async def test_receipt_tells_the_student_what_was_received(
     assert student.email in message["To"]
     assert message["Message-ID"] == f"<submission-{submission.id}.receipt@handin.local>"
     assert f"submission {submission.id}" in message["Subject"] and "(late)" in message["Subject"]
-    body = message.get_content()
+    body = message.get_body(("plain",)).get_content()
     assert f"Submission id:  {submission.id}" in body
     assert "Assignment:     Essay" in body
     assert "File name:      my essay.txt" in body
@@ -156,6 +156,68 @@ async def test_without_smtp_the_receipt_goes_to_the_outbox_once(
     assert [path.name for path in files] == [f"submission-{submission.id}.receipt@handin.local.eml"]
     message = ReceivedMail("", [], files[0].read_bytes()).message
     assert message["Message-ID"] == f"<submission-{submission.id}.receipt@handin.local>"
-    assert submission.sha256 in message.get_content() and "on time" in message.get_content()
+    text = message.get_body(("plain",)).get_content()
+    assert submission.sha256 in text and "on time" in text
     row = await receipt_row(sessions, submission.id)
     assert row.state == "succeeded" and row.result["delivery"] == "outbox"
+
+
+async def test_a_title_and_name_with_line_breaks_still_get_a_safe_receipt(
+    factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, run_burst: Any, smtp_server: SmtpServer
+) -> None:
+    """Header injection in staff- or student-entered text: refused as headers, yet the receipt goes out."""
+    use_smtp(settings, smtp_server)
+    submission = await queued_receipt_step(factory, arq_redis)
+    long_tail = " ".join(["über-long assignment title"] * 6)
+    title = f"Essay\r\nBcc: evil@example\n{long_tail}"
+    async with sessions() as session, session.begin():
+        await session.execute(update(Assignment).where(Assignment.id == submission.assignment_id).values(title=title))
+        await session.execute(
+            update(User).where(User.id == submission.user_id).values(name="Ann\r\nBcc: other-evil@example")
+        )
+
+    await run_burst(receipt.TASK, receipt.handle)
+
+    row = await receipt_row(sessions, submission.id)
+    assert (row.state, row.attempts) == ("succeeded", 1), row.error
+    [mail] = smtp_server.received
+    async with sessions() as session:
+        student = await session.get(User, submission.user_id)
+    assert student is not None and mail.rcpt_tos == [student.email]  # nobody else got it
+    message = mail.message
+    assert message["Bcc"] is None
+    subject = str(message["Subject"])
+    assert "\r" not in subject and "\n" not in subject
+    assert subject.startswith(f"Receipt: Essay Bcc: evil@example {long_tail}, ")
+    assert f"submission {submission.id}" in subject
+    assert "\n" not in str(message["To"]) and student.email in str(message["To"])
+    # A long subject is folded on the wire, as RFC 5322 asks, not cut.
+    head = mail.content.split(b"\r\n\r\n", 1)[0]
+    assert all(len(line) <= 78 for line in head.split(b"\r\n")), head
+
+
+async def test_the_receipt_links_back_to_the_submission_and_says_when_it_was_not_scanned(
+    factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, run_burst: Any, smtp_server: SmtpServer
+) -> None:
+    use_smtp(settings, smtp_server)
+    settings.public_url = "https://handin.example.edu/"
+    scanned = await queued_receipt_step(factory, arq_redis)
+    unscanned = await queued_receipt_step(factory, arq_redis)
+    async with sessions() as session, session.begin():
+        await session.execute(
+            update(SubmissionStep)
+            .where(SubmissionStep.submission_id == unscanned.id, SubmissionStep.step == "scan")
+            .values(state="skipped", result={"verdict": "not scanned", "reason": "no scanner configured"})
+        )
+
+    await run_burst(receipt.TASK, receipt.handle)
+
+    bodies = {mail.message["Message-ID"]: mail.message.get_body().get_content() for mail in smtp_server.received}
+    for submission in (scanned, unscanned):
+        body = bodies[f"<submission-{submission.id}.receipt@handin.local>"]
+        assert any(
+            line.endswith(f" https://handin.example.edu/submissions/{submission.id}") for line in body.splitlines()
+        )
+    unscanned_body = bodies[f"<submission-{unscanned.id}.receipt@handin.local>"]
+    assert "NOT virus-scanned" in unscanned_body and "configured" not in unscanned_body
+    assert "virus" not in bodies[f"<submission-{scanned.id}.receipt@handin.local>"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from arq.worker import Worker
 from redis.asyncio import Redis
 from sqlalchemy import update
 
@@ -23,6 +22,7 @@ from core.settings import Settings
 from core.storage import Area, make_storage
 from tests.fixtures.clamd import Clamd
 from tests.fixtures.pipeline import events, quick_retries, step_row, step_states, submission_row
+from tests.fixtures.workers import run_maintenance_burst
 from workers import scan, store
 from workers.maintenance import maintenance_worker_settings
 from workers.reconcile import reconcile, reconcile_once
@@ -180,15 +180,8 @@ async def test_the_maintenance_worker_runs_the_reconciler(
     world = await factory.world()
     submission = await factory.submission(world, b"nobody enqueued me\n")
     settings.worker.reconcile_grace_seconds = 0
-    settings_cls = maintenance_worker_settings(settings)
-    assert settings_cls.queue_name == keys.queue_name(keys.MAINTENANCE_TASK)
-    options = {k: v for k, v in vars(settings_cls).items() if not k.startswith("__") and k != "profile"}
-    options.update(burst=True, poll_delay=0, handle_signals=False, ctx={"settings": settings, "task": "maintenance"})
-    worker = Worker(**options)
-    try:
-        await worker.main()
-    finally:
-        await worker.close()
+    assert maintenance_worker_settings(settings).queue_name == keys.queue_name(keys.MAINTENANCE_TASK)
+    worker = await run_maintenance_burst(settings)
 
     assert worker.jobs_complete >= 1
     assert await job_exists(arq_redis, "scan", submission.id)

@@ -53,18 +53,27 @@ async def test_authorisation_matrix(wamp_router: RunningRouter, wamp_world: Worl
             f"course.{other_course}": False,
             f"user.{student}": True,
             f"user.{classmate}": False,
-            "staff.dashboard": False,
+            f"course.{course}.staff": False,
+            "fleet": False,
         },
         outsider: {f"assignment.{assignment}": False, f"submission.{own}": False, f"course.{course}": False},
         teacher: {
             f"submission.{own}": True,
             f"submission.{classmates}": True,
             f"assignment.{assignment}": True,
-            "staff.dashboard": True,
+            f"course.{course}.staff": True,
+            f"course.{other_course}.staff": False,
+            "fleet": True,
             f"user.{student}": False,
         },
-        other_teacher: {f"submission.{own}": False, f"assignment.{assignment}": False, "staff.dashboard": True},
-        service: {f"submission.{own}": True, f"user.{student}": True, "staff.dashboard": True},
+        other_teacher: {
+            f"submission.{own}": False,
+            f"assignment.{assignment}": False,
+            f"course.{course}.staff": False,
+            f"course.{other_course}.staff": True,
+            "fleet": True,
+        },
+        service: {f"submission.{own}": True, f"user.{student}": True, f"course.{course}.staff": True, "fleet": True},
     }
     for user, topics in expectations.items():
         client = await autobahn_session(wamp_router.url, await w.login(user))

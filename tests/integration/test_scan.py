@@ -116,7 +116,8 @@ async def test_eicar_is_quarantined_never_stored_and_student_and_staff_are_told(
     submission = await factory.submission(world, b"my homework\n" + EICAR + b"\n", filename="homework.txt")
     heard: list[dict[str, Any]] = []
     ready = asyncio.Event()
-    channels = [keys.events_channel(keys.user_topic(world.student.id)), keys.events_channel(keys.STAFF_DASHBOARD_TOPIC)]
+    staff_topic = keys.course_staff_topic(world.course.id)
+    channels = [keys.events_channel(keys.user_topic(world.student.id)), keys.events_channel(staff_topic)]
     listener = asyncio.create_task(_collect(redis, channels, heard, ready))
     await ready.wait()
     try:
@@ -153,12 +154,12 @@ async def test_eicar_is_quarantined_never_stored_and_student_and_staff_are_told(
     assert flashes[0].data["kind"] == "error"
     assert "homework.txt" in flashes[0].data["text"]
     assert "quarantined" in flashes[0].data["text"] and "not been stored or sent anywhere" in flashes[0].data["text"]
-    dashboard = await events(sessions, keys.STAFF_DASHBOARD_TOPIC, "submission.quarantined")
+    dashboard = await events(sessions, staff_topic, "submission.quarantined")
     assert [e.data["submission_id"] for e in dashboard] == [submission.id]
     # Both were pushed live, not only written to the audit trail.
     assert {(e["topic"], e["type"]) for e in heard} >= {
         (keys.user_topic(world.student.id), "flash"),
-        (keys.STAFF_DASHBOARD_TOPIC, "submission.quarantined"),
+        (staff_topic, "submission.quarantined"),
     }
 
 

@@ -30,6 +30,7 @@ from core.clock import utcnow
 from core.models import Submission, SubmissionStep
 from core.queues import enqueue_step
 from core.settings import Settings
+from core.similarity import external
 from core.similarity.external import EVENT_TYPE_HEADER, SIGNATURE_HEADER, sign
 from tests.fixtures.factories import Factory
 from tests.fixtures.pipeline import events, quick_retries, step_events, step_row
@@ -59,7 +60,11 @@ def use_provider(
 async def similarity_worker(settings: Settings) -> AsyncIterator[Worker]:
     """A similarity worker running in the background, as a pool replica would."""
     worker = burst_worker(
-        similarity.STEP, similarity.handle, settings, burst=False, poll_delay=0.02,
+        similarity.STEP,
+        similarity.handle,
+        settings,
+        burst=False,
+        poll_delay=0.02,
         functions=similarity.functions(settings),
     )
     task = asyncio.create_task(worker.main())
@@ -127,7 +132,11 @@ async def submitted(factory: Factory, arq_redis: ArqRedis) -> Submission:
 
 
 async def test_the_report_arrives_by_signed_webhook_at_the_api(
-    factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, redis: Redis,
+    factory: Factory,
+    sessions: Any,
+    settings: Settings,
+    arq_redis: ArqRedis,
+    redis: Redis,
     similarity_provider: FakeProvider,
 ) -> None:
     provider = similarity_provider
@@ -151,14 +160,22 @@ async def test_the_report_arrives_by_signed_webhook_at_the_api(
     assert provider_submission.title == "essay.txt"
     assert provider.webhook_answers == [200]
     assert await step_events(sessions, submission.id, similarity.STEP) == [
-        "step.running", "step.retrying", "step.running", "step.waiting", "step.succeeded",
+        "step.running",
+        "step.retrying",
+        "step.running",
+        "step.waiting",
+        "step.succeeded",
     ]
     [done] = await events(sessions, keys.submission_topic(submission.id), "step.succeeded")
     assert done.actor == "webhook:similarity"
 
 
 async def test_a_forged_webhook_is_refused_and_changes_nothing(
-    factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, redis: Redis,
+    factory: Factory,
+    sessions: Any,
+    settings: Settings,
+    arq_redis: ArqRedis,
+    redis: Redis,
     similarity_provider: FakeProvider,
 ) -> None:
     provider = similarity_provider
@@ -200,7 +217,11 @@ async def test_a_forged_webhook_is_refused_and_changes_nothing(
 
 
 async def test_without_a_webhook_deferred_polls_complete_it_and_the_worker_is_freed_at_once(
-    factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, redis: Redis,
+    factory: Factory,
+    sessions: Any,
+    settings: Settings,
+    arq_redis: ArqRedis,
+    redis: Redis,
     similarity_provider: FakeProvider,
 ) -> None:
     provider = similarity_provider
@@ -219,7 +240,9 @@ async def test_without_a_webhook_deferred_polls_complete_it_and_the_worker_is_fr
         envelope = await seen("step.succeeded")
     assert freed_after < 2.0
     assert envelope["data"]["result"] == {
-        "provider": "external", "provider_submission_id": provider_submission.id, "score": provider.score,
+        "provider": "external",
+        "provider_submission_id": provider_submission.id,
+        "score": provider.score,
     }
     assert provider_submission.report_polls == 3
     [done] = await events(sessions, keys.submission_topic(submission.id), "step.succeeded")
@@ -227,7 +250,11 @@ async def test_without_a_webhook_deferred_polls_complete_it_and_the_worker_is_fr
 
 
 async def test_a_webhook_racing_a_poll_is_recorded_once(
-    factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, redis: Redis,
+    factory: Factory,
+    sessions: Any,
+    settings: Settings,
+    arq_redis: ArqRedis,
+    redis: Redis,
     similarity_provider: FakeProvider,
 ) -> None:
     provider = similarity_provider
@@ -252,7 +279,11 @@ async def test_a_webhook_racing_a_poll_is_recorded_once(
 
 
 async def test_a_rerun_after_the_wait_reuses_the_provider_submission(
-    factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, redis: Redis,
+    factory: Factory,
+    sessions: Any,
+    settings: Settings,
+    arq_redis: ArqRedis,
+    redis: Redis,
     similarity_provider: FakeProvider,
 ) -> None:
     provider = similarity_provider
@@ -285,7 +316,11 @@ async def test_a_rerun_after_the_wait_reuses_the_provider_submission(
 
 
 async def test_a_report_that_never_comes_fails_after_the_last_poll(
-    factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, redis: Redis,
+    factory: Factory,
+    sessions: Any,
+    settings: Settings,
+    arq_redis: ArqRedis,
+    redis: Redis,
     similarity_provider: FakeProvider,
 ) -> None:
     provider = similarity_provider
@@ -301,7 +336,12 @@ async def test_a_report_that_never_comes_fails_after_the_last_poll(
 
 @pytest.mark.parametrize("refusal", ["bad request", "bad key"])
 async def test_a_refusal_fails_the_step_with_the_reason_and_no_retry(
-    refusal: str, factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, redis: Redis,
+    refusal: str,
+    factory: Factory,
+    sessions: Any,
+    settings: Settings,
+    arq_redis: ArqRedis,
+    redis: Redis,
     similarity_provider: FakeProvider,
 ) -> None:
     provider = similarity_provider
@@ -321,7 +361,11 @@ async def test_a_refusal_fails_the_step_with_the_reason_and_no_retry(
 
 
 async def test_a_webhook_before_the_step_let_go_is_refused_for_a_retry(
-    factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, redis: Redis,
+    factory: Factory,
+    sessions: Any,
+    settings: Settings,
+    arq_redis: ArqRedis,
+    redis: Redis,
     similarity_provider: FakeProvider,
 ) -> None:
     """A fast provider's report may beat our worker's own "waiting" record: it must not be overwritten."""
@@ -346,3 +390,22 @@ async def test_a_webhook_before_the_step_let_go_is_refused_for_a_retry(
     assert (retried.status_code, retried.json()["status"]) == (200, "recorded")
     row = await step_row(sessions, submission.id, similarity.STEP)
     assert (row.state, row.result["score"]) == ("succeeded", 12.0)
+
+
+async def test_a_stopping_worker_closes_its_connections_to_the_provider(
+    factory: Factory,
+    sessions: Any,
+    settings: Settings,
+    arq_redis: ArqRedis,
+    redis: Redis,
+    similarity_provider: FakeProvider,
+) -> None:
+    """The provider client kept alive across checks is closed when the worker stops (scale-down, rollout)."""
+    use_provider(settings, similarity_provider, poll_interval=60)
+    submission = await submitted(factory, arq_redis)
+    async with watching(redis, sessions, submission.id) as seen, similarity_worker(settings):
+        await seen("step.waiting")  # submitted to the provider through the worker's kept-alive client
+        [client] = external._CLIENTS[asyncio.get_running_loop()].values()
+        assert not client.is_closed
+    assert client.is_closed
+    assert asyncio.get_running_loop() not in external._CLIENTS

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import struct
 
 import pytest
 
-from workers.clamd import MAX_CHUNK, ClamdError, ClamdSizeLimitExceeded, frame_chunk, parse_scan_reply
+from workers.clamd import (
+    MAX_CHUNK,
+    ClamdClient,
+    ClamdError,
+    ClamdSizeLimitExceeded,
+    frame_chunk,
+    parse_scan_reply,
+)
 from workers.maintenance import cron_schedule
 
 
@@ -44,3 +52,23 @@ def test_reconcile_interval_becomes_a_cron_schedule() -> None:
     assert cron_schedule(30) == {"second": {0, 30}}
     assert cron_schedule(5)["second"] == set(range(0, 60, 5))
     assert cron_schedule(300) == {"minute": set(range(0, 60, 5)), "second": {0}}
+
+
+async def test_an_answer_that_arrives_with_the_hang_up_is_not_lost() -> None:
+    """clamd says a limit was passed and resets the connection; both can land before the reply is read,
+    and asyncio's StreamReader then raises the reset ahead of the answer it holds."""
+    reader = asyncio.StreamReader()
+    reader.feed_data(b"INSTREAM size limit exceeded. ERROR\0")
+    reader.set_exception(ConnectionResetError(104, "Connection reset by peer"))
+
+    reply = await ClamdClient._read_reply(reader)
+
+    with pytest.raises(ClamdSizeLimitExceeded):
+        parse_scan_reply(reply)
+
+
+async def test_a_hang_up_without_any_answer_is_still_a_reset() -> None:
+    reader = asyncio.StreamReader()
+    reader.set_exception(ConnectionResetError(104, "Connection reset by peer"))
+    with pytest.raises(ConnectionResetError):
+        await ClamdClient._read_reply(reader)

@@ -8,7 +8,7 @@ from autoscaler.policy import (
     PoolLimits,
     decide,
     measured_arrival_rate,
-    measured_drain_rate,
+    measured_service_time,
     queue_read_limit_problems,
 )
 
@@ -101,12 +101,45 @@ def test_measured_arrival_rate_counts_completions_and_queue_growth() -> None:
     assert measured_arrival_rate(after, CounterSample(at=20, completed=0, queued=0, ready=0)) is None
 
 
-def test_drain_rate_is_measured_only_while_the_pool_is_saturated() -> None:
-    before = CounterSample(at=0, completed=0, queued=100, ready=80)
-    after = CounterSample(at=10, completed=200, queued=100, ready=80)
-    assert measured_drain_rate(before, after, replicas=4) == 5.0
-    idle = CounterSample(at=10, completed=200, queued=0, ready=0)
-    assert measured_drain_rate(before, idle, replicas=4) is None
+def test_service_time_is_learned_from_every_finished_job_without_counting_replicas() -> None:
+    """Workers report busy seconds; pods still starting (no jobs) cannot dilute it, and no backlog is needed."""
+    before = CounterSample(at=0, completed=0, queued=0, ready=0, busy=0.0, occupied=0.0)
+    after = CounterSample(at=10, completed=20, queued=0, ready=0, busy=10.0, occupied=8.0)
+    # io: 10 job-seconds for 20 jobs, 0.5 s a slot each; cpu: workers occupied 8 s for 20 jobs.
+    assert measured_service_time(before, after, cpu_bound=False, slots=10) == 0.5
+    assert measured_service_time(before, after, cpu_bound=True, slots=1) == 0.4
+    assert measured_service_time(after, after, cpu_bound=False, slots=10) is None
+    no_reports = CounterSample(at=10, completed=20, queued=0, ready=0)
+    assert measured_service_time(before, no_reports, cpu_bound=False, slots=10) is None
+
+
+def test_forecast_driven_pods_are_held_through_the_window_like_reactive_ones() -> None:
+    """The forecast falls at the deadline: pods started for it (ready or still starting) stay for the window."""
+    before = decide(inputs(current_replicas=1, forecast_peak_rate=100.0), LIMITS, now=0)
+    assert before.desired == 10
+    assert before.forecast == 10
+    after = decide(inputs(current_replicas=10), LIMITS, now=30, history=before.history)
+    assert after.desired == 10
+    assert any("window" in reason for reason in after.reasons)
+    later = decide(inputs(current_replicas=10), LIMITS, now=301, history=after.history)
+    assert later.desired == 1
+
+
+def test_headroom_is_added_on_slots_not_whole_replicas() -> None:
+    """10 jobs/s at 1 s each on 10-slot replicas: 10 busy slots + 10% + sqrt(10) = 14.2 slots, 2 replicas."""
+    limits = PoolLimits(max_replicas=100, headroom=0.1, burst_factor=1.0)
+    by_slots = decide(inputs(drain_rate=10.0, slots=10, forecast_peak_rate=10.0), limits, now=0)
+    assert by_slots.desired == 2
+    # Counted on replicas instead, the same load would take 3 (1 + 10% + sqrt(1) = 2.1).
+    assert decide(inputs(drain_rate=10.0, slots=1, forecast_peak_rate=10.0), limits, now=0).desired == 3
+
+
+def test_without_queue_readings_a_pool_holds_and_grows_only_for_the_forecast() -> None:
+    blind = decide(inputs(current_replicas=8, queues_known=False), LIMITS, now=0)
+    assert blind.desired == 8
+    assert any("queues unreadable" in reason for reason in blind.reasons)
+    coming = decide(inputs(current_replicas=8, queues_known=False, forecast_peak_rate=200.0), LIMITS, now=0)
+    assert coming.desired == 20
 
 
 def test_queue_read_limit_is_flagged_when_a_full_pool_could_run_more_jobs() -> None:
