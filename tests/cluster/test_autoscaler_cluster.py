@@ -109,6 +109,10 @@ class ReplicaHistory:
         except Exception as error:  # reported by writers() and stop()
             self.error = error
 
+    def has_seen(self, name: str, replicas: int) -> bool:
+        """Whether the watch has caught up with this value of the Deployment's replicas."""
+        return self._last.get(name) == replicas
+
     def writers(self, name: str) -> list[str | None]:
         """Who set the Deployment's replicas, change by change."""
         if self.error is not None:
@@ -347,6 +351,21 @@ def autoscalers(release: Release, queues: Redis) -> Iterator[Callable[..., Proce
         process.stop()
 
 
+async def scaled(
+    release: Release, history: ReplicaHistory, task: str, wanted: Callable[[int], bool], what: str
+) -> int:
+    """Wait until the pool's replicas are as wanted on the server and the watch has seen that change.
+
+    A read of the Deployment can be ahead of the watch's stream, so checks of who made a change wait for both.
+    """
+
+    def reached() -> int | None:
+        replicas = release.replicas(task)
+        return replicas if wanted(replicas) and history.has_seen(release.deployment(task), replicas) else None
+
+    return int(await until(reached, what))
+
+
 def short_lease(duration: float = 4, timeout: float = 1) -> dict[str, str]:
     return {"lease_duration_seconds": str(duration), "kubernetes_timeout_seconds": str(timeout)}
 
@@ -360,7 +379,7 @@ async def test_queue_depth_scales_a_worker_deployment_with_the_charts_rights(
 
     await flood("scan", 100)
 
-    await until(lambda: release.replicas("scan") > 1, "scan to be scaled up")
+    await scaled(release, history, "scan", lambda n: n > 1, "scan to be scaled up")
     assert 1 < release.replicas("scan") <= int(release.env["HANDIN_AUTOSCALER__POOLS__SCAN__MAX_REPLICAS"])
     assert set(history.writers(release.deployment("scan"))) == {"autoscaler-a"}
     assert not scaler.logs("lease renewal failed") and not scaler.logs("pool cycle failed")
@@ -376,7 +395,7 @@ async def test_two_autoscalers_one_leads_and_a_killed_leader_is_replaced(
     await until(lambda: second.logs("standing by; another autoscaler leads"), "the second to stand by")
 
     await flood("scan", 100)
-    await until(lambda: release.replicas("scan") > 1, "the leader to scale scan up")
+    await scaled(release, history, "scan", lambda n: n > 1, "the leader to scale scan up")
     assert release.holder() == "autoscaler-a"
     assert {owner for _, _, owner in history.changes} == {"autoscaler-a"}  # the standby changed nothing
     assert history.error is None
@@ -394,7 +413,7 @@ async def test_two_autoscalers_one_leads_and_a_killed_leader_is_replaced(
     assert spec.lease_transitions >= 1
 
     await flood("store", 100)
-    await until(lambda: release.replicas("store") > 1, "the new leader to scale store up")
+    await scaled(release, history, "store", lambda n: n > 1, "the new leader to scale store up")
     assert history.writers(release.deployment("store"))[-1] == "autoscaler-b"
 
 
@@ -452,7 +471,7 @@ async def test_a_leader_that_cannot_renew_stops_patching_before_a_standby_takes_
         # The work is gone; the standby, once it leads, scales scan back down.
         await queues.delete(keys.queue_name("scan"))
         await until(lambda: release.holder() == "autoscaler-b", "the standby to take over")
-        await until(lambda: release.replicas("scan") == 1, "the new leader to scale scan down")
+        await scaled(release, history, "scan", lambda n: n == 1, "the new leader to scale scan down")
         seen = len(first.decisions("scan"))
 
         await transaction.rollback()  # the old leader's cycle goes on with what it read before
