@@ -28,7 +28,7 @@ def _worker(args: argparse.Namespace) -> None:
 def _router(args: argparse.Namespace) -> None:
     from router.server import main as router_main
 
-    router_main(host=args.host, port=args.port)
+    router_main(host=args.host, port=args.port, health_port=args.health_port)
 
 
 def _autoscaler(args: argparse.Namespace) -> None:
@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     router = command("router", _router, "run the WAMP WebSocket router")
     router.add_argument("--host", default="127.0.0.1")
     router.add_argument("--port", type=int, default=8080)
+    router.add_argument(
+        "--health-port", type=int, default=None, help="also answer /healthz and /metrics here, never queued"
+    )
 
     scaler = command("autoscaler", _autoscaler, "scale the worker pools")
     scaler.add_argument("--once", action="store_true", help="decide and apply once, then exit")

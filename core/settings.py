@@ -313,11 +313,14 @@ class RouterSettings(BaseModel):
     # Browser origins allowed to open a WebSocket; empty = the origin of HANDIN_PUBLIC_URL.
     allowed_origins: list[str] = Field(default_factory=list)
     shutdown_grace_seconds: float = 5.0
-    # Handshakes (upgrade to WELCOME) in progress at once; past it an upgrade gets HTTP 503 with
-    # Retry-After at once, so a reconnect storm is admitted at the rate the router serves. A refusal
-    # costs about half a session, a handshake waiting its turn nothing: room for a few seconds' worth.
+    # Connections accepted and not yet welcomed (accept to WELCOME); past it the router stops
+    # accepting and later arrivals wait in the kernel's listen queue, so a reconnect storm is taken
+    # at the rate the router serves, in arrival order, at no cost per waiting browser.
     max_handshakes_in_flight: int = Field(default=1000, ge=1)
+    # ABORT details.retry_after when the ticket check's backend (Redis, the database) is unavailable.
     busy_retry_after_seconds: int = Field(default=2, ge=1)
+    # "uvloop" (sockets handled in C) or "asyncio" (the standard library's loop).
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
 
 class ChatSettings(BaseModel):

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from router.listener import Gate, waiting_to_be_accepted
 
 
 class RouterMetrics:
@@ -28,14 +32,26 @@ class RouterMetrics:
         self.authz_timeouts = Counter(
             "handin_router_authz_timeouts", "Authorisation look-ups past the time limit", ["action"], registry=r
         )
-        self.handshakes = Gauge("handin_router_handshakes_in_flight", "Handshakes being served", registry=r)
-        self.busy = Counter(
-            "handin_router_handshakes_refused_busy", "Upgrades answered 503 (too many handshakes at once)", registry=r
+        self.handshakes = Gauge(
+            "handin_router_handshakes_in_flight", "Connections accepted and not yet welcomed", registry=r
+        )
+        self.accepting = Gauge(
+            "handin_router_accepting", "1 while there is room for more handshakes, 0 while arrivals wait", registry=r
+        )
+        self.waiting = Gauge(
+            "handin_router_waiting_to_be_accepted", "Connections held in the kernel's listen queue", registry=r
         )
         self.gaps = Counter(
             "handin_router_gaps_announced", "Redis reconnects after which sessions were told to catch up", registry=r
         )
         self.chat_refused = Counter("handin_router_chat_refused", "Class chat messages refused", ["reason"], registry=r)
+
+    def watch(self, gate: Gate) -> None:
+        self.handshakes.set_function(lambda: gate.inside)
+        self.accepting.set_function(lambda: float(gate.inside < gate.bound))
+
+    def watch_listener(self, sock: socket.socket) -> None:
+        self.waiting.set_function(lambda: waiting_to_be_accepted(sock) or 0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -25,7 +25,7 @@ import logging
 import random
 import signal
 from collections import OrderedDict, defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from http import HTTPStatus
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -44,7 +44,6 @@ from core.db import make_engine, make_sessionmaker
 from core.settings import Settings, get_settings
 from core.unit_of_work import unit_of_work
 from router import wamp
-from router.admission import Admission
 from router.auth import (
     PUBLISH,
     SUBSCRIBE,
@@ -52,11 +51,13 @@ from router.auth import (
     AuthorizationTimeout,
     Authorizer,
     Identity,
+    TicketLedger,
     authenticate_ticket,
 )
 from router.broker import Broker, websocket_frame
 from router.chat import ChatGate
 from router.directory import Directory
+from router.listener import Gate, GatedConnection, gated_server, listening_socket
 from router.metrics import RouterMetrics
 
 log = logging.getLogger("router")
@@ -101,7 +102,7 @@ class Peer:
         self.dropped = False
         self.gone = asyncio.Event()
         self.pending = 0  # SUBSCRIBEs being checked, counted against the per-session cap
-        self.handshaking = True  # counted in Router.handshakes until WELCOME or the end
+        self.handshaking = True  # counted in the listener's gate until WELCOME or the end
 
     def send(self, frame: str | bytes) -> None:
         # Written synchronously like events, so replies and EVENTs keep their order.
@@ -128,6 +129,7 @@ class Router:
         self.engine = make_engine(settings.database_url, mostly_reads=True, pool_recycle=3600, **pool)
         self.sessions = make_sessionmaker(self.engine)
         self.redis: Redis = Redis.from_url(settings.redis_url)
+        self.tickets = TicketLedger(self.redis)
         self.directory = Directory(self.sessions, self.limits.authz_recheck_seconds, self.limits.authz_cache_entries)
         self.authorizer = Authorizer(
             self.directory,
@@ -152,8 +154,10 @@ class Router:
         self._recently_revoked: OrderedDict[str, None] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self.shutting_down = False
-        self.handshakes = 0  # connections upgraded and not yet welcomed (admission control)
-        self.admission = Admission(self.limits.busy_retry_after_seconds)
+        # Connections accepted and not yet welcomed: past the bound the listener stops accepting.
+        self.gate = Gate(self.limits.max_handshakes_in_flight)
+        self.probes: Server | None = None  # the health port's listener, when there is one
+        self.metrics.watch(self.gate)
 
     async def start(self) -> None:
         await self.broker.start()
@@ -169,8 +173,14 @@ class Router:
 
     # HTTP before the upgrade -----------------------------------------------------
 
-    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    def process_probe(self, connection: ServerConnection, request: Request) -> Response:
+        """The health port: /healthz and /metrics, answered however many browsers wait on the main port."""
         path = request.path.split("?", 1)[0]
+        return self._probe(connection, path) or connection.respond(
+            HTTPStatus.NOT_FOUND, "this port answers /healthz and /metrics\n"
+        )
+
+    def _probe(self, connection: ServerConnection, path: str) -> Response | None:
         if path == "/healthz":
             if self.broker.healthy and not self.shutting_down:
                 return connection.respond(HTTPStatus.OK, "ok\n")
@@ -179,8 +189,12 @@ class Router:
             response = connection.respond(HTTPStatus.OK, self.metrics.render().decode())
             response.headers["Content-Type"] = CONTENT_TYPE_LATEST
             return response
+        return None
+
+    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
         if path != WS_PATH:
-            return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
+            return self._probe(connection, path) or connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
         # Browsers always send Origin: a page elsewhere must not open a socket with our user's
         # cookies behind its ticket request. Clients that are not browsers send none.
         origin = request.headers.get("Origin")
@@ -188,28 +202,19 @@ class Router:
             self.metrics.auth_failures.labels(reason="origin not allowed").inc()
             return connection.respond(HTTPStatus.FORBIDDEN, "origin not allowed\n")
         if self.shutting_down:
-            return self._busy(connection, "shutting down\n", 1)
+            response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
+            response.headers["Retry-After"] = "1"
+            return response
         offered = {p.strip() for h in request.headers.get_all("Sec-WebSocket-Protocol") for p in h.split(",")}
         if not offered & set(wamp.SUBPROTOCOLS):
             return connection.respond(HTTPStatus.BAD_REQUEST, "offer subprotocol wamp.2.json or wamp.2.msgpack\n")
-        # Admission control: past the bound, say "not now" at once (a few hundred bytes, no ticket
-        # check) instead of queueing handshakes until everyone's times out.
-        if self.handshakes >= self.limits.max_handshakes_in_flight:
-            self.metrics.busy.inc()
-            return self._busy(connection, "busy; try again shortly\n", self.admission.retry_after())
         return None
-
-    @staticmethod
-    def _busy(connection: ServerConnection, text: str, retry_after: int) -> Response:
-        response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, text)
-        response.headers["Retry-After"] = str(retry_after)
-        return response
 
     def _handshake_over(self, peer: Peer) -> None:
         if peer.handshaking:
             peer.handshaking = False
-            self.handshakes -= 1
-            self.metrics.handshakes.set(self.handshakes)
+            if isinstance(peer.connection, GatedConnection):
+                peer.connection.admitted()
 
     # One connection ----------------------------------------------------------------
 
@@ -220,8 +225,6 @@ class Router:
             return
         peer = Peer(self, connection, serializer)
         self.peers.add(peer)
-        self.handshakes += 1
-        self.metrics.handshakes.set(self.handshakes)
         deadline = asyncio.get_running_loop().call_later(
             self.limits.handshake_timeout_seconds, self._handshake_expired, peer
         )
@@ -264,7 +267,7 @@ class Router:
     async def _authenticate(self, peer: Peer, ticket: str) -> None:
         try:
             identity = await authenticate_ticket(
-                ticket, secret=self.settings.secret_key, redis=self.redis, directory=self.directory
+                ticket, secret=self.settings.secret_key, tickets=self.tickets, directory=self.directory
             )
         except AuthenticationFailed as error:
             self.metrics.auth_failures.labels(reason=str(error)).inc()
@@ -286,7 +289,6 @@ class Router:
         session_id = random.randint(1, wamp.MAX_ID)
         peer.send(peer.protocol.welcome(session_id, str(identity.user_id), identity.role).frame)
         self._handshake_over(peer)
-        self.admission.welcomed()
         self.metrics.sessions.inc()
         self.by_web_session[identity.web_session_id].add(peer)
         self.by_user[identity.user_id].add(peer)
@@ -550,49 +552,83 @@ def allowed_origins(settings: Settings) -> frozenset[str]:
 
 
 @contextlib.asynccontextmanager
-async def running_router(settings: Settings, host: str, port: int) -> AsyncIterator[tuple[Router, Server]]:
-    """Start a router on (host, port); port 0 picks a free one (see server.sockets)."""
+async def running_router(
+    settings: Settings, host: str, port: int, health_port: int | None = None
+) -> AsyncIterator[tuple[Router, Server]]:
+    """Start a router on (host, port); port 0 picks a free one (see server.sockets).
+
+    With `health_port`, /healthz and /metrics are also answered there (router.probes), on a listener
+    that never waits for room: during a reconnect storm the main port's arrivals queue in the kernel,
+    and probes queued behind them would time out.
+    """
     router = Router(settings)
     await router.start()
     limits = settings.router
     try:
-        async with serve(
+        # A restart brings every browser back at once: the kernel holds those the gate is not taking
+        # yet (up to net.core.somaxconn) rather than drop SYNs that then retry after 1, 3, 7 s.
+        sock = listening_socket(host, port, backlog=4096)
+        router.metrics.watch_listener(sock)
+        server = gated_server(
             router.handler,
-            host,
-            port,
-            subprotocols=list(wamp.SUBPROTOCOLS),  # type: ignore[arg-type]
+            sock,
+            router.gate,
             process_request=router.process_request,
+            subprotocols=list(wamp.SUBPROTOCOLS),
             max_size=limits.max_message_bytes,
             ping_interval=limits.ping_interval_seconds,
             ping_timeout=limits.ping_timeout_seconds,
             close_timeout=2,
-            # permessage-deflate would compress every EVENT once per connection: fan-out cost
-            # grows with subscribers, and a backlog would hide behind compression. Events are small.
-            compression=None,
-            # A restart brings every browser back at once: let the kernel hold their connections
-            # (up to net.core.somaxconn) rather than drop SYNs that then retry after 1, 3, 7 s.
-            backlog=4096,
-        ) as server:
+            open_timeout=limits.handshake_timeout_seconds,
+        )
+        try:
+            if health_port is not None:
+                router.probes = await serve(_no_upgrade, host, health_port, process_request=router.process_probe)
             yield router, server
             await router.drain()
+        finally:
+            if router.probes is not None:
+                router.probes.close()
+                await router.probes.wait_closed()
+            server.close()
+            await server.wait_closed()
     finally:
         await router.stop()
 
 
-async def run(host: str, port: int, settings: Settings | None = None) -> None:
+async def _no_upgrade(connection: ServerConnection) -> None:
+    """Never reached: the health port answers every request over HTTP before any upgrade."""
+    await connection.close(1008)
+
+
+async def run(host: str, port: int, settings: Settings | None = None, health_port: int | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with running_router(settings or get_settings(), host, port) as (_router, server):
+    async with running_router(settings or get_settings(), host, port, health_port) as (_router, server):
         bound = [s.getsockname() for s in server.sockets]
-        log.info("router listening", extra={"addresses": [f"{a[0]}:{a[1]}" for a in bound], "path": WS_PATH})
+        log.info(
+            "router listening",
+            extra={"addresses": [f"{a[0]}:{a[1]}" for a in bound], "path": WS_PATH, "health_port": health_port},
+        )
         await stop.wait()
         log.info("router shutting down")
 
 
-def main(host: str = "127.0.0.1", port: int = 8080) -> None:
+def main(host: str = "127.0.0.1", port: int = 8080, health_port: int | None = None) -> None:
     from core.logs import configure_logging
 
     configure_logging()
-    asyncio.run(run(host, port))
+    settings = get_settings()
+    with asyncio.Runner(loop_factory=event_loop_factory(settings.router.event_loop)) as runner:
+        runner.run(run(host, port, settings, health_port))
+
+
+def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop accepts, reads and writes sockets in C: the bulk of what opening a session costs."""
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None

@@ -166,6 +166,24 @@ def test_only_the_metrics_peers_may_reach_the_internal_port(render_chart: Render
     assert internal["from"] == [{"podSelector": {}}]
 
 
+def test_the_routers_probes_use_its_health_port_which_only_metrics_peers_may_reach(render_chart: Renderer):
+    manifests = render(render_chart, BUNDLED)
+    [container] = pod_spec(of_kind(manifests, "Deployment")["handin-router"])["containers"]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {"http": 8080, "health": 8081}
+    assert container["command"][-2:] == ["--health-port", "8081"]
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, probe
+    rules = {
+        rule["ports"][0]["port"]: rule
+        for rule in of_kind(manifests, "NetworkPolicy")["handin-router"]["spec"]["ingress"]
+    }
+    assert set(rules) == {8080, 8081}
+    monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    assert rules[8081]["from"] == [monitoring]
+    assert monitoring not in rules[8080]["from"]
+
+
 def test_the_api_believes_forwarded_addresses_from_the_ingress_network_only(render_chart: Renderer):
     _, container, _ = _api(render(render_chart, BUNDLED))
     trusted = _TrustedHosts(env_of(container)["FORWARDED_ALLOW_IPS"])

@@ -66,7 +66,7 @@ def test_images_run_as_a_non_root_user_on_a_read_only_root(containers: Container
     ("name", "present", "absent"),
     [
         ("api", ["fastapi", "uvicorn", "aioboto3"], ["kubernetes", "PIL", "pypdfium2"]),
-        ("router", ["websockets", "msgpack"], ["kubernetes", "PIL", "aioboto3", "fastapi"]),
+        ("router", ["websockets", "msgpack", "uvloop"], ["kubernetes", "PIL", "aioboto3", "fastapi"]),
         ("autoscaler", ["kubernetes"], ["PIL", "pypdfium2", "aioboto3", "fastapi"]),
         ("worker-scan", ["aioboto3", "aiosmtplib"], ["PIL", "pypdfium2", "kubernetes", "fastapi"]),
         ("worker-thumbnail", ["PIL", "pypdfium2", "defusedxml"], ["kubernetes", "fastapi"]),
@@ -124,11 +124,13 @@ async def test_api_image_answers_healthz(containers: Containers, settings: Setti
 async def test_router_image_welcomes_a_wamp_session_with_a_real_ticket(
     containers: Containers, settings: Settings, redis: Any, wamp_world: Any
 ) -> None:
-    port = free_port()
-    router = containers.start(
-        "router", "handin", "router", "--host", "127.0.0.1", "--port", str(port), env=container_env(settings)
-    )
+    port, health = free_port(), free_port()
+    command = ["handin", "router", "--host", "127.0.0.1", "--port", str(port), "--health-port", str(health)]
+    router = containers.start("router", *command, env=container_env(settings))  # as the chart runs it
     await asyncio.to_thread(wait_until_listening, router, port)
+    await asyncio.to_thread(wait_until_listening, router, health)
+    async with httpx.AsyncClient(timeout=10) as client:
+        assert (await client.get(f"http://127.0.0.1:{health}/healthz")).text == "ok\n"
     user = await wamp_world.user("student")
     ticket = await wamp_world.login(user)
 

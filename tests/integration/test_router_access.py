@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from core import keys
 from core.access import invalidate_access
 from core.clock import utcnow
 from core.models import Enrolment, WebSession
-from tests.fixtures.router import Refused, RunningRouter, World, autobahn_session, close_autobahn
+from tests.fixtures.router import Refused, RunningRouter, World, autobahn_session, close_autobahn, raw_wamp
 from tests.integration.test_router import Inbox, emit
 
 
@@ -31,8 +32,10 @@ async def allowed(client: Any, topic: str) -> bool:
 async def test_authorisation_matrix(wamp_router: RunningRouter, wamp_world: World) -> None:
     w = wamp_world
     student, classmate, outsider = await w.user("student"), await w.user("classmate"), await w.user("outsider")
-    teacher, other_teacher, service = await w.user("teacher"), await w.user("other-teacher"), await w.user(
-        "svc", service=True
+    teacher, other_teacher, service = (
+        await w.user("teacher"),
+        await w.user("other-teacher"),
+        await w.user("svc", service=True),
     )
     course, other_course = await w.course(), await w.course()
     for user in (student, classmate):
@@ -136,6 +139,17 @@ async def test_a_ticket_works_once(wamp_router: RunningRouter, wamp_world: World
     client = await autobahn_session(wamp_router.url, ticket)
     await close_autobahn(client)
     assert await refused_reason(wamp_router, ticket) == "wamp.error.not_authorized"
+
+
+async def test_a_ticket_replayed_on_many_sockets_at_once_is_accepted_on_one(
+    wamp_router: RunningRouter, wamp_world: World
+) -> None:
+    # Handshakes arriving together share one Redis round trip; each use of the ticket is still its own.
+    ticket = await wamp_world.login(await wamp_world.user())
+    async with contextlib.AsyncExitStack() as stack:
+        sockets = [await stack.enter_async_context(raw_wamp(wamp_router.url)) for _ in range(20)]
+        replies = await asyncio.gather(*(socket.join(ticket) for socket in sockets))
+    assert sorted(reply[0] for reply in replies) == [2] + [3] * 19, replies  # one WELCOME, 19 ABORTs
 
 
 async def test_tickets_of_ended_web_sessions_are_refused(

@@ -1,7 +1,8 @@
 """Admission control, and coming back from trouble.
 
-Past its bound of handshakes in progress the router says "not now" at once. A browser cannot read an
-HTTP status from a failed WebSocket, so sessions refused after the upgrade (the ticket check's backend
+Past its bound of connections between accept and WELCOME the router stops accepting: later arrivals
+wait in the kernel's listen queue and are taken in arrival order as sessions are welcomed, while the
+health port goes on answering. Sessions refused after the upgrade (the ticket check's backend
 unavailable) get an ABORT whose details carry ``retry_after``. When the router's Redis connection
 drops, its sessions are told that events may have been missed (EVENT with details.gap).
 """
@@ -9,65 +10,113 @@ drops, its sessions are told that events may have been missed (EVENT with detail
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
-from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from types import SimpleNamespace
+from typing import Any
 
-import pytest
+import httpx
 from redis.asyncio import Redis
-from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.asyncio.client import ClientConnection, connect
 
 from core.settings import Settings
+from router.listener import waiting_to_be_accepted
 from router.server import UNAVAILABLE, running_router
-from tests.fixtures.router import RunningRouter, World, raw_wamp
+from tests.fixtures.router import RawWamp, RunningRouter, World, raw_wamp
 from tests.integration.test_router_security import WAIT, with_router
 
 
 @asynccontextmanager
-async def router(settings: Settings) -> AsyncIterator[RunningRouter]:
-    async with running_router(settings, "127.0.0.1", 0) as (instance, server):
-        port = next(iter(server.sockets)).getsockname()[1]
-        yield RunningRouter(instance, f"ws://127.0.0.1:{port}/ws", port)
+async def router(
+    settings: Settings, health_port: int | None = None
+) -> AsyncIterator[tuple[RunningRouter, socket.socket]]:
+    async with running_router(settings, "127.0.0.1", 0, health_port) as (instance, server):
+        listener = next(iter(server.sockets))
+        port = listener.getsockname()[1]
+        yield RunningRouter(instance, f"ws://127.0.0.1:{port}/ws", port), listener
 
 
-async def test_past_the_handshake_bound_an_upgrade_gets_503_with_retry_after(
+async def until(check: Callable[[], Any], what: str) -> Any:
+    deadline = time.monotonic() + WAIT
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+    return value
+
+
+def arrive(url: str) -> asyncio.Task[ClientConnection]:
+    """A browser's upgrade, in the background: it completes once the router accepts the connection."""
+
+    async def opened() -> ClientConnection:
+        return await connect(url, subprotocols=["wamp.2.json"], open_timeout=WAIT)  # type: ignore[list-item]
+
+    return asyncio.create_task(opened())
+
+
+async def test_past_the_bound_arrivals_wait_unrefused_and_come_in_as_sessions_are_welcomed(
     settings: Settings, redis: Redis, wamp_world: World
 ) -> None:
     user = await wamp_world.user()
-    async with router(with_router(settings, max_handshakes_in_flight=1, busy_retry_after_seconds=3)) as running:
+    async with router(with_router(settings, max_handshakes_in_flight=1)) as (running, listener):
         async with raw_wamp(running.url) as held:  # upgraded, no HELLO yet: a handshake in progress
-            with pytest.raises(InvalidStatus) as refused:
-                async with connect(running.url, subprotocols=["wamp.2.json"]):  # type: ignore[list-item]
-                    pass
-            assert refused.value.response.status_code == 503
-            assert refused.value.response.headers["Retry-After"] == "3"
-            assert (await held.join(await wamp_world.login(user)))[0] == 2  # welcomed: no longer counted
-            async with raw_wamp(running.url) as next_one:
-                assert (await next_one.join(await wamp_world.login(user)))[0] == 2
+            second = arrive(running.url)
+            await until(lambda: waiting_to_be_accepted(listener) == 1, "the second arrival to queue in the kernel")
+            third = arrive(running.url)
+            await until(lambda: waiting_to_be_accepted(listener) == 2, "the third arrival to queue behind it")
+            assert not second.done() and not third.done()  # neither accepted nor refused
+            assert running.router.gate.inside == 1
+
+            assert (await held.join(await wamp_world.login(user)))[0] == 2  # welcomed: room for one more
+            connection = await asyncio.wait_for(second, WAIT)
+            try:
+                await until(lambda: waiting_to_be_accepted(listener) == 1, "the second to be taken from the queue")
+                assert not third.done()  # one place: the second took it, in arrival order
+                assert (await RawWamp(connection, "json").join(await wamp_world.login(user)))[0] == 2
+                later = await asyncio.wait_for(third, WAIT)
+                assert (await RawWamp(later, "json").join(await wamp_world.login(user)))[0] == 2
+                await later.close()
+            finally:
+                await connection.close()
 
 
-async def test_refused_clients_are_told_to_come_back_at_different_times(
-    settings: Settings, redis: Redis, wamp_world: World, monkeypatch: pytest.MonkeyPatch
+async def test_a_connection_that_never_finishes_its_handshake_gives_its_place_up(
+    settings: Settings, redis: Redis, wamp_world: World
 ) -> None:
-    # Every refusal at one instant, as in a storm, however slowly this machine serves them: the
-    # admission clock stands still (the event loop's own clock does not).
-    monkeypatch.setattr("router.admission.time", SimpleNamespace(monotonic=lambda: 1000.0))
-    limits = {"max_handshakes_in_flight": 1, "busy_retry_after_seconds": 1, "handshake_timeout_seconds": 300}
-    async with router(with_router(settings, **limits)) as running:
-        async with raw_wamp(running.url):  # the one handshake allowed, held open however long 300 refusals take
-            hints = []
-            for _ in range(300):
-                with pytest.raises(InvalidStatus) as refused:
-                    async with connect(running.url, subprotocols=["wamp.2.json"]):  # type: ignore[list-item]
-                        pass
-                hints.append(int(refused.value.response.headers["Retry-After"]))
-    # A storm told to come back all at once would come back as a storm: slots, in order, no second
-    # given to more clients than the router welcomes in one (100/s assumed at start, 1.5x headroom).
-    assert hints == sorted(hints) and hints[0] == 1 and hints[-1] == 3, hints
-    assert max(Counter(hints).values()) <= 151, Counter(hints)
+    user = await wamp_world.user()
+    limits = {"max_handshakes_in_flight": 1, "handshake_timeout_seconds": 0.5}
+    async with router(with_router(settings, **limits)) as (running, _listener):
+        reader, writer = await asyncio.open_connection("127.0.0.1", running.port)  # says nothing at all
+        try:
+            await until(lambda: running.router.gate.inside == 1, "the silent connection to be accepted")
+            waiting = arrive(running.url)
+            assert await asyncio.wait_for(reader.read(), WAIT) == b""  # closed by the router
+            connection = await asyncio.wait_for(waiting, WAIT)
+            assert (await RawWamp(connection, "json").join(await wamp_world.login(user)))[0] == 2
+            await connection.close()
+        finally:
+            writer.close()
+
+
+async def test_probes_are_answered_on_the_health_port_while_arrivals_wait(
+    settings: Settings, redis: Redis, wamp_world: World
+) -> None:
+    async with router(with_router(settings, max_handshakes_in_flight=1), health_port=0) as (running, listener):
+        assert running.router.probes is not None
+        health = next(iter(running.router.probes.sockets)).getsockname()[1]
+        async with raw_wamp(running.url):
+            waiting = arrive(running.url)
+            await until(lambda: waiting_to_be_accepted(listener) == 1, "an arrival to queue in the kernel")
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{health}", timeout=WAIT) as client:
+                assert (await client.get("/healthz")).text == "ok\n"
+                metrics = (await client.get("/metrics")).text
+                elsewhere = await client.get("/ws")
+            assert "handin_router_accepting 0.0" in metrics
+            assert "handin_router_handshakes_in_flight 1.0" in metrics
+            assert "handin_router_waiting_to_be_accepted 1.0" in metrics
+            assert elsewhere.status_code == 404 and "/healthz and /metrics" in elsewhere.text
+            assert not waiting.done()
+        (await asyncio.wait_for(waiting, WAIT)).transport.abort()  # the held one left: room again
 
 
 async def test_a_session_refused_for_an_unavailable_backend_gets_a_retry_hint(
@@ -75,15 +124,15 @@ async def test_a_session_refused_for_an_unavailable_backend_gets_a_retry_hint(
 ) -> None:
     user = await wamp_world.user()
     ticket = await wamp_world.login(user)
-    async with router(with_router(settings, busy_retry_after_seconds=4)) as running:
-        working = running.router.redis
-        running.router.redis = Redis.from_url("redis://127.0.0.1:1")  # nothing listens there
+    async with router(with_router(settings, busy_retry_after_seconds=4)) as (running, _listener):
+        working = running.router.tickets.redis
+        running.router.tickets.redis = Redis.from_url("redis://127.0.0.1:1")  # nothing listens there
         try:
             async with raw_wamp(running.url) as raw:
                 abort = await raw.join(ticket)
         finally:
-            await running.router.redis.aclose()
-            running.router.redis = working
+            await running.router.tickets.redis.aclose()
+            running.router.tickets.redis = working
     assert abort[0] == 3 and abort[2] == UNAVAILABLE, abort
     assert abort[1]["retry_after"] == 4
 
