@@ -25,12 +25,12 @@ from typing import Any, Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from websockets.asyncio.server import ServerConnection
 from websockets.frames import OP_BINARY, OP_TEXT, Frame
 from websockets.protocol import State
 
 from core import keys
 from core.audience import Audience, project_event
+from router.connection import WebSocketConnection
 from router.metrics import RouterMetrics
 from router.wamp import MAX_ID, JsonSerializer, Serializer, encode_event, encode_gap, encode_json_event, publication_id
 
@@ -41,7 +41,7 @@ class Subscriber(Protocol):
     """What the broker needs from a local session."""
 
     serializer: Serializer
-    connection: ServerConnection
+    connection: WebSocketConnection
 
     def drop_slow(self) -> None: ...
 

@@ -8,9 +8,8 @@ wait in the kernel's listen queue, at no cost to the router, and are taken in ar
 sessions are welcomed. Past the listen backlog the kernel drops SYNs and clients' TCP retransmits
 them, which spaces their return without any work here.
 
-asyncio's Server cannot pause accepting, so this is a small accept loop of its own. It hands each
-socket to websockets and offers websockets' Server the few parts of asyncio.Server it uses, so
-websockets still owns each connection's handshake, keepalive and closing.
+asyncio's Server cannot pause accepting, so this is a small accept loop of its own. It also sweeps
+every connection's keepalive at once (router/connection.py), instead of a timer task per connection.
 """
 
 from __future__ import annotations
@@ -20,12 +19,9 @@ import contextlib
 import logging
 import socket
 import struct
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable
 
-from websockets.asyncio.server import Server, ServerConnection
-from websockets.exceptions import ConnectionClosed
-from websockets.server import ServerProtocol
+from router.connection import WebSocketConnection
 
 log = logging.getLogger("router")
 
@@ -56,37 +52,34 @@ class Gate:
         await self._room.wait()
 
 
-class GatedConnection(ServerConnection):
-    """A connection counted in its gate until the router welcomes its session or it closes."""
+class Listener:
+    """Accepts on `sock` while `gate` has room, one WebSocketConnection per socket; keeps them alive."""
 
-    gate: Gate | None = None
-
-    def admitted(self) -> None:
-        if self.gate is not None:
-            self.gate.leave()
-            self.gate = None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.admitted()
-        super().connection_lost(exc)
-
-
-class GatedListener:
-    """Accepts on `sock` while `gate` has room; the parts of asyncio.Server websockets' Server uses."""
-
-    def __init__(self, sock: socket.socket, make_connection: Callable[[], GatedConnection], gate: Gate) -> None:
-        self._sock = sock
-        self._make_connection = make_connection
+    def __init__(
+        self,
+        sock: socket.socket,
+        gate: Gate,
+        make_connection: Callable[[set[WebSocketConnection]], WebSocketConnection],
+        *,
+        ping_interval: float,
+        ping_timeout: float,
+    ) -> None:
+        self.sock = sock
         self.gate = gate
+        self.connections: set[WebSocketConnection] = set()
+        self._make_connection = make_connection
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
         self._loop = asyncio.get_running_loop()
         self._starting: set[asyncio.Task[None]] = set()
         self._accepting = self._loop.create_task(self._accept_forever())
+        self._sweeping = self._loop.create_task(self._keep_alive())
 
     async def _accept_forever(self) -> None:
         while True:
             await self.gate.room()
             try:
-                client, _address = await self._loop.sock_accept(self._sock)
+                client, _address = await self._loop.sock_accept(self.sock)
             except OSError as error:  # EMFILE, ENFILE, ENOBUFS: the connection stays queued; try later
                 log.warning("accept failed; retrying shortly", extra={"error": str(error)})
                 await asyncio.sleep(ACCEPT_RETRY_SECONDS)
@@ -97,55 +90,52 @@ class GatedListener:
             task.add_done_callback(self._starting.discard)
 
     async def _start(self, client: socket.socket) -> None:
-        made: list[GatedConnection] = []
+        made: list[WebSocketConnection] = []
 
-        def connection() -> GatedConnection:
-            made.append(self._make_connection())
-            made[0].gate = self.gate
+        def connection() -> WebSocketConnection:
+            made.append(self._make_connection(self.connections))
             return made[0]
 
         try:
             await self._loop.connect_accepted_socket(connection, client)
         except (OSError, RuntimeError):  # reset before its transport existed, or the loop is closing
-            client.close()
+            with contextlib.suppress(OSError):  # uvloop may have taken the descriptor already
+                client.close()
             if made:
                 made[0].admitted()
             else:
                 self.gate.leave()
 
-    # What websockets' Server calls on the asyncio.Server it wraps.
+    async def _keep_alive(self) -> None:
+        """Ping each open connection every ping_interval; close one whose pong is ping_timeout late."""
+        tick = max(0.05, min(self._ping_interval, self._ping_timeout) / 4)
+        while True:
+            await asyncio.sleep(tick)
+            now = self._loop.time()
+            for connection in list(self.connections):
+                connection.keepalive(now, self._ping_interval, self._ping_timeout)
 
     @property
-    def sockets(self) -> Iterable[socket.socket]:
-        return (self._sock,)
+    def sockets(self) -> tuple[socket.socket]:
+        return (self.sock,)
 
-    def get_loop(self) -> asyncio.AbstractEventLoop:
-        return self._loop
-
-    def is_serving(self) -> bool:
-        return not self._accepting.done()
-
-    def close(self) -> None:
+    def stop_accepting(self) -> None:
         self._accepting.cancel()
-        self._sock.close()
+        self.sock.close()
 
-    async def wait_closed(self) -> None:
+    async def close(self, code: int = 1001) -> None:
+        """Stop accepting, end every connection still open (going away), wait until all are gone."""
+        self.stop_accepting()
         with contextlib.suppress(asyncio.CancelledError):
             await self._accepting
         if self._starting:
             await asyncio.wait(list(self._starting))
-
-
-class QuietClientDepartures(logging.Filter):
-    """Drop websockets' "opening handshake failed" records for clients that left mid-handshake.
-
-    During a storm browsers give up and come back by the thousand; each departure is logged at
-    ERROR with a traceback otherwise, which costs the router CPU when it has least to spare.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        return not isinstance(error, ConnectionClosed | EOFError | ConnectionError | TimeoutError)
+        closing = [asyncio.ensure_future(connection.close(code)) for connection in list(self.connections)]
+        if closing:
+            await asyncio.wait(closing)
+        self._sweeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._sweeping
 
 
 def waiting_to_be_accepted(sock: socket.socket) -> int | None:
@@ -164,31 +154,3 @@ def listening_socket(host: str, port: int, backlog: int) -> socket.socket:
     sock = socket.create_server((host, port), family=family, backlog=backlog, reuse_port=False)
     sock.setblocking(False)
     return sock
-
-
-def gated_server(
-    handler: Callable[[ServerConnection], Any],
-    sock: socket.socket,
-    gate: Gate,
-    *,
-    process_request: Callable[..., Any],
-    subprotocols: list[str],
-    max_size: int,
-    ping_interval: float,
-    ping_timeout: float,
-    close_timeout: float,
-    open_timeout: float,
-) -> Server:
-    """A websockets Server (as ``serve`` makes one, without compression) accepting through `gate`."""
-    server = Server(handler, process_request=process_request, open_timeout=open_timeout)
-    if not any(isinstance(f, QuietClientDepartures) for f in server.logger.filters):  # type: ignore[union-attr]
-        server.logger.addFilter(QuietClientDepartures())  # type: ignore[union-attr]
-
-    def make_connection() -> GatedConnection:
-        protocol = ServerProtocol(subprotocols=subprotocols, max_size=max_size, logger=server.logger)  # type: ignore[arg-type]
-        return GatedConnection(
-            protocol, server, ping_interval=ping_interval, ping_timeout=ping_timeout, close_timeout=close_timeout
-        )
-
-    server.wrap(GatedListener(sock, make_connection, gate))  # type: ignore[arg-type]
-    return server

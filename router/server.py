@@ -24,7 +24,7 @@ import json
 import logging
 import random
 import signal
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import AsyncIterator, Callable
 from http import HTTPStatus
 from typing import TypeVar
@@ -35,7 +35,6 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from core import chat, keys
@@ -56,13 +55,18 @@ from router.auth import (
 )
 from router.broker import Broker, websocket_frame
 from router.chat import ChatGate
+from router.connection import WebSocketConnection
 from router.directory import Directory
-from router.listener import Gate, GatedConnection, gated_server, listening_socket
+from router.listener import Gate, Listener, listening_socket
 from router.metrics import RouterMetrics
 
 log = logging.getLogger("router")
 
 WS_PATH = "/ws"
+# Messages held back per session while an earlier one is being acted on; past it the socket is not read.
+MAX_BACKLOG = 16
+# After sending a close frame, how long the peer has to close before the connection is aborted.
+CLOSE_TIMEOUT_SECONDS = 2.0
 UNAVAILABLE = "handin.error.unavailable"
 TOO_MANY_SESSIONS = "handin.error.too_many_sessions"
 TOO_MANY_SUBSCRIPTIONS = "handin.error.too_many_subscriptions"
@@ -80,6 +84,8 @@ class Peer:
 
     # Thousands of these live at once: no per-instance __dict__.
     __slots__ = (
+        "backlog",
+        "busy",
         "connection",
         "dropped",
         "gone",
@@ -92,7 +98,7 @@ class Peer:
         "serializer",
     )
 
-    def __init__(self, router: Router, connection: ServerConnection, serializer: wamp.Serializer) -> None:
+    def __init__(self, router: Router, connection: WebSocketConnection, serializer: wamp.Serializer) -> None:
         self.router = router
         self.connection = connection
         self.serializer = serializer
@@ -103,6 +109,10 @@ class Peer:
         self.gone = asyncio.Event()
         self.pending = 0  # SUBSCRIBEs being checked, counted against the per-session cap
         self.handshaking = True  # counted in the listener's gate until WELCOME or the end
+        # Messages wait here, in order, while an earlier one's action (a ticket check, an
+        # authorisation look-up) runs.
+        self.busy = False
+        self.backlog: deque[str | bytes] = deque()
 
     def send(self, frame: str | bytes) -> None:
         # Written synchronously like events, so replies and EVENTs keep their order.
@@ -114,8 +124,7 @@ class Peer:
         self.dropped = True
         self.router.metrics.slow_consumers.inc()
         log.warning("dropping slow consumer", extra={"wamp_session": self.protocol.session_id})
-        if self.connection.transport is not None:
-            self.connection.transport.abort()
+        self.connection.abort()
 
 
 class Router:
@@ -180,7 +189,7 @@ class Router:
             HTTPStatus.NOT_FOUND, "this port answers /healthz and /metrics\n"
         )
 
-    def _probe(self, connection: ServerConnection, path: str) -> Response | None:
+    def _probe(self, connection: ServerConnection | WebSocketConnection, path: str) -> Response | None:
         if path == "/healthz":
             if self.broker.healthy and not self.shutting_down:
                 return connection.respond(HTTPStatus.OK, "ok\n")
@@ -191,7 +200,7 @@ class Router:
             return response
         return None
 
-    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    def process_request(self, connection: WebSocketConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path != WS_PATH:
             return self._probe(connection, path) or connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
@@ -213,36 +222,56 @@ class Router:
     def _handshake_over(self, peer: Peer) -> None:
         if peer.handshaking:
             peer.handshaking = False
-            if isinstance(peer.connection, GatedConnection):
-                peer.connection.admitted()
+            peer.connection.admitted()
 
     # One connection ----------------------------------------------------------------
 
-    async def handler(self, connection: ServerConnection) -> None:
-        serializer = wamp.SERIALIZERS.get(connection.subprotocol or "")
-        if serializer is None:
-            await connection.close(1002, "offer subprotocol wamp.2.json or wamp.2.msgpack")
-            return
-        peer = Peer(self, connection, serializer)
+    def opened(self, connection: WebSocketConnection) -> None:
+        serializer = wamp.SERIALIZERS[connection.subprotocol or ""]  # process_request required one of ours
+        connection.peer = peer = Peer(self, connection, serializer)
         self.peers.add(peer)
-        deadline = asyncio.get_running_loop().call_later(
-            self.limits.handshake_timeout_seconds, self._handshake_expired, peer
-        )
-        try:
-            async for frame in connection:
-                for action in peer.protocol.receive(frame):
-                    await self._act(peer, action)
-                if peer.protocol.phase is wamp.Phase.CLOSED:
-                    break
-        except ConnectionClosed:
-            pass
-        finally:
-            deadline.cancel()
-            await self._forget(peer)
 
-    def _handshake_expired(self, peer: Peer) -> None:
+    def message(self, connection: WebSocketConnection, frame: str | bytes) -> None:
+        peer: Peer = connection.peer
+        if peer.busy:
+            peer.backlog.append(frame)
+            if len(peer.backlog) > MAX_BACKLOG and connection.transport is not None:
+                connection.transport.pause_reading()  # the rest waits in the socket
+            return
+        self._receive(peer, frame)
+
+    def _receive(self, peer: Peer, frame: str | bytes) -> None:
+        """Act on one message at once; only an action that waits runs as a task, and holds the rest back."""
+        actions = peer.protocol.receive(frame)
+        for index, action in enumerate(actions):
+            if isinstance(action, wamp.Send):
+                peer.send(action.frame)
+                continue
+            peer.busy = True
+            self._spawn(self._work_through(peer, actions[index:]))
+            return
+
+    async def _work_through(self, peer: Peer, actions: list[wamp.Action]) -> None:
+        try:
+            await self._run_actions(peer, actions)
+            while peer.backlog and not peer.gone.is_set():
+                for action in peer.protocol.receive(peer.backlog.popleft()):
+                    await self._act(peer, action)
+        except Exception:
+            log.exception("a session's message could not be handled", extra={"wamp_session": peer.protocol.session_id})
+            await peer.connection.close(1011, "internal error")
+        finally:
+            peer.busy = False
+            if peer.connection.transport is not None and not peer.gone.is_set():
+                peer.connection.transport.resume_reading()
+
+    def expired(self, connection: WebSocketConnection) -> None:
+        peer: Peer = connection.peer
         if peer.protocol.phase in (wamp.Phase.AWAIT_HELLO, wamp.Phase.CHALLENGED, wamp.Phase.AUTHENTICATING):
             self._spawn(self._run_actions(peer, peer.protocol.abort(wamp.NOT_AUTHORIZED, "handshake timed out")))
+
+    def closed(self, connection: WebSocketConnection) -> None:
+        self._spawn(self._forget(connection.peer))
 
     async def _run_actions(self, peer: Peer, actions: list[wamp.Action]) -> None:
         for action in actions:
@@ -554,8 +583,8 @@ def allowed_origins(settings: Settings) -> frozenset[str]:
 @contextlib.asynccontextmanager
 async def running_router(
     settings: Settings, host: str, port: int, health_port: int | None = None
-) -> AsyncIterator[tuple[Router, Server]]:
-    """Start a router on (host, port); port 0 picks a free one (see server.sockets).
+) -> AsyncIterator[tuple[Router, Listener]]:
+    """Start a router on (host, port); port 0 picks a free one (see listener.sock).
 
     With `health_port`, /healthz and /metrics are also answered there (router.probes), on a listener
     that never waits for room: during a reconnect storm the main port's arrivals queue in the kernel,
@@ -569,29 +598,36 @@ async def running_router(
         # yet (up to net.core.somaxconn) rather than drop SYNs that then retry after 1, 3, 7 s.
         sock = listening_socket(host, port, backlog=4096)
         router.metrics.watch_listener(sock)
-        server = gated_server(
-            router.handler,
+
+        def connection(connections: set[WebSocketConnection]) -> WebSocketConnection:
+            return WebSocketConnection(
+                router,
+                router.gate,
+                subprotocols=list(wamp.SUBPROTOCOLS),
+                max_size=limits.max_message_bytes,
+                close_timeout=CLOSE_TIMEOUT_SECONDS,
+                handshake_timeout=limits.handshake_timeout_seconds,
+                connections=connections,
+            )
+
+        listener = Listener(
             sock,
             router.gate,
-            process_request=router.process_request,
-            subprotocols=list(wamp.SUBPROTOCOLS),
-            max_size=limits.max_message_bytes,
+            connection,
             ping_interval=limits.ping_interval_seconds,
             ping_timeout=limits.ping_timeout_seconds,
-            close_timeout=2,
-            open_timeout=limits.handshake_timeout_seconds,
         )
         try:
             if health_port is not None:
                 router.probes = await serve(_no_upgrade, host, health_port, process_request=router.process_probe)
-            yield router, server
+            yield router, listener
+            listener.stop_accepting()
             await router.drain()
         finally:
             if router.probes is not None:
                 router.probes.close()
                 await router.probes.wait_closed()
-            server.close()
-            await server.wait_closed()
+            await listener.close()
     finally:
         await router.stop()
 

@@ -75,6 +75,33 @@ async def test_oversized_frames_and_missing_subprotocol_close_the_socket(wamp_ro
     assert refused.value.response.status_code == 400
 
 
+async def test_a_message_in_fragments_is_read_whole(wamp_router: RunningRouter, wamp_world: World) -> None:
+    ticket = await wamp_world.login(await wamp_world.user())
+    async with raw_wamp(wamp_router.url) as raw:
+        hello = '[1, "handin", {"roles": {"subscriber": {}}, "authmethods": ["ticket"]}]'
+        await raw.connection.send([hello[:5], hello[5:30], hello[30:]])  # one message, three frames
+        assert (await raw.recv())[0] == 4  # CHALLENGE
+        await raw.send([5, ticket, {}])
+        assert (await raw.recv())[0] == 2  # WELCOME
+
+
+async def test_a_text_frame_that_is_not_utf8_closes_the_socket_with_1007(wamp_router: RunningRouter) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", wamp_router.port)
+    try:
+        writer.write(
+            b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Protocol: wamp.2.json\r\n\r\n"
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 101")
+        writer.write(bytes([0x81, 0x80 | 2, 0, 0, 0, 0]) + b"\xff\xfe")  # FIN + text, masked (zero key)
+        close = await asyncio.wait_for(reader.readexactly(4), 10)
+        assert close[0] == 0x88 and int.from_bytes(close[2:4], "big") == 1007, close
+    finally:
+        writer.close()
+
+
 async def test_a_peer_that_never_authenticates_is_aborted(settings: Settings, redis: Redis) -> None:
     async with router_with(settings, handshake_timeout_seconds=0.3) as running, raw_wamp(running.url) as raw:
         await raw.send([1, "handin", {"roles": {"subscriber": {}}, "authmethods": ["ticket"]}])
