@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import itertools
 import logging
 import math
@@ -129,6 +130,13 @@ class AuthorizationTimeout(Exception):
 
 
 SUBSCRIBE, PUBLISH, PRINCIPAL = "subscribe", "publish", "principal"
+
+
+class NotHeld(enum.Enum):
+    NOT_HELD = "not held"
+
+
+NOT_HELD = NotHeld.NOT_HELD  # an answer that needs a look-up
 CacheKey = tuple[int, str, str]  # (user, action, topic)
 Answer = Audience | bool | None  # SUBSCRIBE: the audience (None refuses); PUBLISH: yes or no
 
@@ -168,7 +176,12 @@ class Authorizer:
             return await self.audience(who, topic) is not None
         return await self._answer(who, PUBLISH, topic) is True
 
-    async def _answer(self, who: access.Principal, action: str, topic: str) -> Answer:
+    def held_audience(self, who: access.Principal, topic: str) -> Audience | NotHeld | None:
+        """``audience`` when it can be answered from memory at once, else NOT_HELD."""
+        answer = self._held_answer(who, SUBSCRIBE, topic)
+        return answer if answer is NOT_HELD or isinstance(answer, Audience) else None
+
+    def _held_answer(self, who: access.Principal, action: str, topic: str) -> Answer | NotHeld:
         key = (who.user_id, action, topic)
         hit = self._cache.get(key)
         if hit is not None and hit[1] > time.monotonic():
@@ -178,6 +191,14 @@ class Authorizer:
         held, facts = self.directory.held_facts(topic)
         if rights is not None and held:  # decided from memory: no task, no time limit needed
             return self._decide(key, rights, action, topic, facts)
+        return NOT_HELD
+
+    async def _answer(self, who: access.Principal, action: str, topic: str) -> Answer:
+        held = self._held_answer(who, action, topic)
+        if held is not NOT_HELD:
+            assert held is None or isinstance(held, Audience | bool)
+            return held
+        key = (who.user_id, action, topic)
         answer = await self._bounded(key, topic, self._look_up(key, who, action, topic))
         assert answer is None or isinstance(answer, Audience | bool)
         return answer

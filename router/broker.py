@@ -105,15 +105,22 @@ class Broker:
 
     # Subscriptions ----------------------------------------------------------------
 
+    def held_subscription(self, topic: str) -> int | None:
+        """The topic's subscription id if Redis already delivers it here, else None (use ``subscribe``)."""
+        held = self.topics.get(topic)
+        if held is not None and held.ready.done() and not held.ready.cancelled() and not held.ready.exception():
+            return held.subscription_id
+        return None
+
     async def subscribe(self, topic: str) -> int:
         """Make sure Redis delivers `topic` here; returns the topic's subscription id.
 
         The caller sends SUBSCRIBED and then calls ``attach`` without awaiting in
         between, so no EVENT can precede SUBSCRIBED.
         """
-        held = self.topics.get(topic)
-        if held is not None and held.ready.done() and not held.ready.cancelled() and not held.ready.exception():
-            return held.subscription_id  # already delivered here: nothing to wait for
+        held = self.held_subscription(topic)
+        if held is not None:
+            return held  # already delivered here: nothing to wait for
         async with self._channel_changes:
             state = self.topics.get(topic)
             if state is None:

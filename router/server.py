@@ -39,11 +39,13 @@ from websockets.http11 import Request, Response
 
 from core import chat, keys
 from core.access import SERVICE
+from core.audience import Audience
 from core.db import make_engine, make_sessionmaker
 from core.settings import Settings, get_settings
 from core.unit_of_work import unit_of_work
 from router import wamp
 from router.auth import (
+    NOT_HELD,
     PUBLISH,
     SUBSCRIBE,
     AuthenticationFailed,
@@ -247,6 +249,8 @@ class Router:
             if isinstance(action, wamp.Send):
                 peer.send(action.frame)
                 continue
+            if isinstance(action, wamp.SubscribeRequested) and self._subscribe_at_once(peer, action):
+                continue
             peer.busy = True
             self._spawn(self._work_through(peer, actions[index:]))
             return
@@ -324,17 +328,46 @@ class Router:
         if identity.web_session_id in self._recently_revoked:  # logout raced the ticket check
             self._end(peer, wamp.CLOSE_LOGOUT, "logged out")
 
-    async def _subscribe(self, peer: Peer, request: wamp.SubscribeRequested) -> None:
+    def _subscribe_at_once(self, peer: Peer, request: wamp.SubscribeRequested) -> bool:
+        """Answer a SUBSCRIBE without waiting, when its decision and the topic's Redis subscription
+        are held (most of a storm's browsers ask for the same few topics); False: it needs a task."""
         assert peer.identity is not None
+        if self._refuse_subscribe(peer, request):
+            return True
+        audience = self.authorizer.held_audience(peer.identity.principal, request.topic)
+        if audience is NOT_HELD:
+            return False
+        if audience is None:
+            self.metrics.denied.labels(action=SUBSCRIBE).inc()
+            peer.send(peer.protocol.error(wamp.SUBSCRIBE, request.request, wamp.NOT_AUTHORIZED).frame)
+            return True
+        subscription = self.broker.held_subscription(request.topic)
+        if subscription is None:
+            return False
+        self._subscribed(peer, request, subscription, audience)
+        return True
+
+    def _refuse_subscribe(self, peer: Peer, request: wamp.SubscribeRequested) -> bool:
         if keys.parse_topic(request.topic) is None:
             text = f"{request.topic} is not a handin topic name (ids are decimal, without leading zeros)"
             peer.send(peer.protocol.error(wamp.SUBSCRIBE, request.request, wamp.INVALID_URI, text).frame)
-            return
+            return True
         limit = self.limits.max_subscriptions_per_session
         if len(peer.protocol.topics) + peer.pending >= limit:
             self.metrics.denied.labels(action=SUBSCRIBE).inc()
             text = f"at most {limit} subscriptions per session"
             peer.send(peer.protocol.error(wamp.SUBSCRIBE, request.request, TOO_MANY_SUBSCRIPTIONS, text).frame)
+            return True
+        return False
+
+    def _subscribed(self, peer: Peer, request: wamp.SubscribeRequested, subscription: int, audience: Audience) -> None:
+        # SUBSCRIBED is written before the session joins the topic: no EVENT can overtake it.
+        peer.send(peer.protocol.subscribed(request.request, request.topic, subscription).frame)
+        self.broker.attach(peer, request.topic, audience)
+
+    async def _subscribe(self, peer: Peer, request: wamp.SubscribeRequested) -> None:
+        assert peer.identity is not None
+        if self._refuse_subscribe(peer, request):
             return
         peer.pending += 1
         try:
@@ -362,9 +395,7 @@ class Router:
         if peer.protocol.phase is not wamp.Phase.ESTABLISHED or peer.connection.transport is None:
             await self.broker.release(request.topic)
             return
-        # SUBSCRIBED is written before the session joins the topic: no EVENT can overtake it.
-        peer.send(peer.protocol.subscribed(request.request, request.topic, subscription).frame)
-        self.broker.attach(peer, request.topic, audience)
+        self._subscribed(peer, request, subscription, audience)
 
     async def _publish(self, peer: Peer, request: wamp.PublishRequested) -> None:
         assert peer.identity is not None
