@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from core import keys
 from core.audience import Audience
@@ -131,7 +131,7 @@ class TopicFacts:
     owner_id: int | None = None
 
 
-async def rights_of(session: AsyncSession, user_ids: Collection[int]) -> dict[int, Rights]:
+async def rights_of(session: AsyncSession | AsyncConnection, user_ids: Collection[int]) -> dict[int, Rights]:
     """The rights of many users in one statement; a user who does not exist is absent."""
     rows = await session.execute(
         select(User.id, User.is_service, Enrolment.course_id, Enrolment.role)
@@ -156,7 +156,9 @@ def needs_facts(topic: str) -> tuple[str, int] | None:
     return parsed[0], parsed[1]
 
 
-async def facts_of(session: AsyncSession, wanted: Collection[tuple[str, int]]) -> dict[tuple[str, int], TopicFacts]:
+async def facts_of(
+    session: AsyncSession | AsyncConnection, wanted: Collection[tuple[str, int]]
+) -> dict[tuple[str, int], TopicFacts]:
     """Facts of many assignments and submissions, one statement per kind; missing rows are absent."""
     found: dict[tuple[str, int], TopicFacts] = {}
     assignments = [ident for kind, ident in wanted if kind == "assignment"]

@@ -158,7 +158,10 @@ async def confirm_flash(
             return True
         flash.confirmed_at = utcnow()
         await work.emit(
-            keys.user_topic(user_id), "flash.confirmed", {"id": flash_id, "reason": reason}, actor=f"user:{user_id}",
+            keys.user_topic(user_id),
+            "flash.confirmed",
+            {"id": flash_id, "reason": reason},
+            actor=f"user:{user_id}",
             actor_id=user_id,
         )
     return True

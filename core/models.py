@@ -136,9 +136,7 @@ class Submission(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    assignment_id: Mapped[int] = mapped_column(
-        ForeignKey("assignments.id", ondelete="CASCADE"), index=True
-    )
+    assignment_id: Mapped[int] = mapped_column(ForeignKey("assignments.id", ondelete="CASCADE"), index=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     attempt: Mapped[int] = mapped_column(Integer)
     late: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -161,9 +159,7 @@ class Submission(Base):
 
     assignment: Mapped[Assignment] = relationship()
     user: Mapped[User] = relationship(foreign_keys=[user_id])
-    steps: Mapped[list[SubmissionStep]] = relationship(
-        back_populates="submission", order_by="SubmissionStep.id"
-    )
+    steps: Mapped[list[SubmissionStep]] = relationship(back_populates="submission", order_by="SubmissionStep.id")
 
 
 class SubmissionStep(Base):
@@ -171,9 +167,7 @@ class SubmissionStep(Base):
     __table_args__ = (UniqueConstraint("submission_id", "step"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    submission_id: Mapped[int] = mapped_column(
-        ForeignKey("submissions.id", ondelete="CASCADE"), index=True
-    )
+    submission_id: Mapped[int] = mapped_column(ForeignKey("submissions.id", ondelete="CASCADE"), index=True)
     step: Mapped[str] = mapped_column(String(20))
     state: Mapped[str] = mapped_column(String(20), default="pending", index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -212,9 +206,7 @@ class Upload(Base):
     expires_at: Mapped[datetime] = mapped_column(index=True)
     locked_until: Mapped[datetime | None] = mapped_column(default=None)
     lock_token: Mapped[str | None] = mapped_column(String(32), default=None)
-    submission_id: Mapped[int | None] = mapped_column(
-        ForeignKey("submissions.id", ondelete="SET NULL"), default=None
-    )
+    submission_id: Mapped[int | None] = mapped_column(ForeignKey("submissions.id", ondelete="SET NULL"), default=None)
 
 
 class Event(Base):
@@ -231,9 +223,7 @@ class Event(Base):
     seq: Mapped[int] = mapped_column(BigInteger)
     type: Mapped[str] = mapped_column(String(60))
     at: Mapped[datetime] = mapped_column(default=utcnow)
-    actor_id: Mapped[int | None] = mapped_column(
-        ForeignKey("users.id", ondelete="SET NULL"), default=None
-    )
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), default=None)
     actor: Mapped[str] = mapped_column(String(100), default="system")
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 

@@ -73,9 +73,7 @@ def blocked_steps(states: dict[str, StepState]) -> list[str]:
     failed = {name for name, state in states.items() if state == StepState.failed}
     blocked: list[str] = []
     for step in STEPS:
-        if states.get(step.name) == StepState.pending and any(
-            dep in failed or dep in blocked for dep in step.after
-        ):
+        if states.get(step.name) == StepState.pending and any(dep in failed or dep in blocked for dep in step.after):
             blocked.append(step.name)
     return blocked
 

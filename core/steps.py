@@ -145,9 +145,7 @@ async def finish_step(
         work.stage(topic, f"step.{state.value}", data, actor=who)
 
         if submission_values:
-            await session.execute(
-                update(Submission).where(Submission.id == submission_id).values(**submission_values)
-            )
+            await session.execute(update(Submission).where(Submission.id == submission_id).values(**submission_values))
         if quarantine:
             facts.status, facts.changed = SubmissionStatus.quarantined.value, True
         to_enqueue = await _advance(work, topic, facts, now)

@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import Generic, TypeVar
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from core import access
 from core.models import WebSession
@@ -93,8 +93,8 @@ class WebSessionFacts:
 
 
 class Directory:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], ttl_seconds: float, max_entries: int) -> None:
-        self.sessions = sessions
+    def __init__(self, engine: AsyncEngine, ttl_seconds: float, max_entries: int) -> None:
+        self.engine = engine
         self.ttl = ttl_seconds
         self.max_entries = max_entries
         self._web_sessions: dict[str, tuple[WebSessionFacts, float]] = {}
@@ -138,7 +138,7 @@ class Directory:
         self._web_sessions.pop(session_id, None)
 
     async def _load_web_sessions(self, ids: list[str]) -> dict[str, WebSessionFacts]:
-        async with self.sessions() as db:
+        async with self._connect() as db:
             rows = await db.execute(
                 select(WebSession.id, WebSession.user_id, WebSession.expires_at, WebSession.revoked_at).where(
                     WebSession.id.in_(ids)
@@ -184,7 +184,7 @@ class Directory:
             self._rights.pop(user_id, None)
 
     async def _load_rights(self, user_ids: list[int]) -> dict[int, access.Rights]:
-        async with self.sessions() as db:
+        async with self._connect() as db:
             return await access.rights_of(db, user_ids)
 
     # Topic facts ----------------------------------------------------------------------------
@@ -214,8 +214,12 @@ class Directory:
         return found
 
     async def _load_facts(self, wanted: list[tuple[str, int]]) -> dict[tuple[str, int], access.TopicFacts]:
-        async with self.sessions() as db:
+        async with self._connect() as db:
             return await access.facts_of(db, wanted)
+
+    def _connect(self) -> AsyncConnection:
+        # Plain statements on a pooled connection: no ORM session to set up per batch.
+        return self.engine.connect()
 
     def _trim(self, cache: dict[K, tuple[V, float]]) -> None:
         """Bounded: past max_entries, drop expired entries, then the oldest inserted."""

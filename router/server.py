@@ -141,7 +141,7 @@ class Router:
         self.sessions = make_sessionmaker(self.engine)
         self.redis: Redis = Redis.from_url(settings.redis_url)
         self.tickets = TicketLedger(self.redis)
-        self.directory = Directory(self.sessions, self.limits.authz_recheck_seconds, self.limits.authz_cache_entries)
+        self.directory = Directory(self.engine, self.limits.authz_recheck_seconds, self.limits.authz_cache_entries)
         self.authorizer = Authorizer(
             self.directory,
             self.limits.authz_cache_seconds,

@@ -114,9 +114,7 @@ async def lookup(
         by_submission: dict[tuple[int, int], Held] = {}
         for start in range(0, len(unique), LOOKUP_BATCH):
             rows = await session.execute(
-                select(
-                    FingerprintRow.hash, FingerprintRow.position, FingerprintRow.submission_id, Submission.user_id
-                )
+                select(FingerprintRow.hash, FingerprintRow.position, FingerprintRow.submission_id, Submission.user_id)
                 .join(Submission, Submission.id == FingerprintRow.submission_id)
                 .where(
                     FingerprintRow.assignment_id == assignment_id,
