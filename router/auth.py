@@ -103,10 +103,8 @@ async def authenticate_ticket(ticket: str, *, secret: str, tickets: TicketLedger
         raise AuthenticationFailed("web session logged out")
     web_session = directory.held_web_session(claims.session_id)
     rights = directory.held_rights(claims.user_id)
-    if web_session is None or rights is None:  # not held: both in the batches now being gathered
-        web_session, rights = await asyncio.gather(
-            directory.web_session(claims.session_id), directory.rights(claims.user_id)
-        )
+    if web_session is None or rights is None:  # not held: both in the batch of handshakes now being gathered
+        web_session, rights = await directory.web_session_and_rights(claims.session_id)
     if web_session is None or web_session.user_id != claims.user_id:
         raise AuthenticationFailed("no such web session")
     if web_session.revoked:

@@ -103,7 +103,9 @@ class Directory:
         # Bumped by every invalidation: a load that began before one may have read the old row, and
         # is then answered but not kept (its answer is at most as old as the change itself).
         self._generation = 0
-        self._web_session_loader: Batcher[str, WebSessionFacts] = Batcher(self._load_web_sessions)
+        self._web_session_loader: Batcher[str, tuple[WebSessionFacts, access.Rights | None]] = Batcher(
+            self._load_web_sessions
+        )
         self._rights_loader: Batcher[int, access.Rights] = Batcher(self._load_rights)
         self._facts_loader: Batcher[tuple[str, int], access.TopicFacts] = Batcher(self._load_facts)
 
@@ -122,29 +124,37 @@ class Directory:
         hit = self._web_sessions.get(session_id)
         return hit[0] if hit is not None and hit[1] > time.monotonic() else None
 
-    async def web_session(self, session_id: str) -> WebSessionFacts | None:
-        held = self.held_web_session(session_id)
-        if held is not None:
-            return held
+    async def web_session_and_rights(self, session_id: str) -> tuple[WebSessionFacts | None, access.Rights | None]:
+        """The web session and its user's rights, loaded together (one statement per batch of handshakes)."""
         generation = self._generation
         found = await self._web_session_loader.get(session_id)
-        if found is not None and not found.revoked and generation == self._generation:
-            self._web_sessions[session_id] = (found, time.monotonic() + self.ttl)
-            self._trim(self._web_sessions)
-        return found
+        if found is None:
+            return None, None
+        web_session, rights = found
+        if generation == self._generation:
+            now = time.monotonic()
+            if not web_session.revoked:
+                self._web_sessions[session_id] = (web_session, now + self.ttl)
+                self._trim(self._web_sessions)
+            if rights is not None:
+                self._rights[rights.user_id] = (rights, now + self.ttl)
+                self._trim(self._rights)
+        return web_session, rights
 
     def forget_web_session(self, session_id: str) -> None:
         self._generation += 1
         self._web_sessions.pop(session_id, None)
 
-    async def _load_web_sessions(self, ids: list[str]) -> dict[str, WebSessionFacts]:
+    async def _load_web_sessions(self, ids: list[str]) -> dict[str, tuple[WebSessionFacts, access.Rights | None]]:
         async with self._connect() as db:
             rows = await db.execute(
                 select(WebSession.id, WebSession.user_id, WebSession.expires_at, WebSession.revoked_at).where(
                     WebSession.id.in_(ids)
                 )
             )
-            return {sid: WebSessionFacts(user, expires, revoked is not None) for sid, user, expires, revoked in rows}
+            found = {sid: WebSessionFacts(user, expires, revoked is not None) for sid, user, expires, revoked in rows}
+            rights = await access.rights_of(db, {facts.user_id for facts in found.values()}) if found else {}
+        return {sid: (facts, rights.get(facts.user_id)) for sid, facts in found.items()}
 
     # Rights ---------------------------------------------------------------------------------
 
