@@ -18,8 +18,9 @@ Topic names must be canonical (core.keys.parse_topic): ``submission.02`` is refu
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
 from sqlalchemy import select
@@ -138,12 +139,17 @@ async def rights_of(session: AsyncSession | AsyncConnection, user_ids: Collectio
         .outerjoin(Enrolment, Enrolment.user_id == User.id)
         .where(User.id.in_(list(user_ids)))
     )
+    return rights_from(rows)
+
+
+def rights_from(rows: Iterable[Any]) -> dict[int, Rights]:
+    """Rights from (user id, is service, course id, role) rows: one per enrolment, or one with no course."""
     courses: dict[int, dict[int, str]] = {}
     service: dict[int, bool] = {}
     for user_id, is_service, course_id, role in rows:
         service[user_id] = bool(is_service)
         roles = courses.setdefault(user_id, {})
-        if course_id is not None:
+        if course_id is not None and role is not None:
             roles[course_id] = role
     return {user_id: Rights(user_id, service[user_id], courses[user_id]) for user_id in service}
 

@@ -31,7 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from core import access
-from core.models import WebSession
+from core.models import Enrolment, User, WebSession
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -146,15 +146,26 @@ class Directory:
         self._web_sessions.pop(session_id, None)
 
     async def _load_web_sessions(self, ids: list[str]) -> dict[str, tuple[WebSessionFacts, access.Rights | None]]:
-        async with self._connect() as db:
-            rows = await db.execute(
-                select(WebSession.id, WebSession.user_id, WebSession.expires_at, WebSession.revoked_at).where(
-                    WebSession.id.in_(ids)
-                )
+        # One statement: each web session with its user and the user's enrolments (a row per enrolment).
+        statement = (
+            select(
+                WebSession.id,
+                WebSession.user_id,
+                WebSession.expires_at,
+                WebSession.revoked_at,
+                User.is_service,
+                Enrolment.course_id,
+                Enrolment.role,
             )
-            found = {sid: WebSessionFacts(user, expires, revoked is not None) for sid, user, expires, revoked in rows}
-            rights = await access.rights_of(db, {facts.user_id for facts in found.values()}) if found else {}
-        return {sid: (facts, rights.get(facts.user_id)) for sid, facts in found.items()}
+            .join(User, User.id == WebSession.user_id)
+            .outerjoin(Enrolment, Enrolment.user_id == User.id)
+            .where(WebSession.id.in_(ids))
+        )
+        async with self._connect() as db:
+            rows = (await db.execute(statement)).all()
+        sessions = {sid: WebSessionFacts(user, ends, revoked is not None) for sid, user, ends, revoked, *_ in rows}
+        rights = access.rights_from((user, service, course, role) for _, user, _, _, service, course, role in rows)
+        return {sid: (facts, rights.get(facts.user_id)) for sid, facts in sessions.items()}
 
     # Rights ---------------------------------------------------------------------------------
 
