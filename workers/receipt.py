@@ -461,8 +461,10 @@ async def announcement_mail(ctx: dict[str, Any], course_id: int, seq: int, part:
                 log.warning("announcement not delivered", extra={"user_id": recipient.id, "error": str(error)})
             except TransientStepError as error:
                 raise Retry(defer=policy.delay(int(ctx.get("job_try", 1)))) from error
-        await ctx["redis"].sadd(mailed_key, recipient.id)
-        await ctx["redis"].expire(mailed_key, SENT_MARK_TTL_SECONDS)
+        async with ctx["redis"].pipeline(transaction=False) as pipe:  # one round trip per recipient
+            pipe.sadd(mailed_key, recipient.id)
+            pipe.expire(mailed_key, SENT_MARK_TTL_SECONDS)
+            await pipe.execute()
         sent += 1
     return f"sent {sent}"
 
