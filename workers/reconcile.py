@@ -103,9 +103,7 @@ async def _record_requeue(
     counts an attempt whose worker vanished and gives up after max_tries.
     """
     async with unit_of_work(sessions, redis) as work:
-        row = await work.session.scalar(
-            select(SubmissionStep).where(SubmissionStep.id == seen.id).with_for_update()
-        )
+        row = await work.session.scalar(select(SubmissionStep).where(SubmissionStep.id == seen.id).with_for_update())
         if row is None or row.state != seen.state or row.attempts != seen.attempts:
             return False
         if row.state == StepState.queued.value:
@@ -141,9 +139,7 @@ async def _settle_stalled(
     sessions: async_sessionmaker[AsyncSession], redis: ArqRedis, now: datetime, grace: timedelta
 ) -> dict[int, str]:
     """Submissions not finished although no step of theirs is queued, running or retrying."""
-    busy = exists().where(
-        and_(SubmissionStep.submission_id == Submission.id, SubmissionStep.state.in_(LIVE_STATES))
-    )
+    busy = exists().where(and_(SubmissionStep.submission_id == Submission.id, SubmissionStep.state.in_(LIVE_STATES)))
     async with sessions() as session:
         ids = list(
             await session.scalars(

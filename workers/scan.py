@@ -49,9 +49,7 @@ async def handle(ctx: StepContext) -> Outcome:
     # Quarantine first, so the file is out of reach before anyone is told.
     await ctx.storage.move(Area.incoming, Area.quarantine, submission.storage_key)
     await _tell_student_and_staff(ctx.sessions, ctx.redis, submission, verdict)
-    return Outcome(
-        result={"verdict": "infected", "signature": verdict.signature, "engine": engine}, quarantine=True
-    )
+    return Outcome(result={"verdict": "infected", "signature": verdict.signature, "engine": engine}, quarantine=True)
 
 
 async def _where_is(storage: Storage, key: str) -> Area:

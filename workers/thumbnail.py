@@ -59,9 +59,7 @@ async def handle(ctx: StepContext) -> Outcome:
     await ctx.progress("drawing a preview")
     try:
         async with local_copy(ctx.storage, Area.store, submission.storage_key) as path:
-            thumbnail = await asyncio.to_thread(
-                render_thumbnail, submission.kind, submission.original_filename, path
-            )
+            thumbnail = await asyncio.to_thread(render_thumbnail, submission.kind, submission.original_filename, path)
     except DocumentError as error:
         raise PermanentStepError(str(error)) from error
     except ObjectMissing as error:

@@ -141,8 +141,7 @@ def read_assignment_form(form: Any, cap_bytes: int) -> tuple[dict[str, Any], lis
         fields["max_bytes"] = int(max_mb * 1024 * 1024)
         if fields["max_bytes"] > cap_bytes:
             errors.append(
-                f"Maximum size: this server accepts at most {cap_mb:g} MB per file;"
-                f" enter {cap_mb:g} or less."
+                f"Maximum size: this server accepts at most {cap_mb:g} MB per file; enter {cap_mb:g} or less."
             )
     except ValueError:
         errors.append(f"Maximum size: a number of megabytes above 0 and at most {cap_mb:g}.")

@@ -35,8 +35,13 @@ pytestmark = [
 
 STATIC = Path(__file__).resolve().parents[2] / "api" / "static" / "js" / "wamp.js"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 PAGE = """<!doctype html><meta charset="utf-8"><title>wamp.js</title>
 <script type="module">

@@ -85,7 +85,7 @@ def upload(page: Page, system: System, content: bytes, name: str = "essay.txt") 
 def essay(words: int = 400) -> bytes:
     # Unique text per call, so similarity finds nothing and the upload is big enough to show progress.
     salt = uuid.uuid4().hex
-    return " ".join(f"{salt[i % 32:]}word{i}" for i in range(words)).encode()
+    return " ".join(f"{salt[i % 32 :]}word{i}" for i in range(words)).encode()
 
 
 def wait_all_steps_done(page: Page) -> None:
@@ -277,10 +277,16 @@ def quiet_submission(system: System) -> int:
             owner = await session.scalar(select(User.id).where(User.email == STUDENT))
             attempts = await session.scalars(select(Submission.attempt).where(Submission.user_id == owner))
             submission = Submission(
-                assignment_id=system.assignment_id, user_id=owner, attempt=max([0, *attempts]) + 1,
-                sha256=hashlib.sha256(content).hexdigest(), size=len(content), original_filename="offline.txt",
+                assignment_id=system.assignment_id,
+                user_id=owner,
+                attempt=max([0, *attempts]) + 1,
+                sha256=hashlib.sha256(content).hexdigest(),
+                size=len(content),
+                original_filename="offline.txt",
                 content_type="text/plain",
-                kind="text", storage_key=key, status="processing",
+                kind="text",
+                storage_key=key,
+                status="processing",
             )
             session.add(submission)
             await session.flush()
@@ -375,4 +381,3 @@ def test_screenshots_of_the_main_pages(browser: Browser, system: System, tmp_pat
     staff.screenshot(path=shots / "staff-assignment-edit.png", full_page=True)
     for page in (student, phone, staff):
         page.context.close()
-

@@ -351,9 +351,7 @@ def autoscalers(release: Release, queues: Redis) -> Iterator[Callable[..., Proce
         process.stop()
 
 
-async def scaled(
-    release: Release, history: ReplicaHistory, task: str, wanted: Callable[[int], bool], what: str
-) -> int:
+async def scaled(release: Release, history: ReplicaHistory, task: str, wanted: Callable[[int], bool], what: str) -> int:
     """Wait until the pool's replicas are as wanted on the server and the watch has seen that change.
 
     A read of the Deployment can be ahead of the watch's stream, so checks of who made a change wait for both.

@@ -64,9 +64,7 @@ def real_services(settings: Settings, clamd: Any, smtp_server: Any, admin_system
 
 async def upload(as_user: Any, world: Any, name: str, content: bytes) -> int:
     student = await as_user("student")
-    answer = await student.post(
-        f"/api/assignments/{world.assignment_id}/submissions", files={"file": (name, content)}
-    )
+    answer = await student.post(f"/api/assignments/{world.assignment_id}/submissions", files={"file": (name, content)})
     assert answer.status_code == 202, answer.text
     return int(answer.json()["id"])
 
@@ -77,16 +75,28 @@ async def upload(as_user: Any, world: Any, name: str, content: bytes) -> int:
     ids=["text", "pdf", "image"],
 )
 async def test_every_step_completes(
-    as_user: Any, world: Any, sessions: Any, settings: Settings, run_burst: Any, smtp_server: Any,
-    admin_system: Any, name: str, content: bytes, similarity_state: str,
+    as_user: Any,
+    world: Any,
+    sessions: Any,
+    settings: Settings,
+    run_burst: Any,
+    smtp_server: Any,
+    admin_system: Any,
+    name: str,
+    content: bytes,
+    similarity_state: str,
 ) -> None:
     submission_id = await upload(as_user, world, name, content)
     await drain_pipeline(run_burst)
 
     states = await step_states(sessions, submission_id)
     assert states == {
-        "scan": "succeeded", "store": "succeeded", "similarity": similarity_state,
-        "admin": "succeeded", "receipt": "succeeded", "thumbnail": "succeeded",
+        "scan": "succeeded",
+        "store": "succeeded",
+        "similarity": similarity_state,
+        "admin": "succeeded",
+        "receipt": "succeeded",
+        "thumbnail": "succeeded",
     }
     submission = await submission_row(sessions, submission_id)
     assert submission.status == "complete"
@@ -107,7 +117,12 @@ async def test_every_step_completes(
 
 
 async def test_infected_upload_is_quarantined_and_goes_nowhere(
-    as_user: Any, world: Any, sessions: Any, settings: Settings, run_burst: Any, smtp_server: Any,
+    as_user: Any,
+    world: Any,
+    sessions: Any,
+    settings: Settings,
+    run_burst: Any,
+    smtp_server: Any,
     admin_system: Any,
 ) -> None:
     submission_id = await upload(as_user, world, "notes.txt", EICAR)

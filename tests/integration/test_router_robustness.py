@@ -46,7 +46,7 @@ async def closed(raw: Any) -> bool:
         ("msgpack", "[1]"),
         ("msgpack", b"\xc1\xff\x00"),
         ("json", '[1, "handin", {"authmethods": ["ticket"]}]'),
-        ("json", '[33, 1, 2]'),
+        ("json", "[33, 1, 2]"),
         ("json", '[32, 1, {}, "submission.1"]'),
     ],
 )
@@ -159,9 +159,7 @@ async def test_slow_consumer_is_dropped_and_others_get_everything(
             assert await asyncio.wait_for(closed(slow), 10)
 
 
-async def test_a_peer_that_stops_answering_pings_is_closed(
-    settings: Settings, redis: Redis, wamp_world: World
-) -> None:
+async def test_a_peer_that_stops_answering_pings_is_closed(settings: Settings, redis: Redis, wamp_world: World) -> None:
     user = await wamp_world.user()
     async with router_with(settings, ping_interval_seconds=0.2, ping_timeout_seconds=0.3) as running:
         async with raw_wamp(running.url) as raw:

@@ -69,7 +69,11 @@ async def test_a_handler_that_hangs_past_its_time_limit_is_retried_not_dropped(
     row = await step_row(sessions, submission.id, "store")
     assert (row.state, row.attempts, row.result) == ("succeeded", 2, {"attempt": 2})
     assert await step_events(sessions, submission.id, "store") == [
-        "step.queued", "step.running", "step.retrying", "step.running", "step.succeeded",
+        "step.queued",
+        "step.running",
+        "step.retrying",
+        "step.running",
+        "step.succeeded",
     ]
     retrying = await events(sessions, f"submission.{submission.id}", "step.retrying")
     assert retrying[0].data["error"] == "timed out"

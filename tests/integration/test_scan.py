@@ -207,7 +207,10 @@ async def test_clamd_unreachable_is_retried_and_succeeds_once_it_is_back(
     scanned = await step_row(sessions, submission.id, "scan")
     assert (scanned.state, scanned.attempts, scanned.result["verdict"]) == ("succeeded", 2, "clean")
     assert await step_events(sessions, submission.id, "scan") == [
-        "step.running", "step.retrying", "step.running", "step.succeeded",
+        "step.running",
+        "step.retrying",
+        "step.running",
+        "step.succeeded",
     ]
 
 

@@ -115,15 +115,27 @@ async def test_a_pdf_copying_from_a_docx_is_caught(
     paragraphs = source.split("\n")
     docx = docx_with_paragraphs(paragraphs)
     first = await queued_similarity_step(
-        factory, arq_redis, world, docx, user=world.student, filename="mine.docx", kind="docx",
+        factory,
+        arq_redis,
+        world,
+        docx,
+        user=world.student,
+        filename="mine.docx",
+        kind="docx",
         content_type="application/vnd.openxmlformats-officedocument.wordprocessingml.document",
     )
     await run(run_burst, settings)
     copied = "\n".join(paragraphs[: len(paragraphs) // 2])
     pdf = pdf_with_text(copied + "\n" + essay(21, 2500))
     second = await queued_similarity_step(
-        factory, arq_redis, world, pdf, user=world.other_student, filename="theirs.pdf",
-        kind="pdf", content_type="application/pdf",
+        factory,
+        arq_redis,
+        world,
+        pdf,
+        user=world.other_student,
+        filename="theirs.pdf",
+        kind="pdf",
+        content_type="application/pdf",
     )
     await run(run_burst, settings)
 

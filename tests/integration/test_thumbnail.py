@@ -153,7 +153,11 @@ async def test_an_unknown_kind_gets_an_honest_icon(
     factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, run_burst: Any
 ) -> None:
     submission = await queued_thumbnail_step(
-        factory, arq_redis, b"PK\x03\x04 not really", filename="data.zip", kind="archive",
+        factory,
+        arq_redis,
+        b"PK\x03\x04 not really",
+        filename="data.zip",
+        kind="archive",
         content_type="application/zip",
     )
 

@@ -67,10 +67,10 @@ def test_wrong_realm_and_missing_ticket_method_abort() -> None:
         '[1, "handin"]',
         '[1, "Handin..x", {"roles": {"subscriber": {}}}]',
         '[1, "handin", {}]',  # no roles
-        '[2, 1, {}]',  # WELCOME comes from routers only
-        '[36, 1, 1, {}]',
+        "[2, 1, {}]",  # WELCOME comes from routers only
+        "[36, 1, 1, {}]",
         '[48, 1, {}, "some.proc"]',  # CALL: no dealer role here
-        '[999]',
+        "[999]",
         '[32, 1, {}, "submission.1"]',  # SUBSCRIBE before HELLO
     ],
 )

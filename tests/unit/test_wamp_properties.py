@@ -18,7 +18,8 @@ HELLO = [1, "handin", {"roles": {"subscriber": {}}, "authmethods": ["ticket"]}]
 
 scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False) | st.text()
 values = st.recursive(
-    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
     max_leaves=12,
 )
 codes = st.sampled_from([1, 2, 3, 4, 5, 6, 8, 16, 17, 32, 33, 34, 35, 36, 48, 64, 70, 0, -1, 999])
@@ -34,8 +35,12 @@ def check_reply(actions: list[wamp.Action], session: BrokerSession, serializer: 
     for action in actions:
         assert isinstance(
             action,
-            wamp.Send | wamp.CloseTransport | wamp.CheckTicket | wamp.SubscribeRequested
-            | wamp.UnsubscribeRequested | wamp.PublishRequested,
+            wamp.Send
+            | wamp.CloseTransport
+            | wamp.CheckTicket
+            | wamp.SubscribeRequested
+            | wamp.UnsubscribeRequested
+            | wamp.PublishRequested,
         )
         if isinstance(action, wamp.Send):
             decoded: Any = json.loads(action.frame) if serializer is JSON else msgpack.unpackb(action.frame)
