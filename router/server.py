@@ -91,7 +91,6 @@ class Peer:
         "connection",
         "dropped",
         "gone",
-        "handshaking",
         "identity",
         "pending",
         "protocol",
@@ -110,7 +109,6 @@ class Peer:
         self.dropped = False
         self.gone = asyncio.Event()
         self.pending = 0  # SUBSCRIBEs being checked, counted against the per-session cap
-        self.handshaking = True  # counted in the listener's gate until WELCOME or the end
         # Messages wait here, in order, while an earlier one's action (a ticket check, an
         # authorisation look-up) runs.
         self.busy = False
@@ -221,11 +219,6 @@ class Router:
             return connection.respond(HTTPStatus.BAD_REQUEST, "offer subprotocol wamp.2.json or wamp.2.msgpack\n")
         return None
 
-    def _handshake_over(self, peer: Peer) -> None:
-        if peer.handshaking:
-            peer.handshaking = False
-            peer.connection.admitted()
-
     # One connection ----------------------------------------------------------------
 
     def opened(self, connection: WebSocketConnection) -> None:
@@ -259,8 +252,7 @@ class Router:
         try:
             await self._run_actions(peer, actions)
             while peer.backlog and not peer.gone.is_set():
-                for action in peer.protocol.receive(peer.backlog.popleft()):
-                    await self._act(peer, action)
+                await self._run_actions(peer, peer.protocol.receive(peer.backlog.popleft()))
         except Exception:
             log.exception("a session's message could not be handled", extra={"wamp_session": peer.protocol.session_id})
             await peer.connection.close(1011, "internal error")
@@ -321,7 +313,7 @@ class Router:
         peer.identity, peer.role = identity, identity.role
         session_id = random.randint(1, wamp.MAX_ID)
         peer.send(peer.protocol.welcome(session_id, str(identity.user_id), identity.role).frame)
-        self._handshake_over(peer)
+        peer.connection.admitted()  # no longer counted against the listener's bound
         self.metrics.sessions.inc()
         self.by_web_session[identity.web_session_id].add(peer)
         self.by_user[identity.user_id].add(peer)
@@ -470,7 +462,7 @@ class Router:
         return "authorisation unavailable; try again shortly"
 
     async def _forget(self, peer: Peer) -> None:
-        self._handshake_over(peer)
+        """The connection is gone (its place in the listener's bound was given up then)."""
         self.peers.discard(peer)
         peer.gone.set()
         if peer.identity is not None:
