@@ -15,13 +15,12 @@ the owner of `spec.replicas` after each change, in the server's order.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import subprocess
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -39,6 +38,7 @@ from core.db import make_engine
 from core.models import Base
 from core.queues import connect, enqueue_step
 from tests.conftest import PG_ADMIN_DSN, TEST_REDIS_URL, create_pg_database, drop_pg_database, pg_url
+from tests.fixtures import conditions
 from tests.fixtures.envtest import ControlPlane
 from tests.fixtures.helm import CHART_DIR, run_helm
 
@@ -50,18 +50,7 @@ WAIT = 90.0  # seconds any condition below may take on a loaded machine before t
 
 
 async def until(check: Callable[[], Any], what: str, within: float = WAIT) -> Any:
-    """Poll `check` (sync or async) until it returns something truthy; fail naming `what` after `within` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        value = check()
-        if isinstance(value, Awaitable):
-            value = await value
-        if value:
-            return value
-        if loop.time() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
+    return await conditions.until(check, what, within, poll=0.1)
 
 
 def micro(value: datetime | None) -> float:

@@ -23,6 +23,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from core.settings import Settings
 from router.listener import waiting_to_be_accepted
 from router.server import UNAVAILABLE, running_router
+from tests.fixtures import conditions
 from tests.fixtures.router import RawWamp, RunningRouter, World, raw_wamp
 from tests.integration.test_router_security import WAIT, with_router
 
@@ -38,11 +39,7 @@ async def router(
 
 
 async def until(check: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + WAIT
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-    return value
+    return await conditions.until(check, what, WAIT, poll=0.02)
 
 
 def arrive(url: str) -> asyncio.Task[ClientConnection]:
