@@ -27,6 +27,8 @@ log = logging.getLogger("router")
 
 # asyncio's own pause after accept() fails for want of file descriptors or buffers.
 ACCEPT_RETRY_SECONDS = 1.0
+# Connections taken per readiness callback before other work gets a turn (asyncio's server: its backlog).
+ACCEPTS_PER_WAKE = 100
 
 
 class Gate:
@@ -35,21 +37,19 @@ class Gate:
     def __init__(self, bound: int) -> None:
         self.bound = bound
         self.inside = 0
-        self._room = asyncio.Event()
-        self._room.set()
+        self.on_room: Callable[[], None] | None = None  # called when a full gate has room again
+
+    @property
+    def has_room(self) -> bool:
+        return self.inside < self.bound
 
     def enter(self) -> None:
         self.inside += 1
-        if self.inside >= self.bound:
-            self._room.clear()
 
     def leave(self) -> None:
         self.inside -= 1
-        if self.inside < self.bound:
-            self._room.set()
-
-    async def room(self) -> None:
-        await self._room.wait()
+        if self.inside == self.bound - 1 and self.on_room is not None:
+            self.on_room()
 
 
 class Listener:
@@ -72,18 +72,44 @@ class Listener:
         self._ping_timeout = ping_timeout
         self._loop = asyncio.get_running_loop()
         self._starting: set[asyncio.Task[None]] = set()
-        self._accepting = self._loop.create_task(self._accept_forever())
+        self._reading = False
+        self._retry: asyncio.TimerHandle | None = None
+        self._stopped = False
+        gate.on_room = self._resume
+        self._resume()
         self._sweeping = self._loop.create_task(self._keep_alive())
 
-    async def _accept_forever(self) -> None:
-        while True:
-            await self.gate.room()
+    def _resume(self) -> None:
+        """Watch the listening socket again (there is room, or accept() may work again)."""
+        self._retry = None
+        if not self._reading and not self._stopped and self.gate.has_room:
+            self._loop.add_reader(self.sock, self._accept_ready)
+            self._reading = True
+
+    def _pause(self) -> None:
+        if self._reading:
+            self._loop.remove_reader(self.sock)
+            self._reading = False
+
+    def _accept_ready(self) -> None:
+        """The listening socket is readable: take what is queued, while the gate has room.
+
+        One reader for the socket's life, not one per accept (a future and two epoll changes each).
+        """
+        for _ in range(ACCEPTS_PER_WAKE):
+            if not self.gate.has_room:
+                self._pause()  # the gate's on_room resumes
+                return
             try:
-                client, _address = await self._loop.sock_accept(self.sock)
+                client, _address = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
             except OSError as error:  # EMFILE, ENFILE, ENOBUFS: the connection stays queued; try later
                 log.warning("accept failed; retrying shortly", extra={"error": str(error)})
-                await asyncio.sleep(ACCEPT_RETRY_SECONDS)
-                continue
+                self._pause()
+                self._retry = self._loop.call_later(ACCEPT_RETRY_SECONDS, self._resume)
+                return
+            client.setblocking(False)
             self.gate.enter()
             task = self._loop.create_task(self._start(client))
             self._starting.add(task)
@@ -120,14 +146,16 @@ class Listener:
         return (self.sock,)
 
     def stop_accepting(self) -> None:
-        self._accepting.cancel()
+        self._stopped = True
+        self._pause()
+        if self._retry is not None:
+            self._retry.cancel()
         self.sock.close()
 
     async def close(self, code: int = 1001) -> None:
         """Stop accepting, end every connection still open (going away), wait until all are gone."""
-        self.stop_accepting()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._accepting
+        if not self._stopped:
+            self.stop_accepting()
         if self._starting:
             await asyncio.wait(list(self._starting))
         closing = [asyncio.ensure_future(connection.close(code)) for connection in list(self.connections)]
