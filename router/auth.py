@@ -28,21 +28,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import itertools
 import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
 from core import access, keys
 from core.audience import Audience
-from core.auth import TokenError, read_ws_ticket
+from core.auth import Ticket, TokenError, read_ws_ticket
 from core.clock import utcnow
-from router.directory import Batcher, Directory
+from router.directory import BATCH_LIMIT, Directory, WebSessionFacts
 
 log = logging.getLogger(__name__)
 
@@ -62,49 +61,85 @@ class Identity:
         return access.Principal(self.user_id, self.role)
 
 
+# Marks each ticket used (SET NX with its expiry) and reads its web session's logout mark, for a
+# whole batch of handshakes in one command: a reply of 2 * first_use + logged_out per ticket.
+USE_TICKETS = """
+local replies = {}
+for i = 1, #KEYS, 2 do
+  local first = redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[(i + 1) / 2]) and 2 or 0
+  replies[#replies + 1] = first + redis.call('EXISTS', KEYS[i + 1])
+end
+return replies
+"""
+TicketUse = tuple[bool, bool]  # (first use of this ticket, web session logged out)
+
+
 class TicketLedger:
     """Marks tickets used (once across replicas) and reads web sessions' logout marks in Redis.
 
-    Handshakes arriving together share one pipelined round trip: during a reconnect storm a
-    round trip and a pooled connection per session cost more router CPU than the commands.
+    Handshakes arriving together share one script call, and each is answered by a callback: during
+    a reconnect storm a round trip, a task and futures per session cost more router CPU than the
+    commands themselves.
     """
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._calls = itertools.count()
-        # Keyed per call, never shared: a ticket replayed within one batch must get its own SET NX.
-        self._batcher: Batcher[tuple[int, str, str, int], tuple[bool, bool]] = Batcher(self._use)
+        self._script = redis.register_script(USE_TICKETS)
+        self._waiting: list[tuple[str, str, int, Callable[[TicketUse | Exception], None]]] = []
+        self._running: asyncio.Task[None] | None = None
 
-    async def use(self, ticket_id: str, session_id: str, ttl: int) -> tuple[bool, bool]:
-        """(first use of this ticket, web session logged out)."""
-        answer = await self._batcher.get((next(self._calls), ticket_id, session_id, ttl))
-        assert answer is not None
-        return answer
+    def use(self, ticket_id: str, session_id: str, ttl: int, then: Callable[[TicketUse | Exception], None]) -> None:
+        """Call ``then`` with (first use, logged out), or with the error if Redis could not answer."""
+        self._waiting.append((ticket_id, session_id, ttl, then))
+        if self._running is None:
+            self._running = asyncio.get_running_loop().create_task(self._run())
 
-    async def _use(self, calls: list[tuple[int, str, str, int]]) -> dict[tuple[int, str, str, int], tuple[bool, bool]]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for _call, ticket_id, session_id, ttl in calls:
-                pipe.set(keys.ws_ticket_used(ticket_id), "1", nx=True, ex=ttl)
-                pipe.exists(keys.web_session_revoked(session_id))
-            replies = await pipe.execute()
-        return {call: (bool(replies[2 * i]), bool(replies[2 * i + 1])) for i, call in enumerate(calls)}
+    async def _run(self) -> None:
+        await asyncio.sleep(0)  # let this loop turn's other handshakes join the batch
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting[:BATCH_LIMIT], self._waiting[BATCH_LIMIT:]
+                replies: list[TicketUse | Exception]
+                try:
+                    answer = await self._script(
+                        keys=[k for t, s, _, _ in batch for k in (keys.ws_ticket_used(t), keys.web_session_revoked(s))],
+                        args=[ttl for _, _, ttl, _ in batch],
+                        client=self.redis,
+                    )
+                    replies = [(bool(n & 2), bool(n & 1)) for n in answer]
+                except Exception as error:  # each caller answers its browser (try again shortly)
+                    replies = [error] * len(batch)
+                for (*_, then), reply in zip(batch, replies, strict=True):
+                    try:
+                        then(reply)
+                    except Exception:
+                        log.exception("answering a ticket check failed")
+        finally:
+            self._running = None
 
 
-async def authenticate_ticket(ticket: str, *, secret: str, tickets: TicketLedger, directory: Directory) -> Identity:
+def read_ticket(ticket: str, secret: str) -> Ticket:
     try:
-        claims = read_ws_ticket(ticket, secret)
+        return read_ws_ticket(ticket, secret)
     except TokenError as error:
         raise AuthenticationFailed(f"ticket {error}") from None
-    ttl = max(1, math.ceil(claims.expires_at - time.time()) + 1)
-    first_use, logged_out = await tickets.use(claims.ticket_id, claims.session_id, ttl)
+
+
+def ticket_ttl(claims: Ticket) -> int:
+    """How long the ticket's used mark must last: until the ticket could no longer be accepted."""
+    return max(1, math.ceil(claims.expires_at - time.time()) + 1)
+
+
+def check_use(use: TicketUse) -> None:
+    first_use, logged_out = use
     if not first_use:
         raise AuthenticationFailed("ticket already used")
     if logged_out:
         raise AuthenticationFailed("web session logged out")
-    web_session = directory.held_web_session(claims.session_id)
-    rights = directory.held_rights(claims.user_id)
-    if web_session is None or rights is None:  # not held: both in the batch of handshakes now being gathered
-        web_session, rights = await directory.web_session_and_rights(claims.session_id)
+
+
+def identify(claims: Ticket, web_session: WebSessionFacts | None, rights: access.Rights | None) -> Identity:
+    """Who the ticket's holder is, given its web session and rights (AuthenticationFailed if nobody)."""
     if web_session is None or web_session.user_id != claims.user_id:
         raise AuthenticationFailed("no such web session")
     if web_session.revoked:

@@ -41,6 +41,7 @@ from websockets.http11 import Request, Response
 from core import chat, keys
 from core.access import SERVICE
 from core.audience import Audience
+from core.auth import Ticket
 from core.db import make_engine, make_sessionmaker
 from core.settings import Settings, get_settings
 from core.unit_of_work import unit_of_work
@@ -54,7 +55,11 @@ from router.auth import (
     Authorizer,
     Identity,
     TicketLedger,
-    authenticate_ticket,
+    TicketUse,
+    check_use,
+    identify,
+    read_ticket,
+    ticket_ttl,
 )
 from router.broker import Broker, websocket_frame
 from router.chat import ChatGate
@@ -248,21 +253,40 @@ class Router:
             if isinstance(action, wamp.SubscribeRequested) and self._subscribe_at_once(peer, action):
                 continue
             peer.busy = True
+            if isinstance(action, wamp.CheckTicket):
+                self._check_ticket(peer, action.ticket)  # answered by a callback, which then resumes
+                return
             self._spawn(self._work_through(peer, actions[index:]))
             return
 
     async def _work_through(self, peer: Peer, actions: list[wamp.Action]) -> None:
         try:
-            await self._run_actions(peer, actions)
-            while peer.backlog and not peer.gone.is_set():
-                await self._run_actions(peer, peer.protocol.receive(peer.backlog.popleft()))
+            while True:
+                for action in actions:
+                    if isinstance(action, wamp.CheckTicket):
+                        self._check_ticket(peer, action.ticket)  # still busy: its answer resumes the rest
+                        return
+                    await self._act(peer, action)
+                if not peer.backlog or peer.gone.is_set():
+                    break
+                actions = peer.protocol.receive(peer.backlog.popleft())
         except Exception:
             log.exception("a session's message could not be handled", extra={"wamp_session": peer.protocol.session_id})
             await peer.connection.close(1011, "internal error")
-        finally:
-            peer.busy = False
-            if peer.connection.transport is not None and not peer.gone.is_set():
-                peer.connection.transport.resume_reading()
+        self._ready(peer)
+
+    def _resume(self, peer: Peer) -> None:
+        """An action answered from a callback is done: act on what arrived meanwhile, or read on."""
+        if peer.backlog and not peer.gone.is_set():
+            self._spawn(self._work_through(peer, []))
+        else:
+            self._ready(peer)
+
+    @staticmethod
+    def _ready(peer: Peer) -> None:
+        peer.busy = False
+        if peer.connection.transport is not None and not peer.gone.is_set():
+            peer.connection.transport.resume_reading()
 
     def expired(self, connection: WebSocketConnection) -> None:
         peer: Peer = connection.peer
@@ -283,8 +307,6 @@ class Router:
             if action.reason == wamp.PROTOCOL_VIOLATION:
                 self.metrics.protocol_errors.inc()
             await peer.connection.close(1000)
-        elif isinstance(action, wamp.CheckTicket):
-            await self._authenticate(peer, action.ticket)
         elif isinstance(action, wamp.SubscribeRequested):
             await self._subscribe(peer, action)
         elif isinstance(action, wamp.UnsubscribeRequested):
@@ -292,26 +314,64 @@ class Router:
         elif isinstance(action, wamp.PublishRequested):
             await self._publish(peer, action)
 
-    async def _authenticate(self, peer: Peer, ticket: str) -> None:
+    # The ticket check: callbacks, and a task only when the web session must be loaded.
+
+    def _check_ticket(self, peer: Peer, ticket: str) -> None:
         try:
-            identity = await authenticate_ticket(
-                ticket, secret=self.settings.secret_key, tickets=self.tickets, directory=self.directory
-            )
+            claims = read_ticket(ticket, self.settings.secret_key)
         except AuthenticationFailed as error:
-            self.metrics.auth_failures.labels(reason=str(error)).inc()
-            await self._run_actions(peer, peer.protocol.abort(wamp.NOT_AUTHORIZED, str(error)))
+            self._refuse(peer, error)
             return
-        except (RedisError, SQLAlchemyError, OSError) as error:
-            log.warning("authentication backend failed", extra={"error": str(error)})
-            retry = self.limits.busy_retry_after_seconds
-            await self._run_actions(peer, peer.protocol.abort(UNAVAILABLE, "try again shortly", retry_after=retry))
+        self.tickets.use(
+            claims.ticket_id, claims.session_id, ticket_ttl(claims), lambda use: self._ticket_used(peer, claims, use)
+        )
+
+    def _ticket_used(self, peer: Peer, claims: Ticket, use: TicketUse | Exception) -> None:
+        if isinstance(use, Exception):
+            self._backend_failed(peer, use)
             return
+        try:
+            check_use(use)
+            web_session = self.directory.held_web_session(claims.session_id)
+            rights = self.directory.held_rights(claims.user_id)
+            if web_session is None or rights is None:  # loaded with the batch of handshakes now gathering
+                self._spawn(self._identify_loaded(peer, claims))
+                return
+            identity = identify(claims, web_session, rights)
+        except AuthenticationFailed as error:
+            self._refuse(peer, error)
+            return
+        self._welcome(peer, identity)
+
+    async def _identify_loaded(self, peer: Peer, claims: Ticket) -> None:
+        try:
+            identity = identify(claims, *await self.directory.web_session_and_rights(claims.session_id))
+        except AuthenticationFailed as error:
+            self._refuse(peer, error)
+        except (SQLAlchemyError, OSError) as error:
+            self._backend_failed(peer, error)
+        else:
+            self._welcome(peer, identity)
+
+    def _refuse(self, peer: Peer, error: AuthenticationFailed) -> None:
+        self.metrics.auth_failures.labels(reason=str(error)).inc()
+        self._abort(peer, wamp.NOT_AUTHORIZED, str(error))
+
+    def _backend_failed(self, peer: Peer, error: Exception) -> None:
+        log.warning("authentication backend failed", extra={"error": str(error)})
+        self._abort(peer, UNAVAILABLE, "try again shortly", self.limits.busy_retry_after_seconds)
+
+    def _abort(self, peer: Peer, reason: str, text: str, retry_after: float | None = None) -> None:
+        """End a session that was never welcomed (what it sent meanwhile is not read)."""
+        self._spawn(self._run_actions(peer, peer.protocol.abort(reason, text, retry_after=retry_after)))
+
+    def _welcome(self, peer: Peer, identity: Identity) -> None:
         if peer.protocol.phase is not wamp.Phase.AUTHENTICATING:
-            return  # the handshake timed out meanwhile
+            return  # the handshake timed out meanwhile, and was aborted then
         if len(self.by_user.get(identity.user_id, ())) >= self.limits.max_sessions_per_user:
             self.metrics.auth_failures.labels(reason="too many sessions").inc()
             text = f"at most {self.limits.max_sessions_per_user} open sessions per user; close another tab"
-            await self._run_actions(peer, peer.protocol.abort(TOO_MANY_SESSIONS, text))
+            self._abort(peer, TOO_MANY_SESSIONS, text)
             return
         peer.identity, peer.role = identity, identity.role
         session_id = random.randint(1, wamp.MAX_ID)
@@ -322,6 +382,7 @@ class Router:
         self.by_user[identity.user_id].add(peer)
         if identity.web_session_id in self._recently_revoked:  # logout raced the ticket check
             self._end(peer, wamp.CLOSE_LOGOUT, "logged out")
+        self._resume(peer)
 
     def _subscribe_at_once(self, peer: Peer, request: wamp.SubscribeRequested) -> bool:
         """Answer a SUBSCRIBE without waiting, when its decision and the topic's Redis subscription
