@@ -178,6 +178,10 @@ class Router:
 
     async def start(self) -> None:
         await self.broker.start()
+        try:
+            await asyncio.wait_for(self.directory.warm_up(), self.limits.authz_timeout_seconds)
+        except (SQLAlchemyError, OSError, TimeoutError) as error:  # sessions will connect as they come
+            log.warning("database not reachable at start", extra={"error": str(error)})
         self._spawn(self._recheck_periodically())
 
     async def stop(self) -> None:

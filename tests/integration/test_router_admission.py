@@ -134,6 +134,21 @@ async def test_a_session_refused_for_an_unavailable_backend_gets_a_retry_hint(
     assert abort[1]["retry_after"] == 4
 
 
+async def test_a_router_started_while_its_database_is_down_serves_and_asks_browsers_to_come_back(
+    settings: Settings, redis: Redis, wamp_world: World
+) -> None:
+    """The router opens its database connections before taking browsers; a database that is down
+    then must not keep it from starting (it is needed only for sessions not yet held)."""
+    user = await wamp_world.user()
+    ticket = await wamp_world.login(user)
+    down = with_router(settings, busy_retry_after_seconds=3, authz_timeout_seconds=2)
+    down = down.model_copy(update={"database_url": "postgresql+asyncpg://handin@127.0.0.1:1/handin"})
+    async with router(down) as (running, _listener), raw_wamp(running.url) as raw:
+        abort = await raw.join(ticket)
+    assert abort[0] == 3 and abort[2] == UNAVAILABLE, abort
+    assert abort[1]["retry_after"] == 3
+
+
 async def test_sessions_are_told_to_catch_up_when_the_router_loses_redis(
     wamp_router: RunningRouter, wamp_world: World, redis: Redis
 ) -> None:
