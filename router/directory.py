@@ -71,14 +71,19 @@ class Batcher(Generic[K, V]):
         self.batches = 0
 
     def get(self, key: K) -> asyncio.Future[V | None]:
+        # Shared by every caller of this key: one that gives up (a time limit) must not cancel it for the rest.
+        return asyncio.shield(self.shared(key))
+
+    def shared(self, key: K) -> asyncio.Future[V | None]:
+        """The future every caller of ``key`` shares, for callbacks (which must never cancel it)."""
         future = self._waiting.get(key)
         if future is None:
-            future = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            future = loop.create_future()
             self._waiting[key] = future
             if self._running is None:
-                self._running = asyncio.ensure_future(self._run())
-        # Shared by every caller of this key: one that gives up (a time limit) must not cancel it for the rest.
-        return asyncio.shield(future)
+                self._running = loop.create_task(self._run())
+        return future
 
     async def _run(self) -> None:
         await asyncio.sleep(0)  # let this loop turn's other callers join the batch
@@ -110,6 +115,9 @@ class WebSessionFacts:
     user_id: int
     expires_at: datetime
     revoked: bool
+
+
+WebSessionAndRights = tuple[WebSessionFacts | None, access.Rights | None]
 
 
 class Directory:
@@ -159,10 +167,21 @@ class Directory:
         hit = self._web_sessions.get(session_id)
         return hit[0] if hit is not None and hit[1] > time.monotonic() else None
 
-    async def web_session_and_rights(self, session_id: str) -> tuple[WebSessionFacts | None, access.Rights | None]:
-        """The web session and its user's rights, loaded together (one statement per batch of handshakes)."""
+    def load_web_session(self, session_id: str, then: Callable[[WebSessionAndRights | BaseException], None]) -> None:
+        """Call ``then`` with the web session and its user's rights (None, None: no such session), or
+        the error: loaded together, one statement per batch of handshakes, no task per caller."""
         generation = self._generation
-        found = await self._web_session_loader.get(session_id)
+
+        def loaded(future: asyncio.Future[tuple[WebSessionFacts, access.Rights | None] | None]) -> None:
+            error = RuntimeError("cancelled") if future.cancelled() else future.exception()
+            then(error if error is not None else self._keep(session_id, generation, future.result()))
+
+        self._web_session_loader.shared(session_id).add_done_callback(loaded)
+
+    def _keep(
+        self, session_id: str, generation: int, found: tuple[WebSessionFacts, access.Rights | None] | None
+    ) -> WebSessionAndRights:
+        """Remember what was loaded, unless an invalidation came while it was being read."""
         if found is None:
             return None, None
         web_session, rights = found

@@ -64,7 +64,7 @@ from router.auth import (
 from router.broker import Broker, websocket_frame
 from router.chat import ChatGate
 from router.connection import WebSocketConnection
-from router.directory import Directory
+from router.directory import Directory, WebSessionAndRights
 from router.listener import Gate, Listener, listening_socket
 from router.metrics import RouterMetrics
 
@@ -339,7 +339,7 @@ class Router:
             web_session = self.directory.held_web_session(claims.session_id)
             rights = self.directory.held_rights(claims.user_id)
             if web_session is None or rights is None:  # loaded with the batch of handshakes now gathering
-                self._spawn(self._identify_loaded(peer, claims))
+                self.directory.load_web_session(claims.session_id, lambda found: self._loaded(peer, claims, found))
                 return
             identity = identify(claims, web_session, rights)
         except AuthenticationFailed as error:
@@ -347,15 +347,20 @@ class Router:
             return
         self._welcome(peer, identity)
 
-    async def _identify_loaded(self, peer: Peer, claims: Ticket) -> None:
+    def _loaded(self, peer: Peer, claims: Ticket, found: WebSessionAndRights | BaseException) -> None:
+        if isinstance(found, (SQLAlchemyError, OSError)):
+            self._backend_failed(peer, found)
+            return
+        if isinstance(found, BaseException):
+            log.error("loading a web session failed", exc_info=found)
+            self._abort(peer, UNAVAILABLE, "try again shortly", self.limits.busy_retry_after_seconds)
+            return
         try:
-            identity = identify(claims, *await self.directory.web_session_and_rights(claims.session_id))
+            identity = identify(claims, *found)
         except AuthenticationFailed as error:
             self._refuse(peer, error)
-        except (SQLAlchemyError, OSError) as error:
-            self._backend_failed(peer, error)
-        else:
-            self._welcome(peer, identity)
+            return
+        self._welcome(peer, identity)
 
     def _refuse(self, peer: Peer, error: AuthenticationFailed) -> None:
         self.metrics.auth_failures.labels(reason=str(error)).inc()
