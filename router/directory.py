@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, TypeVar
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import String, any_, bindparam, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import QueuePool
 
@@ -40,9 +41,10 @@ V = TypeVar("V")
 BATCH_LIMIT = 500  # keys per statement
 
 # Each web session with its user and the user's enrolments (a row per enrolment). Built once, with
-# the ids as an expanding parameter: a statement built per batch costs SQLAlchemy a comparison of
-# every ORM column against its cached compiled form, more CPU than the query's answer.
-WEB_SESSIONS_WITH_RIGHTS = (
+# the ids as one parameter: a statement built per batch costs SQLAlchemy a comparison of every ORM
+# column against its cached compiled form, more CPU than the query's answer. On PostgreSQL the ids
+# are one array (= ANY): one statement text whatever the batch's size, prepared once per connection.
+_WEB_SESSIONS_WITH_RIGHTS = (
     select(
         WebSession.id,
         WebSession.user_id,
@@ -54,7 +56,10 @@ WEB_SESSIONS_WITH_RIGHTS = (
     )
     .join(User, User.id == WebSession.user_id)
     .outerjoin(Enrolment, Enrolment.user_id == User.id)
-    .where(WebSession.id.in_(bindparam("ids", expanding=True)))
+)
+WEB_SESSIONS_WITH_RIGHTS = _WEB_SESSIONS_WITH_RIGHTS.where(WebSession.id.in_(bindparam("ids", expanding=True)))
+WEB_SESSIONS_WITH_RIGHTS_POSTGRES = _WEB_SESSIONS_WITH_RIGHTS.where(
+    WebSession.id == any_(bindparam("ids", type_=postgresql.ARRAY(String)))
 )
 
 
@@ -125,6 +130,7 @@ class Directory:
         self.engine = engine
         postgres = engine.dialect.name == "postgresql"
         self._reads = engine.execution_options(isolation_level="AUTOCOMMIT") if postgres else engine
+        self._web_sessions_statement = WEB_SESSIONS_WITH_RIGHTS_POSTGRES if postgres else WEB_SESSIONS_WITH_RIGHTS
         self.ttl = ttl_seconds
         self.max_entries = max_entries
         self._web_sessions: dict[str, tuple[WebSessionFacts, float]] = {}
@@ -157,7 +163,7 @@ class Directory:
         async with contextlib.AsyncExitStack() as connections:
             for _ in range(count):
                 db = await connections.enter_async_context(self._reads.connect())
-                await db.execute(WEB_SESSIONS_WITH_RIGHTS, {"ids": [""]})  # ids that never match
+                await db.execute(self._web_sessions_statement, {"ids": [""]})  # ids that never match
                 await db.execute(access.RIGHTS_OF_USERS, {"ids": [0]})
 
     # Web sessions -------------------------------------------------------------------------
@@ -201,7 +207,7 @@ class Directory:
 
     async def _load_web_sessions(self, ids: list[str]) -> dict[str, tuple[WebSessionFacts, access.Rights | None]]:
         async with self._connect() as db:
-            rows = (await db.execute(WEB_SESSIONS_WITH_RIGHTS, {"ids": ids})).all()
+            rows = (await db.execute(self._web_sessions_statement, {"ids": ids})).all()
         sessions = {sid: WebSessionFacts(user, ends, revoked is not None) for sid, user, ends, revoked, *_ in rows}
         rights = access.rights_from((user, service, course, role) for _, user, _, _, service, course, role in rows)
         return {sid: (facts, rights.get(facts.user_id)) for sid, facts in sessions.items()}
