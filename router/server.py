@@ -85,7 +85,8 @@ RIGHTS_CHANGED = "handin.close.rights_changed"
 # The event type a client PUBLISH is stored under in the audit trail.
 CLIENT_MESSAGE_TYPE = chat.MESSAGE_TYPE
 K = TypeVar("K")
-# Allocations between collections of the youngest generation (CPython's default: 700).
+# Net allocations (allocations less deallocations) between collections of the youngest generation
+# (CPython's default: 700).
 GC_YOUNG_THRESHOLD = 50_000
 
 
