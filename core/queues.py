@@ -6,12 +6,26 @@ same id while the first exists, which makes enqueueing idempotent.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from arq.connections import ArqRedis, RedisSettings, create_pool
-from arq.jobs import Job
+from arq.constants import job_key_prefix, result_key_prefix
+from arq.jobs import Job, serialize_job
+from arq.utils import timestamp_ms
+from redis.commands.core import AsyncScript
 
 from core import keys
+
+# arq's enqueue_job in one round trip instead of three (WATCH, EXISTS, MULTI/EXEC): the same keys,
+# job encoding, score and expiry, and the same refusal of a job id whose job or result still exists.
+# KEYS: job, result, queue; ARGV: expiry ms, job, score, job id. Answers 1 if queued, 0 if not.
+ENQUEUE_JOB = AsyncScript(
+    None,  # type: ignore[arg-type]  # the client is given per call
+    b"""
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+return 1
+""",
+)
 
 
 def redis_settings(url: str) -> RedisSettings:
@@ -34,13 +48,18 @@ async def enqueue_step(
     redis: ArqRedis, step: str, submission_id: int, *, defer_seconds: float | None = None
 ) -> Job | None:
     """Queue one pipeline step; None if that job is already queued or running."""
-    return await redis.enqueue_job(
-        step,
-        submission_id,
-        _job_id=keys.job_id(step, submission_id),
-        _queue_name=keys.queue_name(step),
-        _defer_by=timedelta(seconds=defer_seconds) if defer_seconds else None,
+    job_id, queue = keys.job_id(step, submission_id), keys.queue_name(step)
+    enqueued_ms = timestamp_ms()
+    defer_ms = round(defer_seconds * 1000) if defer_seconds else 0
+    job = serialize_job(step, (submission_id,), {}, None, enqueued_ms, serializer=redis.job_serializer)
+    queued = await ENQUEUE_JOB(
+        keys=[job_key_prefix + job_id, result_key_prefix + job_id, queue],
+        args=[defer_ms + redis.expires_extra_ms, job, enqueued_ms + defer_ms, job_id],
+        client=redis,
     )
+    if not queued:
+        return None
+    return Job(job_id, redis=redis, _queue_name=queue, _deserializer=redis.job_deserializer)
 
 
 async def job_exists(redis: ArqRedis, step: str, submission_id: int) -> bool:

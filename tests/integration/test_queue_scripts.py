@@ -1,0 +1,108 @@
+"""Enqueueing and claiming jobs in one Redis round trip each, exactly as arq does it in several.
+
+core.queues.enqueue_step writes the job arq's own enqueue_job would (arq reads it back), and
+refuses a job id whose job or result still exists; HandinWorker.start_jobs claims a job only if it
+is due and no other worker holds it, and gives its slot back otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
+from arq.jobs import Job, JobStatus
+from arq.worker import get_kwargs
+
+from core import keys
+from core.queues import enqueue_step
+from core.settings import Settings
+from workers.base import step_worker_settings
+from workers.run import HandinWorker
+from workers.runner import Outcome, StepContext
+
+
+async def test_an_enqueued_step_is_the_job_arq_itself_would_have_written(arq_redis: ArqRedis) -> None:
+    job = await enqueue_step(arq_redis, "scan", 41)
+    assert job is not None and job.job_id == keys.job_id("scan", 41)
+    info = await Job(job.job_id, arq_redis, _queue_name=keys.queue_name("scan")).info()
+    assert info is not None
+    assert (info.function, info.args, info.kwargs, info.job_try) == ("scan", (41,), {}, None)
+    assert await job.status() == JobStatus.queued
+    score = await arq_redis.zscore(keys.queue_name("scan"), job.job_id)
+    assert score == round(info.enqueue_time.timestamp() * 1000)
+    # arq's default expiry: a day beyond when the job is due.
+    ttl_ms = await arq_redis.pttl(job_key_prefix + job.job_id)
+    assert arq_redis.expires_extra_ms - 60_000 < ttl_ms <= arq_redis.expires_extra_ms
+
+
+async def test_a_step_already_queued_or_with_a_result_kept_is_not_queued_again(arq_redis: ArqRedis) -> None:
+    assert await enqueue_step(arq_redis, "scan", 42) is not None
+    assert await enqueue_step(arq_redis, "scan", 42) is None
+    assert await arq_redis.zcard(keys.queue_name("scan")) == 1
+
+    await arq_redis.set(result_key_prefix + keys.job_id("store", 42), b"kept")
+    assert await enqueue_step(arq_redis, "store", 42) is None
+    assert await arq_redis.zcard(keys.queue_name("store")) == 0
+
+
+async def test_a_deferred_step_is_scored_for_when_it_is_due(arq_redis: ArqRedis) -> None:
+    job = await enqueue_step(arq_redis, "admin", 43, defer_seconds=90)
+    assert job is not None
+    info = await job.info()
+    assert info is not None
+    score = await arq_redis.zscore(keys.queue_name("admin"), job.job_id)
+    assert score == round(info.enqueue_time.timestamp() * 1000) + 90_000
+    assert await job.status() == JobStatus.deferred
+
+
+def handin_worker(settings: Settings, arq_redis: ArqRedis, started: list[str]) -> HandinWorker:
+    async def handler(_ctx: StepContext) -> Outcome:
+        return Outcome()
+
+    worker = HandinWorker(
+        **{**get_kwargs(step_worker_settings("scan", handler, settings)), "burst": True, "handle_signals": False},
+        redis_pool=arq_redis,
+    )
+
+    async def run_job(job_id: str, score: int) -> None:  # arq's job runner, not what is tested here
+        started.append(job_id)
+
+    worker.run_job = run_job  # type: ignore[method-assign]
+    return worker
+
+
+async def test_a_due_job_is_claimed_by_one_worker_and_refused_by_the_next(
+    settings: Settings, arq_redis: ArqRedis
+) -> None:
+    job = await enqueue_step(arq_redis, "scan", 44)
+    assert job is not None
+    first_started: list[str] = []
+    second_started: list[str] = []
+    first = handin_worker(settings, arq_redis, first_started)
+    second = handin_worker(settings, arq_redis, second_started)
+
+    await first.start_jobs([job.job_id.encode()])
+    await second.start_jobs([job.job_id.encode()])
+    await asyncio.gather(*first.tasks.values())
+
+    assert first_started == [job.job_id] and second_started == []
+    hold_ms = await arq_redis.pttl(in_progress_key_prefix + job.job_id)
+    assert 0 < hold_ms <= first.in_progress_timeout_s * 1000
+    assert second.job_counter == 0 and not second.tasks  # its slot given back
+    assert await job.status() == JobStatus.in_progress
+
+
+async def test_a_job_deferred_or_gone_from_the_queue_is_not_claimed(settings: Settings, arq_redis: ArqRedis) -> None:
+    deferred = await enqueue_step(arq_redis, "scan", 45, defer_seconds=60)
+    gone = await enqueue_step(arq_redis, "scan", 46)
+    assert deferred is not None and gone is not None
+    await arq_redis.zrem(keys.queue_name("scan"), gone.job_id)  # finished and removed by another worker
+    started: list[str] = []
+    worker = handin_worker(settings, arq_redis, started)
+
+    await worker.start_jobs([deferred.job_id.encode(), gone.job_id.encode()])
+
+    assert started == [] and worker.job_counter == 0
+    assert not await arq_redis.exists(in_progress_key_prefix + deferred.job_id)
+    assert not await arq_redis.exists(in_progress_key_prefix + gone.job_id)
