@@ -8,7 +8,10 @@ import importlib
 import logging
 from typing import Any
 
+from arq.constants import in_progress_key_prefix
+from arq.utils import timestamp_ms
 from arq.worker import get_kwargs
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from core import keys
@@ -22,6 +25,20 @@ log = logging.getLogger(__name__)
 WORKER_TASKS = (*keys.TASKS, keys.MAINTENANCE_TASK)
 # After a failed poll (Redis gone) wait this long before the next, instead of arq's poll_delay.
 REDIS_RETRY_SECONDS = 1.0
+# arq's claim of a queued job, atomic as its WATCH/MULTI is: not if another worker holds it (its
+# in-progress key), not if it left the queue or was deferred into the future; else hold it for the
+# given milliseconds. KEYS: in-progress key, queue; ARGV: job id, now ms, hold ms. Answers the job's
+# score (when it was due), or nil.
+CLAIM_JOB = AsyncScript(
+    None,  # type: ignore[arg-type]  # the client is given per call
+    b"""
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
+redis.call('PSETEX', KEYS[1], ARGV[3], '1')
+return score
+""",
+)
 
 
 class HandinWorker(IdlePollingWorker):
@@ -67,18 +84,31 @@ class HandinWorker(IdlePollingWorker):
             await asyncio.sleep(REDIS_RETRY_SECONDS)
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        # arq takes a slot before asking Redis about a job; when Redis fails there, give it back.
-        for job_id in job_ids:
+        """arq's start_jobs, each job claimed by one script call (CLAIM_JOB) instead of four round trips."""
+        for job_id_bytes in job_ids:
+            await self.sem.acquire()
             if self.job_counter >= self.max_jobs:
+                self.sem.release()
                 return
-            before = self.job_counter
+            self.job_counter += 1
+            job_id = job_id_bytes.decode()
             try:
-                await super().start_jobs([job_id])
-            except (RedisError, OSError):
-                if self.job_counter > before and job_id.decode() not in self.tasks:
-                    self.job_counter -= 1
-                    self.sem.release()
+                score = await CLAIM_JOB(
+                    keys=[in_progress_key_prefix + job_id, self.queue_name],
+                    args=[job_id, timestamp_ms(), int(self.in_progress_timeout_s * 1000)],
+                    client=self.pool,
+                )
+            except BaseException:  # Redis failed (the poll loop says so and polls again): give the slot back
+                self.job_counter -= 1
+                self.sem.release()
                 raise
+            if score is None:  # running elsewhere, already finished, or deferred again meanwhile
+                self.job_counter -= 1
+                self.sem.release()
+                continue
+            task = self.loop.create_task(self.run_job(job_id, int(float(score))))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
 
 
 def load_worker_settings(task: str) -> type:
