@@ -26,7 +26,6 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from websockets.frames import OP_BINARY, OP_TEXT
-from websockets.protocol import State
 
 from core import keys
 from core.audience import Audience, project_event
@@ -313,7 +312,7 @@ class Broker:
         Coalescing a burst into one write per connection saves a system call per event per
         subscriber, which is most of the fan-out cost.
         """
-        if subscriber.connection.protocol.state is not State.OPEN:
+        if not subscriber.connection.open:
             return False
         pending = self._outbox.get(subscriber)
         if pending is None:
@@ -339,7 +338,7 @@ class Broker:
     def _send(self, subscriber: Subscriber, frames: list[bytes]) -> None:
         connection = subscriber.connection
         transport = connection.transport
-        if connection.protocol.state is not State.OPEN or transport is None or transport.is_closing():
+        if not connection.open or transport is None or transport.is_closing():
             return
         transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
         if transport.get_write_buffer_size() > self.send_buffer_limit:

@@ -25,6 +25,8 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from router.upgrade import Accepted, accept_plain
+
 if TYPE_CHECKING:
     from router.listener import Gate
 
@@ -67,6 +69,8 @@ class WebSocketConnection(asyncio.Protocol):
         "_gone",
         "_handshake_timeout",
         "_lost",
+        "_max_size",
+        "_subprotocols",
         "_upgraded",
         "endpoint",
         "peer",
@@ -88,7 +92,10 @@ class WebSocketConnection(asyncio.Protocol):
         connections: set[WebSocketConnection],
     ) -> None:
         self.endpoint = endpoint
-        self.protocol = ServerProtocol(subprotocols=subprotocols, max_size=max_size, logger=PROTOCOL_LOG)  # type: ignore[arg-type]
+        # Made by the first read: already open when the upgrade was accepted by router.upgrade.
+        self.protocol: ServerProtocol | None = None
+        self._subprotocols = subprotocols
+        self._max_size = max_size
         self.transport: asyncio.Transport | None = None
         self.peer: Any = None  # the router's session on this connection
         self._gate: Gate | None = gate
@@ -109,14 +116,24 @@ class WebSocketConnection(asyncio.Protocol):
 
     @property
     def subprotocol(self) -> str | None:
-        return self.protocol.subprotocol
+        return None if self.protocol is None else self.protocol.subprotocol
 
     @property
     def open(self) -> bool:
-        return self.protocol.state is State.OPEN and not self._gone
+        return self.protocol is not None and self.protocol.state is State.OPEN and not self._gone
 
     def respond(self, status: HTTPStatus, text: str) -> Response:
-        return self.protocol.reject(status, text)
+        return self._http_protocol().reject(status, text)
+
+    def _http_protocol(self) -> ServerProtocol:
+        """websockets' protocol from the opening handshake on: it parses, checks and answers the request."""
+        if self.protocol is None:
+            self.protocol = ServerProtocol(
+                subprotocols=self._subprotocols,  # type: ignore[arg-type]
+                max_size=self._max_size,
+                logger=PROTOCOL_LOG,
+            )
+        return self.protocol
 
     def admitted(self) -> None:
         """No longer counted against the gate: its session was welcomed, or it is gone."""
@@ -131,7 +148,9 @@ class WebSocketConnection(asyncio.Protocol):
         """Start the closing handshake (or end a connection never upgraded); wait until it is gone."""
         if self.transport is None or self._gone:
             return
-        if self.protocol.state is State.OPEN:
+        if self.protocol is None:
+            self.transport.close()
+        elif self.protocol.state is State.OPEN:
             self.protocol.send_close(code, reason)
             self._flush()
             self._close_soon()
@@ -154,6 +173,7 @@ class WebSocketConnection(asyncio.Protocol):
         """Called by the listener's sweep: ping when due; close a peer whose pong is overdue."""
         if not self.open:
             return
+        assert self.protocol is not None
         if self.ping is not None:
             if now - self.pinged_at >= timeout:
                 self.protocol.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
@@ -176,6 +196,12 @@ class WebSocketConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         protocol = self.protocol
+        if protocol is None:
+            accepted = accept_plain(data, self._subprotocols)
+            if accepted is not None:
+                self._upgrade_plain(accepted)
+                return
+            protocol = self._http_protocol()
         protocol.receive_data(data)
         events = protocol.events_received()
         self._flush()  # what the protocol answers by itself: pongs, close frames, 400 to a bad request
@@ -188,13 +214,16 @@ class WebSocketConnection(asyncio.Protocol):
                 self._upgrade(event)
 
     def eof_received(self) -> None:
+        if self.protocol is None:
+            return None  # nothing was said: let asyncio close the transport
         self.protocol.receive_eof()
         self._flush()
         # The closing handshake never needs writes after EOF: let asyncio close the transport.
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._gone = True
-        self.protocol.receive_eof()  # idempotent; the protocol state becomes CLOSED
+        if self.protocol is not None:
+            self.protocol.receive_eof()  # idempotent; the protocol state becomes CLOSED
         self.admitted()
         self._connections.discard(self)
         if self._closer is not None:
@@ -206,17 +235,42 @@ class WebSocketConnection(asyncio.Protocol):
 
     # The protocol's events.
 
+    def _upgrade_plain(self, accepted: Accepted) -> None:
+        """The upgrade router.upgrade accepted: open at once with its answer, unless the router answers
+        over HTTP instead (a probe, a refusal)."""
+        response = self._router_answer(accepted.request)
+        if response is not None:
+            self._answer(response)
+            return
+        self.protocol = ServerProtocol(
+            subprotocols=self._subprotocols,  # type: ignore[arg-type]
+            state=State.OPEN,
+            max_size=self._max_size,
+            logger=PROTOCOL_LOG,
+        )
+        self.protocol.subprotocol = accepted.subprotocol  # type: ignore[assignment]
+        assert self.transport is not None
+        self.transport.write(accepted.response)
+        self._upgraded = True
+        self.endpoint.opened(self)
+
     def _upgrade(self, request: Request) -> None:
+        """An upgrade request websockets parsed: the router's answer, else websockets' (101 or a refusal)."""
+        response = self._router_answer(request)
+        self._answer(self._http_protocol().accept(request) if response is None else response)
+
+    def _router_answer(self, request: Request) -> Response | None:
         try:
-            response = self.endpoint.process_request(self, request)
+            return self.endpoint.process_request(self, request)
         except Exception:
             log.exception("answering an upgrade request failed")
-            response = self.protocol.reject(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error\n")
-        if response is None:
-            response = self.protocol.accept(request)
-        self.protocol.send_response(response)
+            return self._http_protocol().reject(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error\n")
+
+    def _answer(self, response: Response) -> None:
+        protocol = self._http_protocol()
+        protocol.send_response(response)
         self._flush()
-        if self.protocol.state is State.OPEN:
+        if protocol.state is State.OPEN:
             self._upgraded = True
             self.endpoint.opened(self)
         elif self.transport is not None:
@@ -246,6 +300,7 @@ class WebSocketConnection(asyncio.Protocol):
             try:
                 message: str | bytes = data.decode()
             except UnicodeDecodeError:
+                assert self.protocol is not None  # open
                 self.protocol.fail(CloseCode.INVALID_DATA, "invalid UTF-8 in a text message")
                 self._flush()
                 self._close_soon()
@@ -258,7 +313,7 @@ class WebSocketConnection(asyncio.Protocol):
 
     def _flush(self) -> None:
         transport = self.transport
-        if transport is None:
+        if transport is None or self.protocol is None:
             return
         for data in self.protocol.data_to_send():
             if data:
