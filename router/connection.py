@@ -9,7 +9,8 @@ for what must wait (a ticket check, an authorisation look-up). Keepalive pings a
 for all connections at once by the listener's sweep (router/listener.py).
 
 websockets still does the protocol: HTTP parsing, the handshake's checks and answer, frame
-parsing and limits, pongs, the closing handshake. This module only moves bytes and events.
+parsing and limits, pongs, the closing handshake. This module only moves bytes and events, except
+that a plain upgrade request is accepted by router.upgrade, which leaves anything else to websockets.
 """
 
 from __future__ import annotations
