@@ -11,16 +11,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from tests.fixtures.chromium import CHROMIUM, CHROMIUM_ARGS
 
 if not Path(CHROMIUM).exists():  # pragma: no cover - the test machine has it
     pytest.skip("Debian's chromium is not installed", allow_module_level=True)

@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.events import events_after
+from tests.fixtures.chromium import CHROMIUM, CHROMIUM_ARGS
 from tests.fixtures.router import RunningRouter, World
 from tests.integration.test_router import emit
 
@@ -34,15 +35,6 @@ pytestmark = [
 ]
 
 STATIC = Path(__file__).resolve().parents[2] / "api" / "static" / "js" / "wamp.js"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 PAGE = """<!doctype html><meta charset="utf-8"><title>wamp.js</title>
 <script type="module">
 import { HandinWamp } from '/static/js/wamp.js';
@@ -114,7 +106,7 @@ async def test_gap_fetch_live_events_and_reconnect_without_gaps_or_repeats(
 
     async with contract_api(wamp_world, sessions, student, wamp_router.url, topic) as base, async_playwright() as pw:
         wamp_router.router.allowed_origins |= {base}  # the page's port is picked now: allow its origin
-        browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = await browser.new_page()
             page.on("console", lambda message: print("console:", message.text))
@@ -151,7 +143,7 @@ async def test_the_page_catches_up_at_once_when_the_router_lost_redis(
     await emit(sessions, redis, topic, "flash", {"text": "rendered with the page"})  # seq 1
     async with contract_api(wamp_world, sessions, student, wamp_router.url, topic) as base, async_playwright() as pw:
         wamp_router.router.allowed_origins |= {base}
-        browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = await browser.new_page()
             await page.goto(f"{base}/page")

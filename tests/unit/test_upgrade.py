@@ -15,10 +15,10 @@ from email.utils import formatdate
 import pytest
 from websockets.http11 import MAX_LINE_LENGTH, Request, Response
 from websockets.server import ServerProtocol
-from websockets.streams import StreamReader
 
 from router import upgrade
 from router.upgrade import accept_plain
+from tests.fixtures.websocket_wire import read_whole
 
 SUBPROTOCOLS = ["wamp.2.json", "wamp.2.msgpack"]
 KEY = base64.b64encode(secrets.token_bytes(16)).decode()
@@ -59,15 +59,7 @@ def websockets_answer(data: bytes) -> tuple[ServerProtocol, Response | None]:
 
 
 def parsed_response(data: bytes) -> Response:
-    reader = StreamReader()
-    reader.feed_data(data)
-    parser = Response.parse(reader.read_line, reader.read_exact, reader.read_to_eof)
-    try:
-        next(parser)
-    except StopIteration as done:
-        response: Response = done.value
-        return response
-    raise AssertionError("incomplete response")
+    return read_whole(data, lambda reader: Response.parse(reader.read_line, reader.read_exact, reader.read_to_eof))
 
 
 def test_a_browsers_upgrade_is_answered_as_websockets_answers_it() -> None:

@@ -4,23 +4,14 @@ from __future__ import annotations
 
 import pytest
 from websockets.frames import OP_BINARY, OP_TEXT, Frame
-from websockets.streams import StreamReader
 
 from router.broker import websocket_frame
+from tests.fixtures.websocket_wire import read_whole
 
 
 def parsed(wire: bytes) -> Frame:
     """The frame as websockets' client side reads it (unmasked, from the server)."""
-    reader = StreamReader()
-    reader.feed_data(wire)
-    reader.feed_eof()
-    parser = Frame.parse(reader.read_exact, mask=False, max_size=None)
-    try:
-        next(parser)
-    except StopIteration as done:
-        frame: Frame = done.value
-        return frame
-    raise AssertionError("the frame was incomplete")
+    return read_whole(wire, lambda reader: Frame.parse(reader.read_exact, mask=False, max_size=None))
 
 
 # Each length field's edges: 7 bits, 7+16 bits, 7+64 bits.
