@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import itertools
 import logging
 import math
 import time
@@ -42,7 +41,7 @@ from core import access, keys
 from core.audience import Audience
 from core.auth import Ticket, TokenError, read_ws_ticket
 from core.clock import utcnow
-from router.directory import Batcher, Directory, WebSessionFacts
+from router.directory import BATCH_LIMIT, Directory, WebSessionFacts
 
 log = logging.getLogger(__name__)
 
@@ -78,33 +77,45 @@ TicketUse = tuple[bool, bool]  # (first use of this ticket, web session logged o
 class TicketLedger:
     """Marks tickets used (once across replicas) and reads web sessions' logout marks in Redis.
 
-    Handshakes arriving together share one script call (router.directory's Batcher), and each is
-    answered by a callback: during a reconnect storm a round trip, a task and a shielded future per
-    session cost more router CPU than the commands themselves.
+    Handshakes arriving together share one script call, and each is answered by a callback: during
+    a reconnect storm a round trip, a task and futures per session cost more router CPU than the
+    commands themselves.
     """
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._script = redis.register_script(USE_TICKETS)
-        self._calls = itertools.count()
-        # Keyed per call, never shared: a ticket replayed within one batch must get its own SET NX.
-        self._batcher: Batcher[tuple[int, str, str, int], TicketUse] = Batcher(self._use)
+        self._waiting: list[tuple[str, str, int, Callable[[TicketUse | Exception], None]]] = []
+        self._running: asyncio.Task[None] | None = None
 
-    def use(self, ticket_id: str, session_id: str, ttl: int, then: Callable[[TicketUse | BaseException], None]) -> None:
+    def use(self, ticket_id: str, session_id: str, ttl: int, then: Callable[[TicketUse | Exception], None]) -> None:
         """Call ``then`` with (first use, logged out), or with the error if Redis could not answer."""
+        self._waiting.append((ticket_id, session_id, ttl, then))
+        if self._running is None:
+            self._running = asyncio.get_running_loop().create_task(self._run())
 
-        def answered(answer: TicketUse | BaseException | None) -> None:
-            then(RuntimeError("the ticket check went unanswered") if answer is None else answer)
-
-        self._batcher.call_back((next(self._calls), ticket_id, session_id, ttl), answered)
-
-    async def _use(self, calls: list[tuple[int, str, str, int]]) -> dict[tuple[int, str, str, int], TicketUse]:
-        answer = await self._script(
-            keys=[k for _, t, s, _ in calls for k in (keys.ws_ticket_used(t), keys.web_session_revoked(s))],
-            args=[ttl for *_, ttl in calls],
-            client=self.redis,
-        )
-        return {call: (bool(n & 2), bool(n & 1)) for call, n in zip(calls, answer, strict=True)}
+    async def _run(self) -> None:
+        await asyncio.sleep(0)  # let this loop turn's other handshakes join the batch
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting[:BATCH_LIMIT], self._waiting[BATCH_LIMIT:]
+                replies: list[TicketUse | Exception]
+                try:
+                    answer = await self._script(
+                        keys=[k for t, s, _, _ in batch for k in (keys.ws_ticket_used(t), keys.web_session_revoked(s))],
+                        args=[ttl for _, _, ttl, _ in batch],
+                        client=self.redis,
+                    )
+                    replies = [(bool(n & 2), bool(n & 1)) for n in answer]
+                except Exception as error:  # each caller answers its browser (try again shortly)
+                    replies = [error] * len(batch)
+                for (*_, then), reply in zip(batch, replies, strict=True):
+                    try:
+                        then(reply)
+                    except Exception:
+                        log.exception("answering a ticket check failed")
+        finally:
+            self._running = None
 
 
 def read_ticket(ticket: str, secret: str) -> Ticket:

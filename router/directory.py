@@ -77,17 +77,10 @@ class Batcher(Generic[K, V]):
 
     def get(self, key: K) -> asyncio.Future[V | None]:
         # Shared by every caller of this key: one that gives up (a time limit) must not cancel it for the rest.
-        return asyncio.shield(self._shared(key))
+        return asyncio.shield(self.shared(key))
 
-    def call_back(self, key: K, then: Callable[[V | BaseException | None], None]) -> None:
-        """``get`` for a caller that is called back instead of waiting: ``then`` gets the answer or the error."""
-
-        def done(future: asyncio.Future[V | None]) -> None:
-            then(RuntimeError("cancelled") if future.cancelled() else (future.exception() or future.result()))
-
-        self._shared(key).add_done_callback(done)
-
-    def _shared(self, key: K) -> asyncio.Future[V | None]:
+    def shared(self, key: K) -> asyncio.Future[V | None]:
+        """The future every caller of ``key`` shares, for callbacks (which must never cancel it)."""
         future = self._waiting.get(key)
         if future is None:
             loop = asyncio.get_running_loop()
@@ -184,12 +177,12 @@ class Directory:
         """Call ``then`` with the web session and its user's rights (None, None: no such session), or
         the error: loaded together, one statement per batch of handshakes, no task per caller."""
         generation = self._generation
-        self._web_session_loader.call_back(
-            session_id,
-            lambda found: then(
-                found if isinstance(found, BaseException) else self._keep(session_id, generation, found)
-            ),
-        )
+
+        def loaded(future: asyncio.Future[tuple[WebSessionFacts, access.Rights | None] | None]) -> None:
+            error = RuntimeError("cancelled") if future.cancelled() else future.exception()
+            then(error if error is not None else self._keep(session_id, generation, future.result()))
+
+        self._web_session_loader.shared(session_id).add_done_callback(loaded)
 
     def _keep(
         self, session_id: str, generation: int, found: tuple[WebSessionFacts, access.Rights | None] | None

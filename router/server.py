@@ -331,8 +331,8 @@ class Router:
             claims.ticket_id, claims.session_id, ticket_ttl(claims), lambda use: self._ticket_used(peer, claims, use)
         )
 
-    def _ticket_used(self, peer: Peer, claims: Ticket, use: TicketUse | BaseException) -> None:
-        if isinstance(use, BaseException):
+    def _ticket_used(self, peer: Peer, claims: Ticket, use: TicketUse | Exception) -> None:
+        if isinstance(use, Exception):
             self._backend_failed(peer, use)
             return
         try:
@@ -367,7 +367,7 @@ class Router:
         self.metrics.auth_failures.labels(reason=str(error)).inc()
         self._abort(peer, wamp.NOT_AUTHORIZED, str(error))
 
-    def _backend_failed(self, peer: Peer, error: BaseException) -> None:
+    def _backend_failed(self, peer: Peer, error: Exception) -> None:
         log.warning("authentication backend failed", extra={"error": str(error)})
         self._abort(peer, UNAVAILABLE, "try again shortly", self.limits.busy_retry_after_seconds)
 
