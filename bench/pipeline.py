@@ -495,11 +495,13 @@ def report(phases: list[Phase], lookup: dict[int, tuple[float, float]], args: ar
                 f"with their source: {phase.copies_found} of {phase.copies_planted}; score for the pair "
                 f"median {statistics.median(phase.copy_scores or [0]):.1f} %"
             )
-    if noop is not None:
-        workers = [noop.cpu_ms[f"worker {t}"] for t in TASKS]
-        pg_per_step = noop.cpu_ms["postgresql (bench db)"] / len(TASKS)
+    for orchestrated in (noop, by_name.get("no-op baseline")):
+        if orchestrated is None:
+            continue
+        workers = [orchestrated.cpu_ms[f"worker {t}"] for t in TASKS]
+        pg_per_step = orchestrated.cpu_ms["postgresql (bench db)"] / len(TASKS)
         print(
-            f"orchestration per step (no-op handler): worker {statistics.mean(workers):.1f} ms "
+            f"orchestration per step ({orchestrated.name}): worker {statistics.mean(workers):.1f} ms "
             f"(max {max(workers):.1f}) + PostgreSQL {pg_per_step:.1f} ms   target <= {TARGET_ORCHESTRATION_MS:g} ms"
         )
     if real is not None:
@@ -550,13 +552,15 @@ async def main(args: argparse.Namespace) -> None:
             HANDIN_ADMIN__SECRET="bench-admin-secret-0123456789abcdef",
         )
         wanted = [("no-op", True)] if args.noop_seconds > 0 else []
+        wanted += [("no-op baseline", True)] if args.noop_seconds > 0 and args.baseline_ref else []
         wanted += [("real", False)] if args.seconds > 0 else []
         wanted += [("baseline", False)] if args.seconds > 0 and args.baseline_ref else []
         for name, noop in wanted:
-            with source_tree(args.baseline_ref if name == "baseline" else None) as source:
+            of_baseline = name.endswith("baseline")
+            with source_tree(args.baseline_ref if of_baseline else None) as source:
                 async with bench_database() as database_url:
                     env["HANDIN_DATABASE_URL"] = database_url
-                    baseline = source if name == "baseline" else None
+                    baseline = source if of_baseline else None
                     phases.append(await run_phase(name, noop, args, database_url, root, clamd, env, baseline))
             sync_redis.Redis.from_url(BENCH_REDIS_URL).flushdb()
         if args.lookup_earlier:
@@ -693,7 +697,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=10.0, help="uploads offered per second")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the real run (0: skip it)")
     parser.add_argument(
-        "--baseline-ref", help="also run the real phase with the api and workers of this git commit (same load)"
+        "--baseline-ref",
+        help="also run each phase (no-op, real) with the api and workers of this git commit (same load)",
     )
     parser.add_argument("--noop-seconds", type=float, default=20.0, help="length of the no-op run (0: skip it)")
     parser.add_argument("--size-kb", type=int, default=64)
