@@ -17,15 +17,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
+from weakref import WeakKeyDictionary
 
 from arq import Retry
 from arq.connections import ArqRedis
-from sqlalchemy import Table, bindparam, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import Integer, String, Table, bindparam, column, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core import keys
-from core.clock import utcnow
+from core.clock import isoformat, utcnow
 from core.db import is_postgres
+from core.events import Envelope, publish
 from core.models import Submission, SubmissionStep
 from core.pipeline import StepState
 from core.settings import Settings
@@ -106,7 +109,9 @@ async def run_step(ctx: dict[str, Any], step: str, submission_id: int, handler: 
         settings, sessions, redis, ctx.get("storage"), submission, step, row.attempts, dict(row.result or {})
     )
     try:
-        outcome = await asyncio.wait_for(handler(step_ctx), timeout=policy.timeout_seconds)
+        # A timeout scope, not wait_for: no second task per job beside the one arq runs it in.
+        async with asyncio.timeout(policy.timeout_seconds):
+            outcome = await handler(step_ctx)
     except asyncio.CancelledError:
         # The worker is shutting down (or arq's backstop timeout fired). Say so in the
         # row, so the next delivery starts at once instead of waiting out the time limit.
@@ -181,34 +186,89 @@ _START_WAITING = (
     .returning(_steps.c.attempts, _steps.c.result, _steps.c.submission_id)
 )
 _READ_SUBMISSION = select(_submissions).where(_submissions.c.id == bindparam("sid"))
-# PostgreSQL: both in one statement (a data-modifying CTE), one round trip fewer per step.
-_started = _START_WAITING.cte("started")
-_START_AND_READ = select(
-    _started.c.attempts.label("step_attempts"), _started.c.result.label("step_result"), *_submissions.c
-).join_from(_started, _submissions, _submissions.c.id == _started.c.submission_id)
+# PostgreSQL, the usual start in one statement run on its own (autocommit): mark the step running,
+# write its step.running event with the topic's next seq (as core.events' batch writer does, for a
+# batch of one), and read the submission. One round trip instead of BEGIN, two statements and COMMIT.
+# Nothing is written when the step is not waiting to run. The step row is locked before the topic's
+# seq row, the order every transaction ending or starting a step takes them in.
+_START_RUNNING_PG = (
+    text(
+        f"""
+    WITH started AS (
+        UPDATE submission_steps
+        SET state = :running, attempts = attempts + 1, started_at = :now, wait_until = NULL, error = NULL
+        WHERE submission_id = :sid AND step = :name AND state = ANY(:startable)
+        RETURNING attempts, result, submission_id
+    ), bumped AS (
+        INSERT INTO topic_seqs (topic, seq) SELECT :topic, 1 FROM started
+        ON CONFLICT (topic) DO UPDATE SET seq = topic_seqs.seq + 1
+        RETURNING seq
+    ), written AS (
+        INSERT INTO events (topic, seq, type, at, data, actor, actor_id)
+        SELECT :topic, bumped.seq, 'step.running', :now,
+               json_build_object('step', CAST(:name AS text), 'attempt', started.attempts), :actor, NULL
+        FROM started, bumped
+    )
+    SELECT started.attempts AS step_attempts, started.result AS step_result, bumped.seq AS event_seq,
+           {", ".join(f"submissions.{column.name}" for column in _submissions.c)}
+    FROM started JOIN submissions ON submissions.id = started.submission_id CROSS JOIN bumped
+    """
+    )
+    .bindparams(
+        bindparam("now", type_=_steps.c.started_at.type),
+        bindparam("startable", type_=ARRAY(String)),
+    )
+    .columns(
+        column("step_attempts", Integer),
+        column("step_result", _steps.c.result.type),
+        column("event_seq", Integer),
+        *_submissions.c,
+    )
+)
+_autocommit_engines: WeakKeyDictionary[AsyncEngine, AsyncEngine] = WeakKeyDictionary()
+
+
+async def _start_in_one_statement(
+    engine: AsyncEngine, step: str, submission_id: int, now: datetime
+) -> tuple[SubmissionStep, Submission, Envelope] | None:
+    """PostgreSQL's usual start (see _START_RUNNING_PG); None when the step is in any other state."""
+    autocommit = _autocommit_engines.get(engine)
+    if autocommit is None:
+        autocommit = _autocommit_engines[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
+    topic = keys.submission_topic(submission_id)
+    parameters = {
+        "sid": submission_id,
+        "name": step,
+        "now": now,
+        "running": StepState.running.value,
+        "startable": _STARTABLE,
+        "topic": topic,
+        "actor": f"worker:{step}",
+    }
+    async with autocommit.connect() as connection:
+        both = (await connection.execute(_START_RUNNING_PG, parameters)).one_or_none()
+    if both is None:
+        return None
+    columns = {column.key: both._mapping[column] for column in _submissions.c}
+    row = SubmissionStep(submission_id=submission_id, step=step, attempts=both.step_attempts, result=both.step_result)
+    data = {"step": step, "attempt": both.step_attempts}
+    envelope = Envelope(seq=both.event_seq, topic=topic, type="step.running", at=isoformat(now), data=data)
+    return row, Submission(**columns), envelope
 
 
 async def _start_waiting_step(
     session: AsyncSession, step: str, submission_id: int, now: datetime
 ) -> tuple[SubmissionStep, Submission] | None:
-    """The usual start: mark the step running if it is waiting to run, and read its submission
-    (one statement on PostgreSQL, two elsewhere). None when the step is in any other state
-    (running elsewhere, ended, missing): the caller then takes the row lock and decides."""
+    """SQLite's usual start: mark the step running if it is waiting to run, and read its
+    submission. None when the step is in any other state (running elsewhere, ended, missing):
+    the caller then takes the row lock and decides."""
     parameters = {"sid": submission_id, "name": step, "now": now}
-    if is_postgres(session):
-        both = (await session.execute(_START_AND_READ, parameters)).one_or_none()
-        if both is None:
-            return None
-        attempts, result = both.step_attempts, both.step_result
-        columns = {column.key: both._mapping[column] for column in _submissions.c}
-    else:
-        started = (await session.execute(_START_WAITING, parameters)).one_or_none()
-        if started is None:
-            return None
-        attempts, result = started.attempts, started.result
-        columns = dict((await session.execute(_READ_SUBMISSION, parameters)).one()._mapping)
+    started = (await session.execute(_START_WAITING, parameters)).one_or_none()
+    if started is None:
+        return None
+    columns = dict((await session.execute(_READ_SUBMISSION, parameters)).one()._mapping)
     # Plain objects for the handler, never attached to a session: no ORM identity map or flush.
-    row = SubmissionStep(submission_id=submission_id, step=step, attempts=attempts, result=result)
+    row = SubmissionStep(submission_id=submission_id, step=step, attempts=started.attempts, result=started.result)
     return row, Submission(**columns)
 
 
@@ -226,17 +286,25 @@ async def _start(
     max_tries: int,
 ) -> str | _Abandoned | tuple[SubmissionStep, Submission]:
     now = utcnow()
-    async with unit_of_work(sessions, redis) as work:
-        fast = await _start_waiting_step(work.session, step, submission_id, now)
+    engine: AsyncEngine = sessions.kw["bind"]
+    if is_postgres(engine):
+        fast_pg = await _start_in_one_statement(engine, step, submission_id, now)
+        if fast_pg is not None:
+            row, submission, envelope = fast_pg
+            await publish(redis, [envelope])
+            return row, submission
+    else:
+        async with unit_of_work(sessions, redis) as work:
+            fast = await _start_waiting_step(work.session, step, submission_id, now)
+            if fast is not None:
+                work.stage(
+                    keys.submission_topic(submission_id),
+                    "step.running",
+                    {"step": step, "attempt": fast[0].attempts},
+                    actor=f"worker:{step}",
+                )
         if fast is not None:
-            work.stage(
-                keys.submission_topic(submission_id),
-                "step.running",
-                {"step": step, "attempt": fast[0].attempts},
-                actor=f"worker:{step}",
-            )
-    if fast is not None:
-        return fast
+            return fast
     async with unit_of_work(sessions, redis) as work:
         session = work.session
         row = await _lock_step(session, submission_id, step)

@@ -8,14 +8,17 @@ time limits and repeated deliveries.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from datetime import timedelta
 from typing import Any
 
+from redis.asyncio import Redis
 from sqlalchemy import update
 
-from core.clock import utcnow
+from core import keys
+from core.clock import isoformat, utcnow
 from core.models import SubmissionStep
 from core.queues import enqueue_step, job_exists
 from core.settings import Settings
@@ -77,6 +80,41 @@ async def test_a_handler_that_hangs_past_its_time_limit_is_retried_not_dropped(
     ]
     retrying = await events(sessions, f"submission.{submission.id}", "step.retrying")
     assert retrying[0].data["error"] == "timed out"
+
+
+async def test_what_a_page_is_sent_is_the_audit_trail_in_order_without_gaps(
+    factory: Any, sessions: Any, arq_redis: Any, run_burst: Any, redis: Redis
+) -> None:
+    """A step's start (one statement on PostgreSQL) and end publish the events they wrote, with their seq."""
+    submission = await _at_store(factory, arq_redis, run_burst)
+    topic = keys.submission_topic(submission.id)
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(keys.events_channel(topic))
+    try:
+
+        async def succeeds(ctx: StepContext) -> Outcome:
+            return Outcome(result={"stored": True})
+
+        await run_burst("store", succeeds)
+        written = await events(sessions, topic)
+        sent: list[dict[str, Any]] = []
+        async with asyncio.timeout(10):
+            while len(sent) < 1 or sent[-1]["seq"] < written[-1].seq:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+                if message:
+                    sent.append(json.loads(message["data"]))
+    finally:
+        await pubsub.aclose()
+
+    assert [event.seq for event in written] == list(range(1, len(written) + 1))
+    trail = {event.seq: (event.type, event.data, isoformat(event.at)) for event in written}
+    assert [(envelope["type"], envelope["data"], envelope["at"]) for envelope in sent] == [
+        trail[envelope["seq"]] for envelope in sent
+    ]
+    store_events = [envelope["type"] for envelope in sent if envelope["data"].get("step") == "store"]
+    assert store_events == ["step.running", "step.succeeded"]
+    [running] = [envelope for envelope in sent if envelope["type"] == "step.running"]
+    assert running["data"] == {"step": "store", "attempt": 1}
 
 
 async def test_a_step_that_already_succeeded_is_a_no_op_when_delivered_again(
