@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from arq import func
-from arq.connections import ArqRedis
 from arq.cron import CronJob
 from arq.worker import Function, Worker
+from redis.asyncio.client import Pipeline
 
 from core import keys
 from core.db import make_engine, make_sessionmaker
@@ -105,16 +105,21 @@ class BusyClock:
     def __init__(self) -> None:
         self.running = 0
         self.occupied_since = 0.0
+        self.started: dict[str, float] = {}  # job id -> when it started
 
-    def start(self) -> float:
+    def start(self, job_id: str) -> None:
         now = time.monotonic()
         if self.running == 0:
             self.occupied_since = now
         self.running += 1
-        return now
+        self.started[job_id] = now
 
-    def end(self, started: float) -> tuple[float, float]:
-        """(this job's run time, the time the worker was occupied if it is now idle, else 0)."""
+    def end(self, job_id: str) -> tuple[float, float] | None:
+        """(this job's run time, the time the worker was occupied if it is now idle, else 0);
+        None for a job that never started (arq failed it before running it)."""
+        started = self.started.pop(job_id, None)
+        if started is None:
+            return None
         now = time.monotonic()
         self.running = max(0, self.running - 1)
         return now - started, (now - self.occupied_since if self.running == 0 else 0.0)
@@ -124,25 +129,24 @@ async def start_job_clock(ctx: dict[str, Any]) -> None:
     # ctx is this job's own copy of the worker's; the clock in it is shared by every job.
     clock: BusyClock | None = ctx.get("busy_clock")
     if clock is not None:
-        ctx["job_started"] = clock.start()
+        clock.start(ctx["job_id"])
 
 
-async def count_finished_job(ctx: dict[str, Any]) -> None:
-    """Feeds the autoscaler: jobs finished, and the seconds they and the worker were busy (its service time)."""
+def count_finished_job(pipe: Pipeline, ctx: dict[str, Any], job_id: str) -> None:
+    """Feeds the autoscaler: jobs finished, and the seconds they and the worker were busy (its
+    service time). Queued on the transaction that takes the job off its queue (HandinWorker's
+    finish_job), so a job is always either queued or counted as finished."""
     task = ctx.get("task")
-    redis: ArqRedis | None = ctx.get("redis")
-    if not task or redis is None:
+    if not task:
         return
-    clock: BusyClock | None = ctx.get("busy_clock")
-    started = ctx.get("job_started")
-    pipe = redis.pipeline(transaction=False)
     pipe.incr(keys.completed_counter(task))
-    if clock is not None and started is not None:
-        ran, occupied = clock.end(started)
+    clock: BusyClock | None = ctx.get("busy_clock")
+    ended = clock.end(job_id) if clock is not None else None
+    if ended is not None:
+        ran, occupied = ended
         pipe.incrby(keys.busy_counter(task), round(ran * 1000))
         if occupied > 0:
             pipe.incrby(keys.occupied_counter(task), round(occupied * 1000))
-    await pipe.execute()
 
 
 def step_function(task: str, handler: Handler, settings: Settings) -> Function:
@@ -188,7 +192,6 @@ def worker_settings(
         "on_startup": startup,
         "on_shutdown": shutdown,
         "on_job_start": start_job_clock,
-        "after_job_end": count_finished_job,
         "ctx": {"settings": settings, "task": task, "busy_clock": BusyClock()},
         "max_jobs": section.max_jobs,
         "poll_delay": section.poll_delay_seconds,

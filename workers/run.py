@@ -8,8 +8,14 @@ import importlib
 import logging
 from typing import Any
 
-from arq.constants import in_progress_key_prefix
-from arq.utils import timestamp_ms
+from arq.constants import (
+    abort_jobs_ss,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
+from arq.utils import timestamp_ms, to_ms
 from arq.worker import get_kwargs
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
@@ -17,7 +23,7 @@ from redis.exceptions import RedisError
 from core import keys
 from core.logs import configure_logging
 from core.settings import get_settings
-from workers.base import IdlePollingWorker
+from workers.base import IdlePollingWorker, count_finished_job
 from workers.health import WorkerHealth, start_health_server
 
 log = logging.getLogger(__name__)
@@ -109,6 +115,40 @@ class HandinWorker(IdlePollingWorker):
             task = self.loop.create_task(self.run_job(job_id, int(float(score))))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
+
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        """arq's finish_job with the job's counts for the autoscaler in the same MULTI/EXEC
+        (count_finished_job): one round trip fewer per job, and a job leaves its queue and is
+        counted as finished at one instant."""
+        async with self.pool.pipeline(transaction=True) as tr:
+            delete_keys = []
+            in_progress_key = in_progress_key_prefix + job_id
+            if keep_in_progress is None:
+                delete_keys += [in_progress_key]
+            else:
+                tr.pexpire(in_progress_key, to_ms(keep_in_progress))
+            if finish:
+                if result_data:
+                    expire = None if keep_result_forever else result_timeout_s
+                    tr.set(result_key_prefix + job_id, result_data, px=to_ms(expire))
+                delete_keys += [retry_key_prefix + job_id, job_key_prefix + job_id]
+                tr.zrem(abort_jobs_ss, job_id)
+                tr.zrem(self.queue_name, job_id)
+            elif incr_score:
+                tr.zincrby(self.queue_name, incr_score, job_id)
+            if delete_keys:
+                tr.delete(*delete_keys)
+            count_finished_job(tr, self.ctx, job_id)
+            await tr.execute()
 
 
 def load_worker_settings(task: str) -> type:

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import asyncio
 
-from arq.worker import create_worker
+from arq.worker import get_kwargs
 
 from core.logs import configure_logging
-from workers.run import WORKER_TASKS, load_worker_settings
+from workers.run import WORKER_TASKS, HandinWorker, load_worker_settings
 
 
 async def main() -> None:
     configure_logging()
     # Signals end the process as a whole; arq's own handlers would fight over SIGTERM.
-    workers = [create_worker(load_worker_settings(task), handle_signals=False) for task in WORKER_TASKS]
+    workers = [
+        HandinWorker(**{**get_kwargs(load_worker_settings(task)), "handle_signals": False}) for task in WORKER_TASKS
+    ]
     await asyncio.gather(*(worker.async_run() for worker in workers))
 
 

@@ -1,13 +1,15 @@
-"""Enqueueing and claiming jobs in one Redis round trip each, exactly as arq does it in several.
+"""Enqueueing, claiming and finishing jobs in one Redis round trip each, as arq does it in several.
 
 core.queues.enqueue_step writes the job arq's own enqueue_job would (arq reads it back), and
 refuses a job id whose job or result still exists; HandinWorker.start_jobs claims a job only if it
-is due and no other worker holds it, and gives its slot back otherwise.
+is due and no other worker holds it, and gives its slot back otherwise; HandinWorker.finish_job
+takes a job off its queue and counts it for the autoscaler in one transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
@@ -17,6 +19,8 @@ from arq.worker import get_kwargs
 from core import keys
 from core.queues import enqueue_step
 from core.settings import Settings
+from tests.fixtures.workers import BurstRunner
+from workers import scan
 from workers.base import step_worker_settings
 from workers.run import HandinWorker
 from workers.runner import Outcome, StepContext
@@ -106,3 +110,29 @@ async def test_a_job_deferred_or_gone_from_the_queue_is_not_claimed(settings: Se
     assert started == [] and worker.job_counter == 0
     assert not await arq_redis.exists(in_progress_key_prefix + deferred.job_id)
     assert not await arq_redis.exists(in_progress_key_prefix + gone.job_id)
+
+
+async def test_a_finished_job_leaves_its_queue_counted_with_the_time_it_ran(
+    factory: Any, arq_redis: ArqRedis, run_burst: BurstRunner
+) -> None:
+    """The autoscaler's service times come from these counters: jobs done, ms busy, ms occupied."""
+    world = await factory.world()
+    for _ in range(3):
+        submission = await factory.submission(world, b"counted\n")
+        await enqueue_step(arq_redis, "scan", submission.id)
+    await run_burst("scan", scan.handle)  # no scanner here: skipped, and store is queued
+    assert await arq_redis.zcard(keys.queue_name("store")) == 3
+
+    async def takes_a_while(_ctx: StepContext) -> Outcome:
+        await asyncio.sleep(0.1)  # the job's own work, which the counters measure
+        return Outcome()
+
+    worker = await run_burst("store", takes_a_while, max_jobs=3)
+
+    assert worker.jobs_complete == 3
+    assert await arq_redis.zcard(keys.queue_name("store")) == 0
+    assert int(await arq_redis.get(keys.completed_counter("store"))) == 3
+    busy = int(await arq_redis.get(keys.busy_counter("store")))
+    occupied = int(await arq_redis.get(keys.occupied_counter("store")))
+    # Three jobs of 0.1 s each ran side by side: 0.3 s busy in all, the worker occupied for 0.1 s or more.
+    assert busy >= 300 and 100 <= occupied <= busy
