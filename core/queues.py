@@ -6,6 +6,9 @@ same id while the first exists, which makes enqueueing idempotent.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.constants import job_key_prefix, result_key_prefix
 from arq.jobs import Job, serialize_job
@@ -13,19 +16,18 @@ from arq.utils import timestamp_ms
 from redis.commands.core import AsyncScript
 
 from core import keys
+from core.events import Envelope, publish
 
 # arq's enqueue_job in one round trip instead of three (WATCH, EXISTS, MULTI/EXEC): the same keys,
 # job encoding, score and expiry, and the same refusal of a job id whose job or result still exists.
 # KEYS: job, result, queue; ARGV: expiry ms, job, score, job id. Answers 1 if queued, 0 if not.
-ENQUEUE_JOB = AsyncScript(
-    None,  # type: ignore[arg-type]  # the client is given per call
-    b"""
+_ENQUEUE_SOURCE = b"""
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
 redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
 return 1
-""",
-)
+"""
+ENQUEUE_JOB = AsyncScript(None, _ENQUEUE_SOURCE)  # type: ignore[arg-type]  # the client is given per call
 
 
 def redis_settings(url: str) -> RedisSettings:
@@ -44,22 +46,59 @@ def connect_lazily(url: str) -> ArqRedis:
     return pool
 
 
+def _enqueue_arguments(
+    redis: ArqRedis, step: str, submission_id: int, defer_seconds: float | None = None
+) -> tuple[list[str], list[bytes | str | int]]:
+    """ENQUEUE_JOB's keys and arguments for one step's job."""
+    job_id = keys.job_id(step, submission_id)
+    enqueued_ms = timestamp_ms()
+    defer_ms = round(defer_seconds * 1000) if defer_seconds else 0
+    job = serialize_job(step, (submission_id,), {}, None, enqueued_ms, serializer=redis.job_serializer)
+    return (
+        [job_key_prefix + job_id, result_key_prefix + job_id, keys.queue_name(step)],
+        [defer_ms + redis.expires_extra_ms, job, enqueued_ms + defer_ms, job_id],
+    )
+
+
 async def enqueue_step(
     redis: ArqRedis, step: str, submission_id: int, *, defer_seconds: float | None = None
 ) -> Job | None:
     """Queue one pipeline step; None if that job is already queued or running."""
-    job_id, queue = keys.job_id(step, submission_id), keys.queue_name(step)
-    enqueued_ms = timestamp_ms()
-    defer_ms = round(defer_seconds * 1000) if defer_seconds else 0
-    job = serialize_job(step, (submission_id,), {}, None, enqueued_ms, serializer=redis.job_serializer)
-    queued = await ENQUEUE_JOB(
-        keys=[job_key_prefix + job_id, result_key_prefix + job_id, queue],
-        args=[defer_ms + redis.expires_extra_ms, job, enqueued_ms + defer_ms, job_id],
-        client=redis,
-    )
-    if not queued:
+    script_keys, args = _enqueue_arguments(redis, step, submission_id, defer_seconds)
+    if not await ENQUEUE_JOB(keys=script_keys, args=args, client=redis):
         return None
-    return Job(job_id, redis=redis, _queue_name=queue, _deserializer=redis.job_deserializer)
+    job_id = keys.job_id(step, submission_id)
+    return Job(job_id, redis=redis, _queue_name=keys.queue_name(step), _deserializer=redis.job_deserializer)
+
+
+async def publish_and_enqueue(
+    redis: ArqRedis, envelopes: Sequence[Envelope], steps: Sequence[str], submission_id: int
+) -> None:
+    """Publish committed events, then queue the steps they made ready, in one round trip.
+
+    What ending a step does after its commit. Without steps to queue this is
+    core.events.publish (never raises); with some, a Redis failure raises, as
+    enqueue_step does: the steps stay "queued" in the database for the
+    reconciler, and the events are in the audit trail. Shielded, as publish is.
+    """
+    if not steps:
+        await publish(redis, list(envelopes))
+        return
+    await asyncio.shield(_publish_and_enqueue(redis, envelopes, steps, submission_id))
+
+
+async def _publish_and_enqueue(
+    redis: ArqRedis, envelopes: Sequence[Envelope], steps: Sequence[str], submission_id: int
+) -> None:
+    async with redis.pipeline(transaction=False) as pipe:
+        for envelope in envelopes:
+            pipe.publish(keys.events_channel(envelope.topic), envelope.to_json())
+        for step in steps:
+            script_keys, args = _enqueue_arguments(redis, step, submission_id)
+            # EVAL, not EVALSHA: a pipeline cannot load a script Redis lost (a restart) and
+            # retry; Redis caches the compiled script by its digest either way.
+            pipe.eval(_ENQUEUE_SOURCE.decode(), len(script_keys), *script_keys, *args)  # type: ignore[arg-type]  # bytes too
+        await pipe.execute()
 
 
 async def job_exists(redis: ArqRedis, step: str, submission_id: int) -> bool:

@@ -27,7 +27,7 @@ from core.clock import utcnow
 from core.events import EventBatch
 from core.models import Assignment, Submission, SubmissionStep
 from core.pipeline import StepState, SubmissionStatus, blocked_steps, overall_status, ready_steps
-from core.queues import enqueue_step
+from core.queues import publish_and_enqueue
 from core.unit_of_work import unit_of_work
 
 _steps: Table = SubmissionStep.__table__  # type: ignore[assignment]
@@ -124,7 +124,7 @@ async def finish_step(
     """
     topic = keys.submission_topic(submission_id)
     who = actor or f"worker:{step}"
-    async with unit_of_work(sessions, redis) as work:
+    async with unit_of_work(sessions, None) as work:
         session = work.session
         facts = await _read_and_lock(session, submission_id)
         if facts is None or step not in facts.states or facts.states[step].terminal:
@@ -151,8 +151,7 @@ async def finish_step(
         to_enqueue = await _advance(work, topic, facts, now)
         _finish_submission_if_done(work, facts, now)
         await _write_submission(session, facts)
-    for name in to_enqueue:
-        await enqueue_step(redis, name, submission_id)
+    await publish_and_enqueue(redis, work.envelopes, to_enqueue, submission_id)
     return True
 
 
@@ -166,7 +165,7 @@ async def settle_submission(
     queued and the submission's new final status, if it got one.
     """
     topic = keys.submission_topic(submission_id)
-    async with unit_of_work(sessions, redis) as work:
+    async with unit_of_work(sessions, None) as work:
         facts = await _read_and_lock(work.session, submission_id)
         if facts is None or facts.completed_at is not None:
             return [], None
@@ -175,8 +174,7 @@ async def settle_submission(
         _finish_submission_if_done(work, facts, now)
         await _write_submission(work.session, facts)
         finished = facts.status if facts.completed_at is not None else None
-    for name in to_enqueue:
-        await enqueue_step(redis, name, submission_id)
+    await publish_and_enqueue(redis, work.envelopes, to_enqueue, submission_id)
     return to_enqueue, finished
 
 

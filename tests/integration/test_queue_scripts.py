@@ -9,15 +9,18 @@ takes a job off its queue and counts it for the autoscaler in one transaction.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 from arq.jobs import Job, JobStatus
 from arq.worker import get_kwargs
+from redis.asyncio import Redis
 
 from core import keys
-from core.queues import enqueue_step
+from core.events import Envelope
+from core.queues import enqueue_step, publish_and_enqueue
 from core.settings import Settings
 from tests.fixtures.workers import BurstRunner
 from workers import scan
@@ -136,3 +139,30 @@ async def test_a_finished_job_leaves_its_queue_counted_with_the_time_it_ran(
     occupied = int(await arq_redis.get(keys.occupied_counter("store")))
     # Three jobs of 0.1 s each ran side by side: 0.3 s busy in all, the worker occupied for 0.1 s or more.
     assert busy >= 300 and 100 <= occupied <= busy
+
+
+async def test_a_step_end_publishes_its_events_and_queues_what_follows_in_one_go(
+    arq_redis: ArqRedis, redis: Redis
+) -> None:
+    topic = keys.submission_topic(50)
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(keys.events_channel(topic))
+    at = "2026-11-30T12:00:00.000Z"
+    envelopes = [Envelope(7, topic, "step.queued", at, {"step": "admin"}), Envelope(8, topic, "step.queued", at, {})]
+    try:
+        await publish_and_enqueue(arq_redis, envelopes, ["admin", "receipt"], 50)
+        await publish_and_enqueue(arq_redis, [], ["admin"], 50)  # already queued: not again
+        received = []
+        async with asyncio.timeout(10):
+            while len(received) < 2:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+                if message:
+                    received.append(json.loads(message["data"])["seq"])
+    finally:
+        await pubsub.aclose()
+
+    assert received == [7, 8]
+    for step in ("admin", "receipt"):
+        info = await Job(keys.job_id(step, 50), arq_redis, _queue_name=keys.queue_name(step)).info()
+        assert info is not None and (info.function, info.args) == (step, (50,))
+        assert await arq_redis.zcard(keys.queue_name(step)) == 1
