@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.event_loop import EventLoopName
+
 DEV_SECRET = "dev-only-secret-change-me"
 # Secrets production refuses: too short, too uniform, or a value from a tutorial.
 MIN_SECRET_LENGTH = 32
@@ -201,6 +203,9 @@ class WorkerSettingsSection(BaseModel):
     http_port: int = 9100
     # /healthz answers 503 once the event loop has not turned, or Redis not answered, for this long.
     health_stale_seconds: float = Field(default=30.0, gt=0)
+    # "uvloop" (the loop and its sockets in C: ~10 % less CPU per job, docs/performance.md) or
+    # "asyncio" (the standard library's loop).
+    event_loop: EventLoopName = "uvloop"
 
 
 class PoolScaling(BaseModel):
@@ -320,7 +325,7 @@ class RouterSettings(BaseModel):
     # ABORT details.retry_after when the ticket check's backend (Redis, the database) is unavailable.
     busy_retry_after_seconds: int = Field(default=2, ge=1)
     # "uvloop" (sockets handled in C) or "asyncio" (the standard library's loop).
-    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    event_loop: EventLoopName = "uvloop"
 
 
 class ChatSettings(BaseModel):

@@ -26,7 +26,7 @@ import logging
 import random
 import signal
 from collections import OrderedDict, defaultdict, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from http import HTTPStatus
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -43,6 +43,7 @@ from core.access import SERVICE
 from core.audience import Audience
 from core.auth import Ticket
 from core.db import make_engine, make_sessionmaker
+from core.event_loop import event_loop_factory
 from core.settings import Settings, get_settings
 from core.unit_of_work import unit_of_work
 from router import wamp
@@ -770,12 +771,3 @@ def collect_garbage_rarely() -> None:
     """
     gc.freeze()  # modules, settings, the engine: never garbage, never walked again
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 10)
-
-
-def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop accepts, reads and writes sockets in C: the bulk of what opening a session costs."""
-    if name == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop
-    return None

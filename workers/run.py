@@ -21,6 +21,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from core import keys
+from core.event_loop import event_loop_factory
 from core.logs import configure_logging
 from core.settings import get_settings
 from workers.base import IdlePollingWorker, count_finished_job
@@ -176,6 +177,10 @@ def serve(task: str, settings_cls: type, burst: bool = False) -> None:
             start_health_server(section.http_port, health)
         except OSError as error:
             log.info("metrics port taken; serving none", extra={"port": section.http_port, "error": str(error)})
+    loop_factory = event_loop_factory(section.event_loop)
+    if loop_factory is not None:
+        # arq's Worker takes the thread's current loop when it is made, and runs on it.
+        asyncio.set_event_loop(loop_factory())
     worker = HandinWorker(**{**get_kwargs(settings_cls), "burst": burst}, health=health)
     log.info("starting worker", extra={"task": task, "queue": keys.queue_name(task), "burst": burst})
     worker.run()

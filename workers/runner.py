@@ -290,9 +290,8 @@ async def _start(
     if is_postgres(engine):
         fast_pg = await _start_in_one_statement(engine, step, submission_id, now)
         if fast_pg is not None:
-            row, submission, envelope = fast_pg
-            await publish(redis, [envelope])
-            return row, submission
+            await publish(redis, [fast_pg[2]])
+            return fast_pg[0], fast_pg[1]
     else:
         async with unit_of_work(sessions, redis) as work:
             fast = await _start_waiting_step(work.session, step, submission_id, now)
