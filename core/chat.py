@@ -38,6 +38,7 @@ from core import keys
 from core.access import STUDENT, course_role
 from core.clock import isoformat, utcnow
 from core.models import ChatMute, ChatRead, Event, TopicSeq
+from core.queues import wake_workers
 from core.unit_of_work import SessionSource, unit_of_work
 
 MESSAGE_TYPE = "message"
@@ -141,6 +142,7 @@ async def queue_announcement_mail(arq: ArqRedis, course_id: int, seq: int, part:
         _job_id=keys.announcement_mail_job_id(course_id, seq, part),
         _queue_name=keys.queue_name("receipt"),
     )
+    await wake_workers(arq, "receipt")
 
 
 # Hidden text moves to these keys, which core.audience never shows students.

@@ -18,6 +18,11 @@ def queue_name(task: str) -> str:
     return f"{PREFIX}:queue:{task}"
 
 
+def wake_list(queue: str) -> str:
+    """A token per job queued to run now; a waiting worker of the queue pops one and polls."""
+    return f"{queue}:wake"
+
+
 def job_id(step: str, submission_id: int) -> str:
     return f"{step}:{submission_id}"
 

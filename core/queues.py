@@ -20,14 +20,35 @@ from core.events import Envelope, publish
 
 # arq's enqueue_job in one round trip instead of three (WATCH, EXISTS, MULTI/EXEC): the same keys,
 # job encoding, score and expiry, and the same refusal of a job id whose job or result still exists.
-# KEYS: job, result, queue; ARGV: expiry ms, job, score, job id. Answers 1 if queued, 0 if not.
+# KEYS: job, result, queue, wake list; ARGV: expiry ms, job, score, job id, 1 if due now, tokens kept.
+# Answers 1 if queued, 0 if not.
+# A job due now also leaves a token on the queue's wake list (KEYS[4]), which a worker waiting for
+# work pops (HandinWorker): at most WAKE_TOKENS_KEPT, so a queue nobody serves costs nothing more.
 _ENQUEUE_SOURCE = b"""
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
 redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+if ARGV[5] == '1' then
+  redis.call('LPUSH', KEYS[4], 1)
+  redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[6]) - 1)
+end
 return 1
 """
 ENQUEUE_JOB = AsyncScript(None, _ENQUEUE_SOURCE)  # type: ignore[arg-type]  # the client is given per call
+
+
+# Tokens a queue's wake list keeps: a burst of jobs wakes up to this many waiting workers at once;
+# more jobs than that are found by the workers' polls while they have work.
+WAKE_TOKENS_KEPT = 64
+
+
+async def wake_workers(redis: ArqRedis, task: str) -> None:
+    """Tell a waiting worker of `task` that a job queued by arq's own enqueue_job is due now."""
+    wake = keys.wake_list(keys.queue_name(task))
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.lpush(wake, 1)
+        pipe.ltrim(wake, 0, WAKE_TOKENS_KEPT - 1)
+        await pipe.execute()
 
 
 def redis_settings(url: str) -> RedisSettings:
@@ -54,9 +75,17 @@ def _enqueue_arguments(
     enqueued_ms = timestamp_ms()
     defer_ms = round(defer_seconds * 1000) if defer_seconds else 0
     job = serialize_job(step, (submission_id,), {}, None, enqueued_ms, serializer=redis.job_serializer)
+    queue = keys.queue_name(step)
     return (
-        [job_key_prefix + job_id, result_key_prefix + job_id, keys.queue_name(step)],
-        [defer_ms + redis.expires_extra_ms, job, enqueued_ms + defer_ms, job_id],
+        [job_key_prefix + job_id, result_key_prefix + job_id, queue, keys.wake_list(queue)],
+        [
+            defer_ms + redis.expires_extra_ms,
+            job,
+            enqueued_ms + defer_ms,
+            job_id,
+            0 if defer_ms else 1,
+            WAKE_TOKENS_KEPT,
+        ],
     )
 
 

@@ -6,7 +6,6 @@ builds a fresh class per task with every attribute written onto it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -15,7 +14,7 @@ from typing import Any
 
 from arq import func
 from arq.cron import CronJob
-from arq.worker import Function, Worker
+from arq.worker import Function
 from redis.asyncio.client import Pipeline
 
 from core import keys
@@ -31,38 +30,6 @@ log = logging.getLogger(__name__)
 ARQ_EXTRA_TRIES = 5
 # arq's `job_timeout` for functions that declare none (we set none on the worker).
 ARQ_DEFAULT_JOB_TIMEOUT = 300
-# A worker whose queue has had nothing ready for IDLE_AFTER_SECONDS, and that runs nothing,
-# polls every IDLE_POLL_SECONDS instead of every poll_delay (see IdlePollingWorker).
-IDLE_AFTER_SECONDS = 1.0
-IDLE_POLL_SECONDS = 0.25
-
-
-class IdlePollingWorker(Worker):
-    """arq's worker, polling less often while its queue stays empty.
-
-    Each poll is a Redis round trip; at arq's poll_delay of 0.05 s an idle worker
-    spends ~8-10 ms of CPU a second on them, and a fleet sized for a deadline
-    idles most of the term. After a second with nothing ready and nothing
-    running it polls every IDLE_POLL_SECONDS; the first job it finds brings the
-    fast poll back. The cost is at most IDLE_POLL_SECONDS before the first job
-    after a quiet spell starts; under load the queue is never empty for a second.
-    """
-
-    _idle_since: float | None = None
-
-    async def _poll_iteration(self) -> None:
-        started = self._jobs_started()
-        await super()._poll_iteration()
-        now = time.monotonic()
-        if self.tasks or self._jobs_started() != started:
-            self._idle_since = None
-            return
-        if self._idle_since is None:
-            self._idle_since = now
-        if self.burst or now - self._idle_since < IDLE_AFTER_SECONDS:
-            return
-        # arq's own poll sleeps only what is left of poll_delay after this iteration.
-        await asyncio.sleep(max(0.0, IDLE_POLL_SECONDS - self.poll_delay_s))
 
 
 async def startup(ctx: dict[str, Any]) -> None:

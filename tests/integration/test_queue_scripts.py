@@ -3,7 +3,8 @@
 core.queues.enqueue_step writes the job arq's own enqueue_job would (arq reads it back), and
 refuses a job id whose job or result still exists; HandinWorker.start_jobs claims a job only if it
 is due and no other worker holds it, and gives its slot back otherwise; HandinWorker.finish_job
-takes a job off its queue and counts it for the autoscaler in one transaction.
+takes a job off its queue and counts it for the autoscaler in one transaction; a worker with
+nothing to do waits for the token a queued job leaves, or for a deferred job's time.
 """
 
 from __future__ import annotations
@@ -12,18 +13,20 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 from arq.jobs import Job, JobStatus
-from arq.worker import get_kwargs
+from arq.worker import func, get_kwargs
 from redis.asyncio import Redis
 
 from core import keys
 from core.events import Envelope
 from core.queues import enqueue_step, publish_and_enqueue
 from core.settings import Settings
+from tests.fixtures.conditions import until
 from tests.fixtures.workers import BurstRunner
-from workers import scan
+from workers import run, scan
 from workers.base import step_worker_settings
 from workers.run import HandinWorker
 from workers.runner import Outcome, StepContext
@@ -166,3 +169,63 @@ async def test_a_step_end_publishes_its_events_and_queues_what_follows_in_one_go
         info = await Job(keys.job_id(step, 50), arq_redis, _queue_name=keys.queue_name(step)).info()
         assert info is not None and (info.function, info.args) == (step, (50,))
         assert await arq_redis.zcard(keys.queue_name(step)) == 1
+
+
+def waiting_worker(arq_redis: ArqRedis, ran: list[int], monkeypatch: pytest.MonkeyPatch) -> HandinWorker:
+    """A long-running scan worker whose wait for a wake token outlasts any test: only a token or a
+    deferred job's due time can end it."""
+    monkeypatch.setattr(run, "WAKE_WAIT_SECONDS", 600.0)
+
+    async def scan(_ctx: dict[str, Any], submission_id: int) -> None:
+        ran.append(submission_id)
+
+    return HandinWorker(
+        functions=[func(scan, name="scan")],
+        queue_name=keys.queue_name("scan"),
+        redis_pool=arq_redis,
+        handle_signals=False,
+        keep_result=0,
+    )
+
+
+async def blocked_waiting(redis: Redis) -> None:
+    db = redis.connection_pool.connection_kwargs.get("db", 0)
+
+    async def blocked() -> bool:
+        clients = await redis.client_list()
+        return any(client["cmd"] == "blpop" and int(client["db"]) == db for client in clients)
+
+    await until(blocked, "the worker to wait on its wake list", within=10, poll=0.02)
+
+
+async def test_a_waiting_worker_is_woken_by_the_job_queued_for_it(
+    arq_redis: ArqRedis, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran: list[int] = []
+    worker = waiting_worker(arq_redis, ran, monkeypatch)
+    running = asyncio.create_task(worker.main())
+    try:
+        await blocked_waiting(redis)
+        await enqueue_step(arq_redis, "scan", 51)
+        await until(lambda: ran == [51], "the first job to run", within=10, poll=0.02)
+        await blocked_waiting(redis)  # waiting again, not polling
+        await publish_and_enqueue(arq_redis, [], ["scan"], 52)
+        await until(lambda: ran == [51, 52], "the second job to run", within=10, poll=0.02)
+    finally:
+        running.cancel()
+        await worker.close()
+
+
+async def test_a_waiting_worker_starts_a_deferred_job_when_it_is_due(
+    arq_redis: ArqRedis, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran: list[int] = []
+    worker = waiting_worker(arq_redis, ran, monkeypatch)
+    await enqueue_step(arq_redis, "scan", 53, defer_seconds=0.5)  # no token: not due yet
+    assert await arq_redis.llen(keys.wake_list(keys.queue_name("scan"))) == 0
+    running = asyncio.create_task(worker.main())
+    try:
+        await until(lambda: ran == [53], "the deferred job to run", within=10, poll=0.02)
+    finally:
+        running.cancel()
+        await worker.close()
