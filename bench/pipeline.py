@@ -464,7 +464,8 @@ def report(phases: list[Phase], lookup: dict[int, tuple[float, float]], args: ar
     names = sorted({key for phase in phases for key in phase.cpu_ms}, key=_component_order)
     by_name = {phase.name: phase for phase in phases}
     noop, real, baseline = by_name.get("no-op"), by_name.get("real"), by_name.get("baseline")
-    header = f"{'component':<26}" + "".join(f"{p.name + ' ms/sub':>16}{'idle ms/s':>11}" for p in phases)
+    widths = {phase.name: max(16, len(phase.name) + 9) for phase in phases}
+    header = f"{'component':<26}" + "".join(f"{p.name + ' ms/sub':>{widths[p.name]}}{'idle ms/s':>11}" for p in phases)
     if noop and real:
         header += f"{'real-no-op':>12}"
     if real and baseline:
@@ -473,7 +474,8 @@ def report(phases: list[Phase], lookup: dict[int, tuple[float, float]], args: ar
     for name in names:
         line = f"{name:<26}"
         for phase in phases:
-            line += f"{phase.cpu_ms.get(name, float('nan')):16.1f}{phase.idle_ms_per_s.get(name, float('nan')):11.1f}"
+            cpu, idle = phase.cpu_ms.get(name, float("nan")), phase.idle_ms_per_s.get(name, float("nan"))
+            line += f"{cpu:{widths[phase.name]}.1f}{idle:11.1f}"
         if noop and real:
             line += f"{real.cpu_ms.get(name, 0) - noop.cpu_ms.get(name, 0):12.1f}"
         if real and baseline:

@@ -129,12 +129,12 @@ class HandinWorker(Worker):
                 return None
         caught_up: float | None = None
         if self.allow_pick_jobs and self.job_counter < self.max_jobs:
-            free = self.max_jobs - self.job_counter
             *ready, later = await POLL_QUEUE(
                 keys=[self.queue_name], args=[timestamp_ms(), self._queue_read_offset, count], client=self.pool
             )
             await self.start_jobs(ready)
-            if len(ready) <= free:
+            # Every due job tried: taken here, or held by another worker (its token spent or to be).
+            if self._tried_every_job:
                 caught_up = math.inf if later == b"-1" else float(later) / 1000
         if self.allow_abort_jobs:
             await self._cancel_aborted_jobs()
@@ -151,8 +151,12 @@ class HandinWorker(Worker):
             # Redis 6 and later take a fractional timeout; redis-py's hints say int.
             await self.pool.blpop([keys.wake_list(self.queue_name)], timeout=timeout)  # type: ignore[misc, arg-type]
 
+    _tried_every_job = True
+
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """arq's start_jobs, each job claimed by one script call (CLAIM_JOB) instead of four round trips."""
+        """arq's start_jobs, each job claimed by one script call (CLAIM_JOB) instead of four round trips.
+        Notes whether it tried every job or stopped at max_jobs (_tried_every_job)."""
+        self._tried_every_job = False
         for job_id_bytes in job_ids:
             await self.sem.acquire()
             if self.job_counter >= self.max_jobs:
@@ -177,6 +181,7 @@ class HandinWorker(Worker):
             task = self.loop.create_task(self.run_job(job_id, int(float(score))))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
+        self._tried_every_job = True
 
     async def finish_job(
         self,

@@ -171,7 +171,9 @@ async def test_a_step_end_publishes_its_events_and_queues_what_follows_in_one_go
         assert await arq_redis.zcard(keys.queue_name(step)) == 1
 
 
-def waiting_worker(arq_redis: ArqRedis, ran: list[int], monkeypatch: pytest.MonkeyPatch) -> HandinWorker:
+def waiting_worker(
+    arq_redis: ArqRedis, ran: list[int], monkeypatch: pytest.MonkeyPatch, max_jobs: int = 10
+) -> HandinWorker:
     """A long-running scan worker whose wait for a wake token outlasts any test: only a token or a
     deferred job's due time can end it."""
     monkeypatch.setattr(run, "WAKE_WAIT_SECONDS", 600.0)
@@ -185,6 +187,7 @@ def waiting_worker(arq_redis: ArqRedis, ran: list[int], monkeypatch: pytest.Monk
         redis_pool=arq_redis,
         handle_signals=False,
         keep_result=0,
+        max_jobs=max_jobs,
     )
 
 
@@ -226,6 +229,25 @@ async def test_a_waiting_worker_starts_a_deferred_job_when_it_is_due(
     running = asyncio.create_task(worker.main())
     try:
         await until(lambda: ran == [53], "the deferred job to run", within=10, poll=0.02)
+    finally:
+        running.cancel()
+        await worker.close()
+
+
+async def test_a_worker_waits_while_the_jobs_due_are_all_held_by_other_workers(
+    arq_redis: ArqRedis, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More jobs due than it has slots, but every one running elsewhere: nothing to poll for."""
+    for submission_id in (54, 55, 56):
+        await enqueue_step(arq_redis, "scan", submission_id)
+        await arq_redis.psetex(in_progress_key_prefix + keys.job_id("scan", submission_id), 60_000, b"1")
+    await arq_redis.delete(keys.wake_list(keys.queue_name("scan")))  # the other workers took the tokens
+    ran: list[int] = []
+    worker = waiting_worker(arq_redis, ran, monkeypatch, max_jobs=1)
+    running = asyncio.create_task(worker.main())
+    try:
+        await blocked_waiting(redis)
+        assert ran == [] and worker.job_counter == 0
     finally:
         running.cancel()
         await worker.close()
