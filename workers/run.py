@@ -34,31 +34,37 @@ log = logging.getLogger(__name__)
 WORKER_TASKS = (*keys.TASKS, keys.MAINTENANCE_TASK)
 # After a failed poll (Redis gone) wait this long before the next, instead of arq's poll_delay.
 REDIS_RETRY_SECONDS = 1.0
-# arq's claim of a queued job, atomic as its WATCH/MULTI is: not if another worker holds it (its
-# in-progress key), not if it left the queue or was deferred into the future; else hold it for the
-# given milliseconds. KEYS: in-progress key, queue; ARGV: job id, now ms, hold ms. Answers the job's
-# score (when it was due), or nil.
-CLAIM_JOB = AsyncScript(
+# Reads the queue and claims what is due, as arq's ZRANGEBYSCORE and its claim of each job (WATCH,
+# EXISTS, MULTI/EXEC) do in a round trip or more per job: a due job nobody holds (no in-progress key)
+# is held for the given milliseconds, up to the worker's free slots. KEYS: queue; ARGV: now ms,
+# offset, count, hold ms, free slots, in-progress key prefix (the in-progress keys are arq's, named
+# from the job ids read, so not passed as KEYS: handin's Redis is never a cluster). Answers the claimed
+# jobs as id, score pairs, then 1 if every due job read was tried (0: out of slots first), then the
+# score of the earliest job not yet due (-1: none).
+POLL_AND_CLAIM = AsyncScript(
     None,  # type: ignore[arg-type]  # the client is given per call
     b"""
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
-local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
-redis.call('PSETEX', KEYS[1], ARGV[3], '1')
-return score
-""",
-)
-
-
-# ready job ids (arq's ZRANGEBYSCORE) and, last, the score of the earliest job not yet due (-1: none).
-# KEYS: queue; ARGV: now ms, offset, count.
-POLL_QUEUE = AsyncScript(
-    None,  # type: ignore[arg-type]  # the client is given per call
-    b"""
-local ready = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', ARGV[2], ARGV[3])
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', ARGV[2], ARGV[3])
+local answer = {}
+local free = tonumber(ARGV[5])
+local tried_all = 1
+for i = 1, #due, 2 do
+  local held = ARGV[6] .. due[i]
+  if redis.call('EXISTS', held) == 0 then
+    if free == 0 then
+      tried_all = 0
+      break
+    end
+    redis.call('PSETEX', held, ARGV[4], '1')
+    answer[#answer + 1] = due[i]
+    answer[#answer + 1] = due[i + 1]
+    free = free - 1
+  end
+end
 local later = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-ready[#ready + 1] = later[2] or '-1'
-return ready
+answer[#answer + 1] = tried_all
+answer[#answer + 1] = later[2] or '-1'
+return answer
 """,
 )
 # The longest a worker with nothing to do waits for a wake token before it polls anyway: what a job
@@ -129,12 +135,18 @@ class HandinWorker(Worker):
                 return None
         caught_up: float | None = None
         if self.allow_pick_jobs and self.job_counter < self.max_jobs:
-            *ready, later = await POLL_QUEUE(
-                keys=[self.queue_name], args=[timestamp_ms(), self._queue_read_offset, count], client=self.pool
+            *claimed, tried_all, later = await POLL_AND_CLAIM(
+                keys=[self.queue_name],
+                args=[
+                    *(timestamp_ms(), self._queue_read_offset, count, int(self.in_progress_timeout_s * 1000)),
+                    *(self.max_jobs - self.job_counter, in_progress_key_prefix),
+                ],
+                client=self.pool,
             )
-            await self.start_jobs(ready)
+            for job_id, score in zip(claimed[::2], claimed[1::2], strict=True):
+                await self._run_claimed(job_id.decode(), int(float(score)))
             # Every due job tried: taken here, or held by another worker (its token spent or to be).
-            if self._tried_every_job:
+            if tried_all == 1:
                 caught_up = math.inf if later == b"-1" else float(later) / 1000
         if self.allow_abort_jobs:
             await self._cancel_aborted_jobs()
@@ -151,37 +163,14 @@ class HandinWorker(Worker):
             # Redis 6 and later take a fractional timeout; redis-py's hints say int.
             await self.pool.blpop([keys.wake_list(self.queue_name)], timeout=timeout)  # type: ignore[misc, arg-type]
 
-    _tried_every_job = True
-
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """arq's start_jobs, each job claimed by one script call (CLAIM_JOB) instead of four round trips.
-        Notes whether it tried every job or stopped at max_jobs (_tried_every_job)."""
-        self._tried_every_job = False
-        for job_id_bytes in job_ids:
-            await self.sem.acquire()
-            if self.job_counter >= self.max_jobs:
-                self.sem.release()
-                return
-            self.job_counter += 1
-            job_id = job_id_bytes.decode()
-            try:
-                score = await CLAIM_JOB(
-                    keys=[in_progress_key_prefix + job_id, self.queue_name],
-                    args=[job_id, timestamp_ms(), int(self.in_progress_timeout_s * 1000)],
-                    client=self.pool,
-                )
-            except BaseException:  # Redis failed (the poll loop says so and polls again): give the slot back
-                self.job_counter -= 1
-                self.sem.release()
-                raise
-            if score is None:  # running elsewhere, already finished, or deferred again meanwhile
-                self.job_counter -= 1
-                self.sem.release()
-                continue
-            task = self.loop.create_task(self.run_job(job_id, int(float(score))))
-            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[job_id] = task
-        self._tried_every_job = True
+    async def _run_claimed(self, job_id: str, score: int) -> None:
+        """What arq's start_jobs does with a job it claimed. POLL_AND_CLAIM claimed no more than
+        this worker's free slots, so the semaphore has room and is taken without a wait."""
+        await self.sem.acquire()
+        self.job_counter += 1
+        task = self.loop.create_task(self.run_job(job_id, score))
+        task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+        self.tasks[job_id] = task
 
     async def finish_job(
         self,

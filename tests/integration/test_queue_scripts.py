@@ -1,8 +1,8 @@
 """Enqueueing, claiming and finishing jobs in one Redis round trip each, as arq does it in several.
 
 core.queues.enqueue_step writes the job arq's own enqueue_job would (arq reads it back), and
-refuses a job id whose job or result still exists; HandinWorker.start_jobs claims a job only if it
-is due and no other worker holds it, and gives its slot back otherwise; HandinWorker.finish_job
+refuses a job id whose job or result still exists; HandinWorker's poll claims a job only if it is
+due and no other worker holds it, no more than it has slots for; HandinWorker.finish_job
 takes a job off its queue and counts it for the autoscaler in one transaction; a worker with
 nothing to do waits for the token a queued job leaves, or for a deferred job's time.
 """
@@ -66,12 +66,15 @@ async def test_a_deferred_step_is_scored_for_when_it_is_due(arq_redis: ArqRedis)
     assert await job.status() == JobStatus.deferred
 
 
-def handin_worker(settings: Settings, arq_redis: ArqRedis, started: list[str]) -> HandinWorker:
+def handin_worker(settings: Settings, arq_redis: ArqRedis, started: list[str], max_jobs: int = 10) -> HandinWorker:
     async def handler(_ctx: StepContext) -> Outcome:
         return Outcome()
 
     worker = HandinWorker(
-        **{**get_kwargs(step_worker_settings("scan", handler, settings)), "burst": True, "handle_signals": False},
+        **{
+            **get_kwargs(step_worker_settings("scan", handler, settings)),
+            **{"burst": True, "handle_signals": False, "max_jobs": max_jobs},
+        },
         redis_pool=arq_redis,
     )
 
@@ -92,15 +95,30 @@ async def test_a_due_job_is_claimed_by_one_worker_and_refused_by_the_next(
     first = handin_worker(settings, arq_redis, first_started)
     second = handin_worker(settings, arq_redis, second_started)
 
-    await first.start_jobs([job.job_id.encode()])
-    await second.start_jobs([job.job_id.encode()])
+    await first._poll_once()
+    await second._poll_once()
     await asyncio.gather(*first.tasks.values())
 
     assert first_started == [job.job_id] and second_started == []
     hold_ms = await arq_redis.pttl(in_progress_key_prefix + job.job_id)
     assert 0 < hold_ms <= first.in_progress_timeout_s * 1000
-    assert second.job_counter == 0 and not second.tasks  # its slot given back
+    assert second.job_counter == 0 and not second.tasks
     assert await job.status() == JobStatus.in_progress
+
+
+async def test_a_poll_claims_no_more_jobs_than_the_worker_has_slots_for(
+    settings: Settings, arq_redis: ArqRedis
+) -> None:
+    for submission_id in (57, 58, 59):
+        await enqueue_step(arq_redis, "scan", submission_id)
+    started: list[str] = []
+    worker = handin_worker(settings, arq_redis, started, max_jobs=2)
+
+    assert await worker._poll_once() is None  # a job left over: poll again, do not wait
+    await asyncio.gather(*worker.tasks.values())
+
+    assert started == [keys.job_id("scan", 57), keys.job_id("scan", 58)]
+    assert not await arq_redis.exists(in_progress_key_prefix + keys.job_id("scan", 59))
 
 
 async def test_a_job_deferred_or_gone_from_the_queue_is_not_claimed(settings: Settings, arq_redis: ArqRedis) -> None:
@@ -111,9 +129,10 @@ async def test_a_job_deferred_or_gone_from_the_queue_is_not_claimed(settings: Se
     started: list[str] = []
     worker = handin_worker(settings, arq_redis, started)
 
-    await worker.start_jobs([deferred.job_id.encode(), gone.job_id.encode()])
+    next_due = await worker._poll_once()
 
     assert started == [] and worker.job_counter == 0
+    assert next_due == (await arq_redis.zscore(keys.queue_name("scan"), deferred.job_id)) / 1000
     assert not await arq_redis.exists(in_progress_key_prefix + deferred.job_id)
     assert not await arq_redis.exists(in_progress_key_prefix + gone.job_id)
 
