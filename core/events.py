@@ -88,13 +88,19 @@ class PendingEvent:
 # row per topic, in topic order, so two transactions bumping the same topics lock them in the
 # same order); each event gets the topic's old seq plus its rank among that topic's events.
 # The row lock on topic_seqs is held to commit, so a topic's seq stays gapless and in commit order.
-_WRITE_EVENTS = text(
+def events_ctes(after: str | None = None) -> str:
+    """The CTEs (no WITH) that write the statement's events; ``bumped`` answers (topic, seq).
+
+    ``after`` names a one-row CTE of the same statement that the seq bump waits for: rows it
+    writes are locked before the topics' seq rows, the order every other writer takes them in.
     """
-    WITH input AS (
+    gate = f" CROSS JOIN {after}" if after else ""
+    return f"""
+    input AS (
         SELECT * FROM unnest(:topics, :types, :ats, :datas, :actors, :actor_ids)
             WITH ORDINALITY AS staged(topic, type, at, data, actor, actor_id, ord)
     ), counts AS (
-        SELECT topic, count(*) AS n FROM input GROUP BY topic
+        SELECT topic, count(*) AS n FROM input{gate} GROUP BY topic
     ), bumped AS (
         INSERT INTO topic_seqs (topic, seq)
         SELECT topic, n FROM counts ORDER BY topic
@@ -107,10 +113,10 @@ _WRITE_EVENTS = text(
                input.type, input.at, CAST(input.data AS json), input.actor, input.actor_id
         FROM input JOIN counts USING (topic) JOIN bumped USING (topic)
         ORDER BY input.ord
-    )
-    SELECT topic, seq FROM bumped
-    """
-).bindparams(
+    )"""
+
+
+EVENT_ARRAYS = (
     bindparam("topics", type_=ARRAY(String)),
     bindparam("types", type_=ARRAY(String)),
     bindparam("ats", type_=ARRAY(DateTime(timezone=True))),
@@ -118,6 +124,33 @@ _WRITE_EVENTS = text(
     bindparam("actors", type_=ARRAY(String)),
     bindparam("actor_ids", type_=ARRAY(BigInteger)),
 )
+_WRITE_EVENTS = text(f"WITH {events_ctes()} SELECT topic, seq FROM bumped").bindparams(*EVENT_ARRAYS)
+
+
+def event_arrays(staged: list[PendingEvent]) -> dict[str, list[Any]]:
+    """The staged events as the arrays events_ctes() unnests."""
+    return {
+        "topics": [event.topic for event in staged],
+        "types": [event.type for event in staged],
+        "ats": [event.at for event in staged],
+        "datas": [json.dumps(event.data, separators=(",", ":")) for event in staged],
+        "actors": [event.actor for event in staged],
+        "actor_ids": [event.actor_id for event in staged],
+    }
+
+
+def envelopes_of(staged: list[PendingEvent], last: dict[str, int]) -> list[Envelope]:
+    """The staged events' envelopes, given each topic's last seq after the bump."""
+    counts: dict[str, int] = {}
+    for event in staged:
+        counts[event.topic] = counts.get(event.topic, 0) + 1
+    next_seq = {topic: last[topic] - count + 1 for topic, count in counts.items()}
+    envelopes: list[Envelope] = []
+    for event in staged:
+        seq = next_seq[event.topic]
+        next_seq[event.topic] = seq + 1
+        envelopes.append(Envelope(seq=seq, topic=event.topic, type=event.type, at=isoformat(event.at), data=event.data))
+    return envelopes
 
 
 # SQLite: a topic's seq moved on by n (its writers are serialised by the database lock).
@@ -138,50 +171,32 @@ async def write_events(session: AsyncSession, staged: list[PendingEvent]) -> lis
     """
     if not staged:
         return []
+    if is_postgres(session):
+        result = await session.execute(_WRITE_EVENTS, event_arrays(staged))
+        return envelopes_of(staged, {row.topic: int(row.seq) for row in result})
     counts: dict[str, int] = {}
     for event in staged:
         counts[event.topic] = counts.get(event.topic, 0) + 1
     last: dict[str, int] = {}
-    postgres = is_postgres(session)
-    if postgres:
-        result = await session.execute(
-            _WRITE_EVENTS,
+    for topic in sorted(counts):
+        bumped = await session.execute(_SQLITE_BUMP, {"topic": topic, "n": counts[topic]})
+        last[topic] = int(bumped.scalar_one())
+    envelopes = envelopes_of(staged, last)
+    await session.execute(
+        sa_insert(_events),
+        [
             {
-                "topics": [event.topic for event in staged],
-                "types": [event.type for event in staged],
-                "ats": [event.at for event in staged],
-                "datas": [json.dumps(event.data, separators=(",", ":")) for event in staged],
-                "actors": [event.actor for event in staged],
-                "actor_ids": [event.actor_id for event in staged],
-            },
-        )
-        last = {row.topic: int(row.seq) for row in result}
-    else:
-        for topic in sorted(counts):
-            bumped = await session.execute(_SQLITE_BUMP, {"topic": topic, "n": counts[topic]})
-            last[topic] = int(bumped.scalar_one())
-    next_seq = {topic: last[topic] - count + 1 for topic, count in counts.items()}
-    envelopes: list[Envelope] = []
-    for event in staged:
-        seq = next_seq[event.topic]
-        next_seq[event.topic] = seq + 1
-        envelopes.append(Envelope(seq=seq, topic=event.topic, type=event.type, at=isoformat(event.at), data=event.data))
-    if not postgres:
-        await session.execute(
-            sa_insert(_events),
-            [
-                {
-                    "topic": event.topic,
-                    "seq": envelope.seq,
-                    "type": event.type,
-                    "at": event.at,
-                    "data": event.data,
-                    "actor": event.actor,
-                    "actor_id": event.actor_id,
-                }
-                for event, envelope in zip(staged, envelopes, strict=True)
-            ],
-        )
+                "topic": event.topic,
+                "seq": envelope.seq,
+                "type": event.type,
+                "at": event.at,
+                "data": event.data,
+                "actor": event.actor,
+                "actor_id": event.actor_id,
+            }
+            for event, envelope in zip(staged, envelopes, strict=True)
+        ],
+    )
     return envelopes
 
 

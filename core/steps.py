@@ -19,12 +19,14 @@ from datetime import datetime
 from typing import Any
 
 from arq.connections import ArqRedis
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Boolean, String, Table, bindparam, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core import keys
 from core.clock import utcnow
-from core.events import EventBatch
+from core.db import is_postgres
+from core.events import EVENT_ARRAYS, EventBatch, envelopes_of, event_arrays, events_ctes
 from core.models import Assignment, Submission, SubmissionStep
 from core.pipeline import StepState, SubmissionStatus, blocked_steps, overall_status, ready_steps
 from core.queues import publish_and_enqueue
@@ -74,6 +76,62 @@ _SET_SUBMISSION = (
     .where(_submissions.c.id == bindparam("sid"))
     .values(status=bindparam("status"), completed_at=bindparam("completed_at", type_=_submissions.c.completed_at.type))
 )
+
+
+# PostgreSQL: every write of a step's end in one statement, its events included. Each UPDATE is
+# a no-op when it has nothing to do (no step name, empty arrays, set_submission false); they touch
+# disjoint rows (the step ended, the pending steps skipped or queued, the submission already
+# locked). `steps_written` makes the seq bump wait for the step rows' updates, so step rows are
+# locked before the topics' seq rows, as everywhere else (core.events.events_ctes).
+_WRITE_ENDING_PG = text(
+    f"""
+    WITH ended AS (
+        UPDATE submission_steps
+        SET state = :state, finished_at = :now, wait_until = NULL, result = :result, error = :error
+        WHERE submission_id = :sid AND step = :name
+        RETURNING 1
+    ), skipped AS (
+        UPDATE submission_steps SET state = :skipped_state, finished_at = :now, error = :reason
+        WHERE submission_id = :sid AND step = ANY(:skip)
+        RETURNING 1
+    ), queued AS (
+        UPDATE submission_steps SET state = :queued_state, queued_at = :now
+        WHERE submission_id = :sid AND step = ANY(:queue)
+        RETURNING 1
+    ), finished AS (
+        UPDATE submissions SET status = :status, completed_at = :completed_at
+        WHERE id = :sid AND :set_submission
+        RETURNING 1
+    ), steps_written AS (
+        SELECT (SELECT count(*) FROM ended) + (SELECT count(*) FROM skipped)
+             + (SELECT count(*) FROM queued) + (SELECT count(*) FROM finished) AS n
+    ), {events_ctes(after="steps_written")}
+    SELECT topic, seq FROM bumped
+    """
+).bindparams(
+    bindparam("now", type_=_steps.c.finished_at.type),
+    bindparam("result", type_=_steps.c.result.type),
+    bindparam("error", type_=_steps.c.error.type),
+    bindparam("reason", type_=_steps.c.error.type),
+    bindparam("skip", type_=ARRAY(String)),
+    bindparam("queue", type_=ARRAY(String)),
+    bindparam("completed_at", type_=_submissions.c.completed_at.type),
+    bindparam("set_submission", type_=Boolean),
+    *EVENT_ARRAYS,
+)
+
+
+@dataclass
+class _Ending:
+    """What a transition writes: the step ended (if any), steps skipped and queued, the submission."""
+
+    step: str | None = None
+    state: str | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    skip: list[str] = field(default_factory=list)
+    skip_reason: str | None = None
+    queue: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -131,10 +189,7 @@ async def finish_step(
             return False
         now = utcnow()
         kept = result if result is not None else facts.results[step]
-        await session.execute(
-            _END_STEP,
-            {"sid": submission_id, "name": step, "state": state.value, "now": now, "result": kept, "error": error},
-        )
+        ending = _Ending(step, state.value, kept, error)
         facts.states[step] = state
         data: dict[str, Any] = {"step": step, "state": state.value, "result": kept}
         if error:
@@ -148,10 +203,10 @@ async def finish_step(
             await session.execute(update(Submission).where(Submission.id == submission_id).values(**submission_values))
         if quarantine:
             facts.status, facts.changed = SubmissionStatus.quarantined.value, True
-        to_enqueue = await _advance(work, topic, facts, now)
+        _advance(work, topic, facts, ending)
         _finish_submission_if_done(work, facts, now)
-        await _write_submission(session, facts)
-    await publish_and_enqueue(redis, work.envelopes, to_enqueue, submission_id)
+        await _write(work, facts, ending, now)
+    await publish_and_enqueue(redis, work.envelopes, ending.queue, submission_id)
     return True
 
 
@@ -170,33 +225,79 @@ async def settle_submission(
         if facts is None or facts.completed_at is not None:
             return [], None
         now = utcnow()
-        to_enqueue = await _advance(work, topic, facts, now)
+        ending = _Ending()
+        _advance(work, topic, facts, ending)
         _finish_submission_if_done(work, facts, now)
-        await _write_submission(work.session, facts)
+        await _write(work, facts, ending, now)
         finished = facts.status if facts.completed_at is not None else None
-    await publish_and_enqueue(redis, work.envelopes, to_enqueue, submission_id)
-    return to_enqueue, finished
+    await publish_and_enqueue(redis, work.envelopes, ending.queue, submission_id)
+    return ending.queue, finished
 
 
-async def _advance(batch: EventBatch, topic: str, facts: _Facts, now: datetime) -> list[str]:
-    """Queue the steps now ready; skip those that can never run."""
+def _advance(batch: EventBatch, topic: str, facts: _Facts, ending: _Ending) -> None:
+    """Decide which steps are now ready (queued) and which can never run (skipped)."""
     states = facts.states
     quarantined = facts.status == SubmissionStatus.quarantined.value
     never = [name for name, state in states.items() if state == StepState.pending] if quarantined else []
     never += [name for name in blocked_steps(states) if name not in never]
     if never:
         reason = "file quarantined" if quarantined else "an earlier step failed"
-        await batch.session.execute(_SKIP_STEPS, {"sid": facts.id, "names": never, "now": now, "reason": reason})
+        ending.skip, ending.skip_reason = never, reason
         for name in never:
             states[name] = StepState.skipped
             batch.stage(topic, "step.skipped", {"step": name, "state": "skipped", "reason": reason})
-    ready = ready_steps(states)
-    if ready:
-        await batch.session.execute(_QUEUE_STEPS, {"sid": facts.id, "names": ready, "now": now})
-        for name in ready:
-            states[name] = StepState.queued
-            batch.stage(topic, "step.queued", {"step": name})
-    return ready
+    ending.queue = ready_steps(states)
+    for name in ending.queue:
+        states[name] = StepState.queued
+        batch.stage(topic, "step.queued", {"step": name})
+
+
+async def _write(batch: EventBatch, facts: _Facts, ending: _Ending, now: datetime) -> None:
+    """Write what the transition decided: one statement on PostgreSQL, events included."""
+    session = batch.session
+    if is_postgres(session):
+        staged, batch.staged = batch.staged, []
+        rows = await session.execute(
+            _WRITE_ENDING_PG,
+            {
+                "sid": facts.id,
+                "name": ending.step,
+                "state": ending.state,
+                "result": ending.result,
+                "error": ending.error,
+                "skipped_state": StepState.skipped.value,
+                "skip": ending.skip,
+                "reason": ending.skip_reason,
+                "queued_state": StepState.queued.value,
+                "queue": ending.queue,
+                "status": facts.status,
+                "completed_at": facts.completed_at,
+                "set_submission": facts.changed,
+                "now": now,
+                **event_arrays(staged),
+            },
+        )
+        batch.envelopes.extend(envelopes_of(staged, {row.topic: int(row.seq) for row in rows}))
+        return
+    if ending.step is not None:
+        await session.execute(
+            _END_STEP,
+            {
+                "sid": facts.id,
+                "name": ending.step,
+                "state": ending.state,
+                "now": now,
+                "result": ending.result,
+                "error": ending.error,
+            },
+        )
+    if ending.skip:
+        await session.execute(
+            _SKIP_STEPS, {"sid": facts.id, "names": ending.skip, "now": now, "reason": ending.skip_reason}
+        )
+    if ending.queue:
+        await session.execute(_QUEUE_STEPS, {"sid": facts.id, "names": ending.queue, "now": now})
+    await _write_submission(session, facts)
 
 
 def _finish_submission_if_done(batch: EventBatch, facts: _Facts, now: datetime) -> None:
