@@ -125,7 +125,7 @@ class HandinWorker(Worker):
             await asyncio.sleep(REDIS_RETRY_SECONDS)
 
     async def _poll_once(self) -> float | None:
-        """arq's poll iteration, reading with POLL_QUEUE. Answers, once every due job was taken
+        """arq's poll iteration, claiming with POLL_AND_CLAIM. Answers, once every due job was taken
         (by this worker or another), when the earliest deferred job is due (epoch seconds,
         inf if none); None while there is more to take."""
         count = self.queue_read_limit
