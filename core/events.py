@@ -88,17 +88,22 @@ class PendingEvent:
 # row per topic, in topic order, so two transactions bumping the same topics lock them in the
 # same order); each event gets the topic's old seq plus its rank among that topic's events.
 # The row lock on topic_seqs is held to commit, so a topic's seq stays gapless and in commit order.
-def events_ctes(after: str | None = None) -> str:
+_STAGED_ARRAYS = """SELECT * FROM unnest(:topics, :types, :ats, :datas, :actors, :actor_ids)
+            WITH ORDINALITY AS staged(topic, type, at, data, actor, actor_id, ord)"""
+
+
+def events_ctes(after: str | None = None, staged_from: str = _STAGED_ARRAYS) -> str:
     """The CTEs (no WITH) that write the statement's events; ``bumped`` answers (topic, seq).
 
     ``after`` names a one-row CTE of the same statement that the seq bump waits for: rows it
     writes are locked before the topics' seq rows, the order every other writer takes them in.
+    ``staged_from``: the SELECT giving the events as (topic, type, at, data as JSON text, actor,
+    actor_id, ord); by default the arrays of ``event_arrays``, unnested.
     """
     gate = f" CROSS JOIN {after}" if after else ""
     return f"""
     input AS (
-        SELECT * FROM unnest(:topics, :types, :ats, :datas, :actors, :actor_ids)
-            WITH ORDINALITY AS staged(topic, type, at, data, actor, actor_id, ord)
+        {staged_from}
     ), counts AS (
         SELECT topic, count(*) AS n FROM input{gate} GROUP BY topic
     ), bumped AS (

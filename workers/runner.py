@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from core import keys
 from core.clock import isoformat, utcnow
 from core.db import is_postgres
-from core.events import Envelope, publish
+from core.events import Envelope, events_ctes, publish
 from core.models import Submission, SubmissionStep
 from core.pipeline import StepState
 from core.settings import Settings
@@ -187,10 +187,14 @@ _START_WAITING = (
 )
 _READ_SUBMISSION = select(_submissions).where(_submissions.c.id == bindparam("sid"))
 # PostgreSQL, the usual start in one statement run on its own (autocommit): mark the step running,
-# write its step.running event with the topic's next seq (as core.events' batch writer does, for a
-# batch of one), and read the submission. One round trip instead of BEGIN, two statements and COMMIT.
-# Nothing is written when the step is not waiting to run. The step row is locked before the topic's
-# seq row, the order every transaction ending or starting a step takes them in.
+# write its step.running event with the topic's next seq (core.events' writer, the one event read
+# from the step row marked), and read the submission. One round trip instead of BEGIN, two
+# statements and COMMIT. Nothing is written when the step is not waiting to run. The step row is
+# locked before the topic's seq row, the order every transaction ending or starting a step takes.
+_RUNNING_EVENT = """SELECT CAST(:topic AS text) AS topic, 'step.running' AS type, CAST(:now AS timestamptz) AS at,
+            CAST(json_build_object('step', CAST(:name AS text), 'attempt', attempts) AS text) AS data,
+            CAST(:actor AS text) AS actor, CAST(NULL AS bigint) AS actor_id, 1 AS ord
+        FROM started"""
 _START_RUNNING_PG = (
     text(
         f"""
@@ -199,16 +203,7 @@ _START_RUNNING_PG = (
         SET state = :running, attempts = attempts + 1, started_at = :now, wait_until = NULL, error = NULL
         WHERE submission_id = :sid AND step = :name AND state = ANY(:startable)
         RETURNING attempts, result, submission_id
-    ), bumped AS (
-        INSERT INTO topic_seqs (topic, seq) SELECT :topic, 1 FROM started
-        ON CONFLICT (topic) DO UPDATE SET seq = topic_seqs.seq + 1
-        RETURNING seq
-    ), written AS (
-        INSERT INTO events (topic, seq, type, at, data, actor, actor_id)
-        SELECT :topic, bumped.seq, 'step.running', :now,
-               json_build_object('step', CAST(:name AS text), 'attempt', started.attempts), :actor, NULL
-        FROM started, bumped
-    )
+    ), {events_ctes(staged_from=_RUNNING_EVENT)}
     SELECT started.attempts AS step_attempts, started.result AS step_result, bumped.seq AS event_seq,
            {", ".join(f"submissions.{column.name}" for column in _submissions.c)}
     FROM started JOIN submissions ON submissions.id = started.submission_id CROSS JOIN bumped
