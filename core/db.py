@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -54,6 +55,18 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 async def transaction(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
     async with sessions() as session, session.begin():
         yield session
+
+
+_autocommit_engines: WeakKeyDictionary[AsyncEngine, AsyncEngine] = WeakKeyDictionary()
+
+
+def autocommit(engine: AsyncEngine) -> AsyncEngine:
+    """`engine` with every statement its own transaction: no BEGIN and COMMIT round trips, for a
+    single statement (atomic on its own) or reads that need no common snapshot. Made once per engine."""
+    made = _autocommit_engines.get(engine)
+    if made is None:
+        made = _autocommit_engines[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return made
 
 
 def is_postgres(session_or_engine: AsyncSession | AsyncEngine) -> bool:

@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import QueuePool
 
 from core import access
+from core.db import autocommit
 from core.models import Enrolment, User, WebSession
 
 K = TypeVar("K", bound=Hashable)
@@ -129,7 +130,7 @@ class Directory:
     def __init__(self, engine: AsyncEngine, ttl_seconds: float, max_entries: int) -> None:
         self.engine = engine
         postgres = engine.dialect.name == "postgresql"
-        self._reads = engine.execution_options(isolation_level="AUTOCOMMIT") if postgres else engine
+        self._reads = autocommit(engine) if postgres else engine
         self._web_sessions_statement = WEB_SESSIONS_WITH_RIGHTS_POSTGRES if postgres else WEB_SESSIONS_WITH_RIGHTS
         self.ttl = ttl_seconds
         self.max_entries = max_entries

@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
-from weakref import WeakKeyDictionary
 
 from arq import Retry
 from arq.connections import ArqRedis
@@ -27,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core import keys
 from core.clock import isoformat, utcnow
-from core.db import is_postgres
+from core.db import autocommit, is_postgres
 from core.events import Envelope, events_ctes, publish
 from core.models import Submission, SubmissionStep
 from core.pipeline import StepState
@@ -220,16 +219,12 @@ _START_RUNNING_PG = (
         *_submissions.c,
     )
 )
-_autocommit_engines: WeakKeyDictionary[AsyncEngine, AsyncEngine] = WeakKeyDictionary()
 
 
 async def _start_in_one_statement(
     engine: AsyncEngine, step: str, submission_id: int, now: datetime
 ) -> tuple[SubmissionStep, Submission, Envelope] | None:
     """PostgreSQL's usual start (see _START_RUNNING_PG); None when the step is in any other state."""
-    autocommit = _autocommit_engines.get(engine)
-    if autocommit is None:
-        autocommit = _autocommit_engines[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
     topic = keys.submission_topic(submission_id)
     parameters = {
         "sid": submission_id,
@@ -240,7 +235,7 @@ async def _start_in_one_statement(
         "topic": topic,
         "actor": f"worker:{step}",
     }
-    async with autocommit.connect() as connection:
+    async with autocommit(engine).connect() as connection:
         both = (await connection.execute(_START_RUNNING_PG, parameters)).one_or_none()
     if both is None:
         return None
