@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 from sqlalchemy import BigInteger, DateTime, String, Table, Text, bindparam, select, text
 from sqlalchemy import insert as sa_insert
@@ -216,11 +218,16 @@ async def publish(redis: Redis, envelopes: list[Envelope]) -> None:
         await asyncio.shield(_publish(redis, envelopes))
 
 
+def queue_publishes(pipe: Pipeline, envelopes: Iterable[Envelope]) -> None:
+    """Add each envelope's PUBLISH, on its topic's channel, to `pipe`."""
+    for envelope in envelopes:
+        pipe.publish(keys.events_channel(envelope.topic), envelope.to_json())
+
+
 async def _publish(redis: Redis, envelopes: list[Envelope]) -> None:
     try:
         async with redis.pipeline(transaction=False) as pipe:
-            for envelope in envelopes:
-                pipe.publish(keys.events_channel(envelope.topic), envelope.to_json())
+            queue_publishes(pipe, envelopes)
             await pipe.execute()
     except (RedisError, OSError) as error:
         log.warning("event publish failed; audit trail has them", extra={"error": str(error)})

@@ -16,7 +16,7 @@ from arq.utils import timestamp_ms
 from redis.commands.core import AsyncScript
 
 from core import keys
-from core.events import Envelope, publish
+from core.events import Envelope, publish, queue_publishes
 
 # arq's enqueue_job in one round trip instead of three (WATCH, EXISTS, MULTI/EXEC): the same keys,
 # job encoding, score and expiry, and the same refusal of a job id whose job or result still exists.
@@ -35,6 +35,7 @@ end
 return 1
 """
 ENQUEUE_JOB = AsyncScript(None, _ENQUEUE_SOURCE)  # type: ignore[arg-type]  # the client is given per call
+_ENQUEUE_TEXT = _ENQUEUE_SOURCE.decode()  # for EVAL in a pipeline
 
 
 # Tokens a queue's wake list keeps: a burst of jobs wakes up to this many waiting workers at once;
@@ -120,13 +121,12 @@ async def _publish_and_enqueue(
     redis: ArqRedis, envelopes: Sequence[Envelope], steps: Sequence[str], submission_id: int
 ) -> None:
     async with redis.pipeline(transaction=False) as pipe:
-        for envelope in envelopes:
-            pipe.publish(keys.events_channel(envelope.topic), envelope.to_json())
+        queue_publishes(pipe, envelopes)
         for step in steps:
             script_keys, args = _enqueue_arguments(redis, step, submission_id)
             # EVAL, not EVALSHA: a pipeline cannot load a script Redis lost (a restart) and
             # retry; Redis caches the compiled script by its digest either way.
-            pipe.eval(_ENQUEUE_SOURCE.decode(), len(script_keys), *script_keys, *args)  # type: ignore[arg-type]  # bytes too
+            pipe.eval(_ENQUEUE_TEXT, len(script_keys), *script_keys, *args)  # type: ignore[arg-type]  # bytes too
         await pipe.execute()
 
 
