@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -190,17 +192,18 @@ async def test_a_step_end_publishes_its_events_and_queues_what_follows_in_one_go
         assert await arq_redis.zcard(keys.queue_name(step)) == 1
 
 
-def waiting_worker(
+@asynccontextmanager
+async def waiting_worker(
     arq_redis: ArqRedis, ran: list[int], monkeypatch: pytest.MonkeyPatch, max_jobs: int = 10
-) -> HandinWorker:
-    """A long-running scan worker whose wait for a wake token outlasts any test: only a token or a
-    deferred job's due time can end it."""
+) -> AsyncIterator[HandinWorker]:
+    """A long-running scan worker, running for the block, whose wait for a wake token outlasts any
+    test: only a token or a deferred job's due time can end it."""
     monkeypatch.setattr(run, "WAKE_WAIT_SECONDS", 600.0)
 
     async def scan(_ctx: dict[str, Any], submission_id: int) -> None:
         ran.append(submission_id)
 
-    return HandinWorker(
+    worker = HandinWorker(
         functions=[func(scan, name="scan")],
         queue_name=keys.queue_name("scan"),
         redis_pool=arq_redis,
@@ -208,6 +211,12 @@ def waiting_worker(
         keep_result=0,
         max_jobs=max_jobs,
     )
+    running = asyncio.create_task(worker.main())
+    try:
+        yield worker
+    finally:
+        running.cancel()
+        await worker.close()
 
 
 async def blocked_waiting(redis: Redis) -> None:
@@ -224,33 +233,23 @@ async def test_a_waiting_worker_is_woken_by_the_job_queued_for_it(
     arq_redis: ArqRedis, redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ran: list[int] = []
-    worker = waiting_worker(arq_redis, ran, monkeypatch)
-    running = asyncio.create_task(worker.main())
-    try:
+    async with waiting_worker(arq_redis, ran, monkeypatch):
         await blocked_waiting(redis)
         await enqueue_step(arq_redis, "scan", 51)
         await until(lambda: ran == [51], "the first job to run", within=10, poll=0.02)
         await blocked_waiting(redis)  # waiting again, not polling
         await publish_and_enqueue(arq_redis, [], ["scan"], 52)
         await until(lambda: ran == [51, 52], "the second job to run", within=10, poll=0.02)
-    finally:
-        running.cancel()
-        await worker.close()
 
 
 async def test_a_waiting_worker_starts_a_deferred_job_when_it_is_due(
     arq_redis: ArqRedis, redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ran: list[int] = []
-    worker = waiting_worker(arq_redis, ran, monkeypatch)
     await enqueue_step(arq_redis, "scan", 53, defer_seconds=0.5)  # no token: not due yet
     assert await arq_redis.llen(keys.wake_list(keys.queue_name("scan"))) == 0
-    running = asyncio.create_task(worker.main())
-    try:
+    async with waiting_worker(arq_redis, ran, monkeypatch):
         await until(lambda: ran == [53], "the deferred job to run", within=10, poll=0.02)
-    finally:
-        running.cancel()
-        await worker.close()
 
 
 async def test_a_worker_waits_while_the_jobs_due_are_all_held_by_other_workers(
@@ -262,11 +261,6 @@ async def test_a_worker_waits_while_the_jobs_due_are_all_held_by_other_workers(
         await arq_redis.psetex(in_progress_key_prefix + keys.job_id("scan", submission_id), 60_000, b"1")
     await arq_redis.delete(keys.wake_list(keys.queue_name("scan")))  # the other workers took the tokens
     ran: list[int] = []
-    worker = waiting_worker(arq_redis, ran, monkeypatch, max_jobs=1)
-    running = asyncio.create_task(worker.main())
-    try:
+    async with waiting_worker(arq_redis, ran, monkeypatch, max_jobs=1) as worker:
         await blocked_waiting(redis)
         assert ran == [] and worker.job_counter == 0
-    finally:
-        running.cancel()
-        await worker.close()
