@@ -70,15 +70,13 @@ class BusyClock:
     """How long this worker's jobs ran, and how long it had any job running at all."""
 
     def __init__(self) -> None:
-        self.running = 0
         self.occupied_since = 0.0
-        self.started: dict[str, float] = {}  # job id -> when it started
+        self.started: dict[str, float] = {}  # the running jobs: job id -> when it started
 
     def start(self, job_id: str) -> None:
         now = time.monotonic()
-        if self.running == 0:
+        if not self.started:
             self.occupied_since = now
-        self.running += 1
         self.started[job_id] = now
 
     def end(self, job_id: str) -> tuple[float, float] | None:
@@ -88,8 +86,7 @@ class BusyClock:
         if started is None:
             return None
         now = time.monotonic()
-        self.running = max(0, self.running - 1)
-        return now - started, (now - self.occupied_since if self.running == 0 else 0.0)
+        return now - started, (0.0 if self.started else now - self.occupied_since)
 
 
 async def start_job_clock(ctx: dict[str, Any]) -> None:
