@@ -18,9 +18,10 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageColor, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from core.similarity import text
+from workers.glyphs import GlyphAtlas, whole_pixel_advance
 
 THUMB_WIDTH = 320
 THUMB_MAX_HEIGHT = 480
@@ -66,6 +67,22 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         except OSError:
             fonts[size] = ImageFont.load_default(size=size)
     return fonts[size]
+
+
+def _atlas(size: int) -> GlyphAtlas | None:
+    """The glyphs of the monospaced face at ``size``, rasterised once per rendering thread; None
+    without that face (a line is then drawn by Pillow, glyph by glyph)."""
+    atlases: dict[int, GlyphAtlas | None] = _FONTS.__dict__.setdefault("atlas_by_size", {})
+    if size not in atlases:
+        atlases[size] = None
+        try:
+            # Basic layout: hinted whole-pixel advances, so glyph i of a line sits at i advances.
+            font = ImageFont.truetype("DejaVuSansMono.ttf", size, layout_engine=ImageFont.Layout.BASIC)
+        except OSError:
+            return None
+        if advance := whole_pixel_advance(font):
+            atlases[size] = GlyphAtlas(font, advance)
+    return atlases[size]
 
 
 _PRINTABLE_ASCII = "".join(chr(code) for code in range(32, 127))
@@ -208,8 +225,12 @@ def render_text(text: str, *, title: str | None = None) -> Image.Image:
             break
     if not any(line.strip() for line in lines):
         lines = ["(no text)"]
+    atlas, ink = _atlas(10), ImageColor.getcolor("#222222", page.mode)
     for line in lines[:room]:
-        draw.text((PAGE_MARGIN, y), line, font=font, fill="#222222")
+        if atlas and line.isascii() and line.isprintable():
+            atlas.draw(page, (PAGE_MARGIN, y), line, ink)
+        else:  # other scripts need shaping (and this face may not have their glyphs)
+            draw.text((PAGE_MARGIN, y), line, font=font, fill=ink)
         y += line_height
     return page
 
