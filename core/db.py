@@ -69,6 +69,25 @@ def autocommit(engine: AsyncEngine) -> AsyncEngine:
     return made
 
 
+_own_transaction_sessions: WeakKeyDictionary[async_sessionmaker[AsyncSession], async_sessionmaker[AsyncSession]] = (
+    WeakKeyDictionary()
+)
+
+
+def statement_sessions(sessions: async_sessionmaker[AsyncSession]) -> async_sessionmaker[AsyncSession]:
+    """Sessions like ``sessions`` whose every statement is its own transaction, on PostgreSQL: for
+    reads that need no common snapshot and single statements (atomic on their own), without the
+    BEGIN and COMMIT or ROLLBACK round trips around them. SQLite keeps ``sessions`` (its writers
+    take the lock at BEGIN): use them the same way, in ``session.begin()`` when they write."""
+    engine = sessions.kw.get("bind")
+    if not isinstance(engine, AsyncEngine) or engine.dialect.name != "postgresql":
+        return sessions
+    made = _own_transaction_sessions.get(sessions)
+    if made is None:
+        made = _own_transaction_sessions[sessions] = async_sessionmaker(autocommit(engine), expire_on_commit=False)
+    return made
+
+
 def is_postgres(session_or_engine: AsyncSession | AsyncEngine) -> bool:
     bind = session_or_engine.bind if isinstance(session_or_engine, AsyncSession) else session_or_engine
     return bind is not None and bind.dialect.name == "postgresql"

@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.auth import hmac_sha256_hex
 from core.clock import isoformat
+from core.db import statement_sessions
 from core.models import SubmissionStep
 from core.receipts import ReceiptFacts, load_facts
 from workers.base import on_worker_shutdown, step_worker_settings
@@ -85,7 +86,7 @@ class SubmissionRecord:
 async def load_submission_facts(sessions: async_sessionmaker[AsyncSession], submission_id: int) -> ReceiptFacts:
     """The submission with its assignment, course and student, read in one query; a step whose
     submission is gone fails for good."""
-    async with sessions() as session:
+    async with statement_sessions(sessions)() as session:
         facts = await load_facts(session, submission_id)
     if facts is None:
         raise PermanentStepError(f"submission {submission_id} no longer exists")

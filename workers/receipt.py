@@ -60,11 +60,12 @@ from typing import Any
 import aiosmtplib
 from arq import Retry, func
 from arq.worker import Function
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from core import chat, keys
 from core.access import STUDENT
 from core.clock import utcnow
+from core.db import statement_sessions
 from core.models import Course, Enrolment, Event, SubmissionStep, User
 from core.pipeline import StepState
 from core.receipts import ReceiptFacts, ReceiptKeyError, receipt_bytes, receipt_filename
@@ -210,12 +211,12 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 async def record_intent(ctx: StepContext, mid: str) -> None:
     """Note on the step's row that this attempt is about to send `mid`."""
-    async with ctx.sessions() as session, session.begin():
-        row = await session.scalar(
-            select(SubmissionStep).where(SubmissionStep.submission_id == ctx.submission.id, SubmissionStep.step == TASK)
+    async with statement_sessions(ctx.sessions)() as session, session.begin():
+        await session.execute(
+            update(SubmissionStep)
+            .where(SubmissionStep.submission_id == ctx.submission.id, SubmissionStep.step == TASK)
+            .values(result={"message_id": mid, "sending_since": utcnow().isoformat(), "attempt": ctx.attempt})
         )
-        if row is not None:
-            row.result = {"message_id": mid, "sending_since": utcnow().isoformat(), "attempt": ctx.attempt}
 
 
 @dataclass
@@ -324,7 +325,7 @@ async def send(message: EmailMessage, section: SmtpSettings) -> str:
 
 async def was_scanned(ctx: StepContext) -> bool:
     """False when the scan step was skipped (no scanner runs): the receipt must say so."""
-    async with ctx.sessions() as session:
+    async with statement_sessions(ctx.sessions)() as session:
         state = await session.scalar(
             select(SubmissionStep.state).where(
                 SubmissionStep.submission_id == ctx.submission.id, SubmissionStep.step == "scan"

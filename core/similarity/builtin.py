@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core.db import statement_sessions
 from core.models import Submission
 from core.settings import Settings
 from core.similarity import index
@@ -65,9 +66,12 @@ class BuiltinProvider:
         # Kept for matched passages: later checks pair their text with it, the staff page shows it.
         await request.storage.put_bytes(Area.store, text_key(submission.storage_key), encode_text(text))
 
-        async with self.sessions() as session, session.begin():
+        # On PostgreSQL the replacement is one statement and the look-up needs no snapshot of its own:
+        # each runs as its own transaction, without BEGIN and COMMIT round trips.
+        sessions = statement_sessions(self.sessions)
+        async with sessions() as session, session.begin():
             await index.replace(session, submission.assignment_id, submission.id, prints)
-        async with self.sessions() as session:
+        async with sessions() as session:
             hits = await index.lookup(
                 session,
                 submission.assignment_id,
