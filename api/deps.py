@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.auth import TokenError, unsign
 from core.clock import utcnow
+from core.db import statement_sessions
 from core.models import Assignment, Course, Enrolment, Submission, User, WebSession
 from core.settings import Settings
 from core.storage import Storage
@@ -81,8 +82,9 @@ async def optional_web_session(request: Request) -> WebSession | None:
         session_id = str(unsign(cookie, settings.secret_key, WEB_SESSION_PURPOSE)["sid"])
     except (TokenError, KeyError):
         return None
-    async with get_sessions(request)() as db:
-        # One round trip for both: this runs on every authenticated request, uploads included.
+    # One round trip for both, in no transaction of its own (PostgreSQL): this runs on every
+    # authenticated request, uploads included.
+    async with statement_sessions(get_sessions(request))() as db:
         found = (
             await db.execute(
                 select(WebSession, User).join(User, User.id == WebSession.user_id).where(WebSession.id == session_id)

@@ -28,6 +28,7 @@ from api.multipart_stream import BodyTooLarge, MalformedUpload, MultipartStream,
 from core import keys
 from core.access import STUDENT
 from core.clock import isoformat, utcnow
+from core.db import statement_sessions
 from core.deadlines import WindowState, student_window
 from core.events import EventBatch
 from core.models import Assignment, Enrolment, Extension, Submission, SubmissionStep, User
@@ -110,7 +111,8 @@ class Intake:
         now = utcnow()  # the deadline is judged by when the upload started, not how long it took
         if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
             raise Refused(400, "bad_idempotency_key", "The Idempotency-Key header must be 1-200 printable characters.")
-        async with self.sessions() as session:
+        # Reads each on its own (PostgreSQL): what decides is _record's transaction, which checks again.
+        async with statement_sessions(self.sessions)() as session:
             if idempotency_key and (
                 earlier := await _by_idempotency_key(session, user, assignment_id, idempotency_key)
             ):
