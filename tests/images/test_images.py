@@ -109,6 +109,13 @@ def test_every_process_an_image_serves_imports_in_it(containers: Containers, nam
     assert result.returncode == 0, result.stderr
 
 
+def test_documents_worker_image_draws_previews_from_its_glyph_atlas(containers: Containers) -> None:
+    # The monospaced face is installed: text previews take the cached-glyph path, not Pillow's per-glyph one.
+    check = "from workers import documents; assert documents._atlas(10)"
+    result = containers.run("worker-thumbnail", "python", "-c", check)
+    assert result.returncode == 0, result.stderr
+
+
 async def test_api_image_answers_healthz(containers: Containers, settings: Settings) -> None:
     port = free_port()
     api = containers.start(
