@@ -214,7 +214,7 @@ class Intake:
                     if attempt is None:
                         attempt = await _check_attempts(session, user, window.assignment)
                     submission_id = await _insert(session, user, window, landed, idempotency_key, attempt, now)
-                    await _emit_received(work, user, window, landed, submission_id, attempt)
+                    _stage_received(work, user, window, landed, submission_id, attempt)
                 return Accepted(submission_id, replayed=False), work
             except IntegrityError:
                 # Same idempotency key or same attempt number committed first: look again.
@@ -389,11 +389,13 @@ def _next_attempt(assignment: Assignment, used: int) -> int:
     return used + 1
 
 
-async def _emit_received(
+def _stage_received(
     batch: EventBatch, user: User, window: Window, landed: Landed, submission_id: int, attempt: int
 ) -> None:
+    """Both events are written in one statement when the unit of work commits (its flush), the course
+    staff topic's seq row locked only from then to the commit."""
     steps = {step.name: (StepState.queued if step.name in FIRST_STEPS else StepState.pending).value for step in STEPS}
-    await batch.emit(
+    batch.stage(
         keys.submission_topic(submission_id),
         "submission.received",
         {
@@ -411,8 +413,7 @@ async def _emit_received(
         actor="student",
         actor_id=user.id,
     )
-    # Last, so the course's staff topic seq row stays locked for as short a time as possible.
-    await batch.emit(
+    batch.stage(
         keys.course_staff_topic(window.assignment.course_id),
         "submission.arrived",
         {

@@ -145,7 +145,8 @@ async def test_a_failure_while_recording_leaves_nothing_behind(
     async def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("event store unavailable")
 
-    monkeypatch.setattr("api.intake._emit_received", broken)
+    # The events are written last, as the transaction commits: failing there must undo the rest.
+    monkeypatch.setattr("core.events.write_events", broken)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(
         transport=transport, base_url="http://handin.test", event_hooks=same_origin(settings)
