@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core import keys
 from core.clock import isoformat, utcnow
-from core.db import autocommit, is_postgres
+from core.db import autocommit, is_postgres, statement_sessions
 from core.events import Envelope, events_ctes, publish
 from core.models import Submission, SubmissionStep
 from core.pipeline import StepState
@@ -73,7 +73,8 @@ class StepContext:
         data: dict[str, Any] = {"step": self.step, "message": message}
         if fraction is not None:
             data["fraction"] = round(max(0.0, min(1.0, fraction)), 3)
-        async with unit_of_work(self.sessions, self.redis) as work:
+        # One statement (the event with its topic's next seq): on PostgreSQL its own transaction.
+        async with unit_of_work(statement_sessions(self.sessions), self.redis) as work:
             topic = keys.submission_topic(self.submission.id)
             await work.emit(topic, "step.progress", data, actor=f"worker:{self.step}")
 
