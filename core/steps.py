@@ -50,6 +50,26 @@ _LOCK_SUBMISSION = (
 _READ_STEPS = select(_steps.c.step, _steps.c.state, _steps.c.started_at, _steps.c.result).where(
     _steps.c.submission_id == bindparam("submission_id")
 )
+# PostgreSQL: both in one statement that locks the step rows too. A row locked in READ COMMITTED
+# is returned as its latest committed version (the lock waits for a writer, then re-reads the
+# row), so the steps are seen as they are once the submission's lock is held. The submission is
+# locked first (its row comes first in each joined row), so parallel endings still queue on it.
+_LOCK_AND_READ_PG = (
+    select(
+        _submissions.c.status,
+        _submissions.c.completed_at,
+        _submissions.c.assignment_id,
+        _assignments.c.course_id,
+        _steps.c.step,
+        _steps.c.state,
+        _steps.c.started_at,
+        _steps.c.result,
+    )
+    .join_from(_submissions, _assignments)
+    .join(_steps, _steps.c.submission_id == _submissions.c.id)
+    .where(_submissions.c.id == bindparam("submission_id"))
+    .with_for_update(of=[_submissions, _steps])
+)
 _END_STEP = (
     update(_steps)
     .where(_steps.c.submission_id == bindparam("sid"), _steps.c.step == bindparam("name"))
@@ -150,11 +170,17 @@ class _Facts:
 
 
 async def _read_and_lock(session: AsyncSession, submission_id: int) -> _Facts | None:
-    locked = (await session.execute(_LOCK_SUBMISSION, {"submission_id": submission_id})).one_or_none()
+    parameters = {"submission_id": submission_id}
+    if is_postgres(session):
+        steps = list(await session.execute(_LOCK_AND_READ_PG, parameters))
+        locked = steps[0] if steps else None
+    else:
+        locked = (await session.execute(_LOCK_SUBMISSION, parameters)).one_or_none()
+        steps = list(await session.execute(_READ_STEPS, parameters)) if locked is not None else []
     if locked is None:
         return None
     facts = _Facts(submission_id, locked.status, locked.completed_at, locked.assignment_id, locked.course_id)
-    for row in await session.execute(_READ_STEPS, {"submission_id": submission_id}):
+    for row in steps:
         facts.states[row.step] = StepState(row.state)
         facts.started_at[row.step] = row.started_at
         facts.results[row.step] = dict(row.result or {})
