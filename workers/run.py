@@ -8,8 +8,10 @@ import importlib
 import logging
 import math
 import time
-from typing import Any
+from contextvars import ContextVar
+from typing import Any, cast
 
+from arq.connections import ArqRedis
 from arq.constants import (
     abort_jobs_ss,
     in_progress_key_prefix,
@@ -40,7 +42,9 @@ REDIS_RETRY_SECONDS = 1.0
 # offset, count, hold ms, free slots, in-progress key prefix (the in-progress keys are arq's, named
 # from the job ids read, so not passed as KEYS: handin's Redis is never a cluster). Answers the claimed
 # jobs as id, score pairs, then 1 if every due job read was tried (0: out of slots first), then the
-# score of the earliest job not yet due (-1: none).
+# score of the earliest job not yet due (-1: none). With ARGV 7 and 8 (arq's job and retry key
+# prefixes) it also does for each job claimed what arq's run_job opens with (GET the job, INCR and
+# EXPIRE its try count) and answers the job ('' if it has expired) and its try after its score.
 POLL_AND_CLAIM = AsyncScript(
     None,  # type: ignore[arg-type]  # the client is given per call
     b"""
@@ -58,6 +62,11 @@ for i = 1, #due, 2 do
     redis.call('PSETEX', held, ARGV[4], '1')
     answer[#answer + 1] = due[i]
     answer[#answer + 1] = due[i + 1]
+    if ARGV[7] then
+      answer[#answer + 1] = redis.call('GET', ARGV[7] .. due[i]) or ''
+      answer[#answer + 1] = redis.call('INCR', ARGV[8] .. due[i])
+      redis.call('EXPIRE', ARGV[8] .. due[i], 88400)  -- arq's expiry of a try count
+    end
     free = free - 1
   end
 end
@@ -67,6 +76,40 @@ answer[#answer + 1] = later[2] or '-1'
 return answer
 """,
 )
+# A job's data and try number as POLL_AND_CLAIM read them, for the task that runs the job (see
+# HandinWorker.pool): taken by the first read of the pool in that task, run_job's own.
+_CLAIMED_READ: ContextVar[tuple[bytes | None, int] | None] = ContextVar("claimed_read", default=None)
+
+
+class _ReadAtClaim:
+    """A pool whose one transaction is arq's opening read of a job (GET the job, INCR and EXPIRE its
+    try count), answered with what the claim read: that read costs no round trip of its own."""
+
+    def __init__(self, job: bytes | None, job_try: int) -> None:
+        self.answer = [job, job_try, True]
+
+    def pipeline(self, transaction: bool = True) -> _ReadAtClaim:
+        return self
+
+    async def __aenter__(self) -> _ReadAtClaim:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        return None
+
+    def get(self, _key: str) -> None:
+        return None
+
+    def incr(self, _key: str) -> None:
+        return None
+
+    def expire(self, _key: str, _seconds: int) -> None:
+        return None
+
+    async def execute(self) -> list[Any]:
+        return self.answer
+
+
 # The longest a worker with nothing to do waits for a wake token before it polls anyway: what a job
 # queued without one (arq's own enqueue_job, a job whose worker died) may wait at most.
 WAKE_WAIT_SECONDS = 1.0
@@ -114,6 +157,15 @@ class HandinWorker(Worker):
 
     _polling = False
 
+    @property
+    def pool(self) -> ArqRedis:
+        """arq's pool; in a job's task, the first time (run_job's read of the job), what the claim read."""
+        claimed = _CLAIMED_READ.get()
+        if claimed is None:
+            return cast(ArqRedis, self._pool)
+        _CLAIMED_READ.set(None)
+        return cast(ArqRedis, _ReadAtClaim(*claimed))
+
     async def _poll_iteration(self) -> None:
         self._polling = True
         try:
@@ -135,16 +187,18 @@ class HandinWorker(Worker):
                 return None
         caught_up: float | None = None
         if self.allow_pick_jobs and self.job_counter < self.max_jobs:
+            # Aborting jobs makes run_job's opening read a different one: then it reads for itself.
+            read_jobs = [] if self.allow_abort_jobs else [job_key_prefix, retry_key_prefix]
+            args: list[str | int] = [timestamp_ms(), self._queue_read_offset, count]
+            args += [int(self.in_progress_timeout_s * 1000), self.max_jobs - self.job_counter, in_progress_key_prefix]
             *claimed, tried_all, later = await POLL_AND_CLAIM(
-                keys=[self.queue_name],
-                args=[
-                    *(timestamp_ms(), self._queue_read_offset, count, int(self.in_progress_timeout_s * 1000)),
-                    *(self.max_jobs - self.job_counter, in_progress_key_prefix),
-                ],
-                client=self.pool,
+                keys=[self.queue_name], args=[*args, *read_jobs], client=self._pool
             )
-            for job_id, score in zip(claimed[::2], claimed[1::2], strict=True):
-                await self._run_claimed(job_id.decode(), int(float(score)))
+            width = 4 if read_jobs else 2
+            for at in range(0, len(claimed), width):
+                job_id, score = claimed[at].decode(), int(float(claimed[at + 1]))
+                read = (claimed[at + 2] or None, int(claimed[at + 3])) if read_jobs else None
+                await self._run_claimed(job_id, score, read)
             # Every due job tried: taken here, or held by another worker (its token spent or to be).
             if tried_all == 1:
                 caught_up = math.inf if later == b"-1" else float(later) / 1000
@@ -163,14 +217,19 @@ class HandinWorker(Worker):
             # Redis 6 and later take a fractional timeout; redis-py's hints say int.
             await self.pool.blpop([keys.wake_list(self.queue_name)], timeout=timeout)  # type: ignore[misc, arg-type]
 
-    async def _run_claimed(self, job_id: str, score: int) -> None:
+    async def _run_claimed(self, job_id: str, score: int, read: tuple[bytes | None, int] | None) -> None:
         """What arq's start_jobs does with a job it claimed. POLL_AND_CLAIM claimed no more than
         this worker's free slots, so the semaphore has room and is taken without a wait."""
         await self.sem.acquire()
         self.job_counter += 1
-        task = self.loop.create_task(self.run_job(job_id, score))
+        task = self.loop.create_task(self._run_job_read_at_claim(job_id, score, read))
         task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
         self.tasks[job_id] = task
+
+    async def _run_job_read_at_claim(self, job_id: str, score: int, read: tuple[bytes | None, int] | None) -> None:
+        # Set in the job's own task (a context of its own): its first read of the pool is run_job's.
+        _CLAIMED_READ.set(read)
+        await self.run_job(job_id, score)
 
     async def finish_job(
         self,

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 from arq.jobs import Job, JobStatus
-from arq.worker import func, get_kwargs
+from arq.worker import Retry, func, get_kwargs
 from redis.asyncio import Redis
 
 from core import keys
@@ -264,3 +264,57 @@ async def test_a_worker_waits_while_the_jobs_due_are_all_held_by_other_workers(
     async with waiting_worker(arq_redis, ran, monkeypatch, max_jobs=1) as worker:
         await blocked_waiting(redis)
         assert ran == [] and worker.job_counter == 0
+
+
+def recording_worker(arq_redis: ArqRedis, runs: list[tuple[int, tuple[Any, ...]]], *, abortable: bool) -> HandinWorker:
+    """A burst worker of one function that asks for a second try the first time it runs."""
+
+    async def flaky(ctx: dict[str, Any], *args: Any) -> str:
+        runs.append((ctx["job_try"], args))
+        if ctx["job_try"] == 1:
+            raise Retry(defer=0)
+        return "done"
+
+    return HandinWorker(
+        functions=[func(flaky, name="flaky", max_tries=3)],
+        queue_name="handin:test-claimed",
+        redis_pool=arq_redis,
+        burst=True,
+        handle_signals=False,
+        poll_delay=0.01,
+        allow_abort_jobs=abortable,
+    )
+
+
+@pytest.mark.parametrize("abortable", [False, True], ids=["read-at-claim", "abortable-reads-itself"])
+async def test_a_claimed_job_runs_with_its_arguments_and_each_try_counted_once(
+    arq_redis: ArqRedis, abortable: bool
+) -> None:
+    # The claim reads the job and counts the try (arq's run_job did both in a round trip of its own);
+    # a worker that may abort jobs leaves that read to run_job.
+    runs: list[tuple[int, tuple[Any, ...]]] = []
+    worker = recording_worker(arq_redis, runs, abortable=abortable)
+    job = await arq_redis.enqueue_job("flaky", 7, "seven", _queue_name="handin:test-claimed")
+    assert job is not None
+
+    await worker.main()
+
+    assert runs == [(1, (7, "seven")), (2, (7, "seven"))]
+    result = await job.result_info()
+    assert result is not None and result.success and result.result == "done" and result.job_try == 2
+    assert not await arq_redis.exists(retry_key_prefix + job.job_id)  # cleared with the finished job
+
+
+async def test_a_claimed_job_whose_data_expired_fails_as_expired(arq_redis: ArqRedis) -> None:
+    runs: list[tuple[int, tuple[Any, ...]]] = []
+    worker = recording_worker(arq_redis, runs, abortable=False)
+    job = await arq_redis.enqueue_job("flaky", 8, _queue_name="handin:test-claimed")
+    assert job is not None
+    await arq_redis.delete(job_key_prefix + job.job_id)  # expired while it waited in the queue
+
+    await worker.main()
+
+    assert runs == []
+    result = await job.result_info()
+    assert result is not None and not result.success and "job expired" in str(result.result)
+    assert await arq_redis.zcard("handin:test-claimed") == 0
