@@ -215,6 +215,9 @@ async def waiting_worker(
     try:
         yield worker
     finally:
+        # A job seen running may still be finishing (its result and counters): stopping the worker
+        # would cancel it, so it ends first.
+        await asyncio.gather(*worker.tasks.values())
         running.cancel()
         await worker.close()
 
