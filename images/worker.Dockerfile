@@ -33,7 +33,7 @@ FROM ${PYTHON_IMAGE} AS runtime
 ARG EXTRAS=""
 RUN if [ "$EXTRAS" = documents ]; then \
         apt-get update -qq && apt-get install -y -qq --no-install-recommends fonts-dejavu-core \
-        && rm -rf /var/lib/apt/lists/*; \
+        && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin; \
     fi
 RUN groupadd --system --gid 10001 handin \
     && useradd --system --uid 10001 --gid handin --home-dir /app --shell /usr/sbin/nologin handin \
