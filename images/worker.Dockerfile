@@ -16,6 +16,15 @@ WORKDIR /src
 # worker-documents.lock for EXTRAS=documents. `make lock` regenerates the locks.
 COPY requirements/build.lock requirements/worker.lock requirements/worker-documents.lock ./requirements/
 ARG EXTRAS=""
+# The documents images draw text previews in DejaVu Sans Mono: its glyphs are rasterised once per
+# process (workers/glyphs.py); without it Pillow's own face is proportional and every line is laid
+# out and rasterised glyph by glyph, about ten times the cost. Only the face and its licence go
+# into the image (the runtime stage installs nothing).
+RUN mkdir -p /opt/fonts && if [ "$EXTRAS" = documents ]; then \
+        apt-get update -qq && apt-get install -y -qq --no-install-recommends fonts-dejavu-core \
+        && cp /usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf /opt/fonts/ \
+        && cp /usr/share/doc/fonts-dejavu-core/copyright /opt/fonts/DejaVu-LICENSE; \
+    fi
 RUN /opt/venv/bin/pip install --require-hashes --no-deps --only-binary :all: \
         -r requirements/build.lock -r "requirements/worker${EXTRAS:+-$EXTRAS}.lock"
 COPY pyproject.toml ./
@@ -27,18 +36,11 @@ RUN /opt/venv/bin/pip install --no-deps --no-build-isolation . \
     && /opt/venv/bin/python -m compileall -q /opt/venv/lib
 
 FROM ${PYTHON_IMAGE} AS runtime
-# The documents images draw text previews in DejaVu Sans Mono: its glyphs are rasterised once per
-# process (workers/glyphs.py). Without it Pillow's own face is proportional and every line is laid
-# out and rasterised glyph by glyph, about ten times the cost.
-ARG EXTRAS=""
-RUN if [ "$EXTRAS" = documents ]; then \
-        apt-get update -qq && apt-get install -y -qq --no-install-recommends fonts-dejavu-core \
-        && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin; \
-    fi
 RUN groupadd --system --gid 10001 handin \
     && useradd --system --uid 10001 --gid handin --home-dir /app --shell /usr/sbin/nologin handin \
     && mkdir -p /app/var && chown handin:handin /app/var
 COPY --from=build /opt/venv /opt/venv
+COPY --from=build /opt/fonts /usr/share/fonts/truetype/handin
 # DEV=1 (skaffold's dev profile only): the app user may overwrite synced .py files.
 ARG DEV=""
 RUN if [ -n "$DEV" ]; then chown -R handin:handin /opt/venv/lib; fi
