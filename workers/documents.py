@@ -21,7 +21,7 @@ from pathlib import Path
 from PIL import Image, ImageColor, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from core.similarity import text
-from workers.glyphs import GlyphAtlas, whole_pixel_advance
+from workers.glyphs import GlyphAtlas, shared_advance, whole_pixel_advance
 
 THUMB_WIDTH = 320
 THUMB_MAX_HEIGHT = 480
@@ -85,7 +85,6 @@ def _atlas(size: int) -> GlyphAtlas | None:
     return atlases[size]
 
 
-_PRINTABLE_ASCII = "".join(chr(code) for code in range(32, 127))
 # Per font object, weakly: a rendering thread's fonts go with it, and an id could then be reused.
 _PITCH: weakref.WeakKeyDictionary[ImageFont.FreeTypeFont | ImageFont.ImageFont, float | None] = (
     weakref.WeakKeyDictionary()
@@ -93,15 +92,10 @@ _PITCH: weakref.WeakKeyDictionary[ImageFont.FreeTypeFont | ImageFont.ImageFont, 
 
 
 def _fixed_pitch(font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> float | None:
-    """The one advance every printable ASCII character has in ``font``, if it has one (a monospaced
-    face): then a line of them is as wide as its length times that, with no layout to measure it."""
+    """``font``'s shared advance (workers.glyphs.shared_advance), measured once per font: with one, a
+    plain ASCII line is cut by counting characters, with no layout to measure it."""
     if font not in _PITCH:
-        advances = {font.getlength(char) for char in _PRINTABLE_ASCII}
-        pitch = advances.pop() if len(advances) == 1 else None
-        # Nothing between glyphs either (no kerning): a run measures as the sum of its characters.
-        if pitch is not None and font.getlength(_PRINTABLE_ASCII) != pitch * len(_PRINTABLE_ASCII):
-            pitch = None
-        _PITCH[font] = pitch
+        _PITCH[font] = shared_advance(font)
     return _PITCH[font]
 
 

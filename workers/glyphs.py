@@ -58,13 +58,19 @@ class GlyphAtlas:
             page.paste(ink, (xy[0] - self.left, xy[1]), self.mask(line))
 
 
-def whole_pixel_advance(font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> int | None:
-    """The advance every printable ASCII glyph of ``font`` shares, if it is one whole number of pixels
-    and glyphs sit side by side with nothing between them (no kerning)."""
+def shared_advance(font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> float | None:
+    """The one advance every printable ASCII glyph of ``font`` has, if it has one (a monospaced face)
+    and nothing comes between glyphs (no kerning): a run of them is as wide as its length times that."""
     advances = {font.getlength(char) for char in PRINTABLE_ASCII}
     if len(advances) != 1:
         return None
     advance = advances.pop()
-    if advance != int(advance) or advance < 1 or font.getlength(PRINTABLE_ASCII) != advance * len(PRINTABLE_ASCII):
+    return advance if font.getlength(PRINTABLE_ASCII) == advance * len(PRINTABLE_ASCII) else None
+
+
+def whole_pixel_advance(font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> int | None:
+    """``shared_advance`` when it is a whole number of pixels (at least one)."""
+    advance = shared_advance(font)
+    if advance is None or advance != int(advance) or advance < 1:
         return None
     return int(advance)
