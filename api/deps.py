@@ -12,8 +12,8 @@ The handlers are in ``api.errors``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any
 
 from arq.connections import ArqRedis
 from fastapi import Depends, HTTPException, Request, status
@@ -47,21 +47,24 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-def get_redis(request: Request) -> ArqRedis:
-    redis: ArqRedis = request.app.state.redis
-    return redis
+def _app_state(name: str) -> Callable[[Request], Awaitable[Any]]:
+    """A dependency answering one of the app's shared objects.
+
+    A coroutine, not a plain function: FastAPI runs a plain function dependency in its
+    thread pool, a thread hop per dependency per request for an attribute read.
+    """
+
+    async def dependency(request: Request) -> Any:
+        return getattr(request.app.state, name)
+
+    return dependency
 
 
-def get_storage(request: Request) -> Storage:
-    storage: Storage = request.app.state.storage
-    return storage
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-SessionsDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessions)]
+SettingsDep = Annotated[Settings, Depends(_app_state("settings"))]
+SessionsDep = Annotated[async_sessionmaker[AsyncSession], Depends(_app_state("sessions"))]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
-RedisDep = Annotated[ArqRedis, Depends(get_redis)]
-StorageDep = Annotated[Storage, Depends(get_storage)]
+RedisDep = Annotated[ArqRedis, Depends(_app_state("redis"))]
+StorageDep = Annotated[Storage, Depends(_app_state("storage"))]
 
 
 def not_logged_in(detail: str = "You are not logged in.") -> HTTPException:

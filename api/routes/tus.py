@@ -12,7 +12,7 @@ from api.tus import Resumable, check_version, expires_header, options_headers, t
 router = APIRouter(prefix="/api/assignments/{assignment_id}/uploads", tags=["submissions"])
 
 
-def _resumable(settings: SettingsDep, sessions: SessionsDep, redis: RedisDep, storage: StorageDep) -> Resumable:
+async def _resumable(settings: SettingsDep, sessions: SessionsDep, redis: RedisDep, storage: StorageDep) -> Resumable:
     return Resumable(settings, sessions, redis, storage)
 
 
