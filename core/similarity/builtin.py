@@ -82,15 +82,16 @@ class BuiltinProvider:
             # The score is over the student's own text: what half the class shares (the question) is left out.
             own = [p for p in prints if p.hash not in hits.boilerplate]
             # Passages closer than one k-gram are one copied passage with an edit inside.
-            report = containment(own, hits.holders, top=TOP_MATCHES, max_spans=SPANS_PER_MATCH, span_gap=self.k)
+            report = containment(own, hits.places, top=TOP_MATCHES, max_spans=SPANS_PER_MATCH, span_gap=self.k)
             # Where the matched submissions' files are: one query for all of them, in the same transaction.
             files = await stored_files(session, [match.other for match in report.matches])
         result = self.result(report, hits.owners)
         result["boilerplate_fingerprints"] = len(prints) - len(own)
+        places = shared_places(own, hits, [match["submission_id"] for match in result["matches"]])
         for match in result["matches"]:
             other = await self.other_text(request.storage, files.get(match["submission_id"]))
             if other is not None:
-                pairs = shared_places(own, hits, match["submission_id"])
+                pairs = places[match["submission_id"]]
                 found = await asyncio.to_thread(passages_near, text, other, pairs, self.k, margin=self.margin)
                 match["passages"] = [list(passage) for passage in found]
         return CheckOutcome("done", result)
@@ -132,10 +133,20 @@ class BuiltinProvider:
         return None
 
 
-def shared_places(own: list[Fingerprint], hits: index.Hits, other: int) -> list[tuple[int, int]]:
-    """(offset here, offset there) of every fingerprint this text shares with ``other``."""
-    places = hits.places.get(other, {})
-    return [(print_.start, there) for print_ in own for there in places.get(print_.hash, ())]
+def shared_places(own: list[Fingerprint], hits: index.Hits, others: list[int]) -> dict[int, list[tuple[int, int]]]:
+    """For each of ``others``: (offset here, offset there) of every fingerprint this text shares with it."""
+    starts: dict[int, list[int]] = {}
+    for print_ in own:
+        starts.setdefault(print_.hash, []).append(print_.start)
+    return {
+        other: [
+            (here, there)
+            for value, theres in hits.places.get(other, {}).items()
+            for here in starts.get(value, ())
+            for there in theres
+        ]
+        for other in others
+    }
 
 
 class StoredFile(NamedTuple):

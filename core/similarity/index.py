@@ -24,8 +24,10 @@ SQLite (one machine, few submissions) keeps plain batched statements.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any, NamedTuple
 
 from sqlalchemy import delete, insert, select, text
@@ -71,18 +73,26 @@ REPLACE_SQL = text(
 
 @dataclass
 class Hits:
-    """Which other submissions hold each looked-up hash, and whose they are.
+    """Which other submissions hold the looked-up hashes, and whose they are.
 
     ``boilerplate``: hashes held by more than ``max_holders`` submissions (the question text, a
     template, a much-quoted source). They have no holders here: they count for no match.
-    ``places``: where each holder has each hash it holds, as character offsets in its extracted
-    text (what matched passages are aligned from).
+    ``places``: each holder's hashes, and where it has each one, as character offsets in its
+    extracted text (what matched passages are aligned from).
     """
 
-    holders: dict[int, set[int]] = field(default_factory=dict)
     owners: dict[int, int] = field(default_factory=dict)
     boilerplate: set[int] = field(default_factory=set)
     places: dict[int, dict[int, list[int]]] = field(default_factory=dict)
+
+    @property
+    def holders(self) -> dict[int, set[int]]:
+        """The holders of each hash."""
+        holders: dict[int, set[int]] = {}
+        for submission_id, held in self.places.items():
+            for value in held:
+                holders.setdefault(value, set()).add(submission_id)
+        return holders
 
 
 def lookup_statement(assignment_id: int, hashes: list[int], max_holders: int) -> tuple[TextClause, dict[str, Any]]:
@@ -139,20 +149,20 @@ class Held(NamedTuple):
 
 
 def _hits(held: list[Held], exclude_user_id: int, max_holders: int) -> Hits:
-    counts: dict[int, int] = {}
-    for holder in held:
-        for value in holder.hashes:  # per row read, as the look-up's LIMIT counts them
-            counts[value] = counts.get(value, 0) + 1
-    hits = Hits(boilerplate={value for value, count in counts.items() if count > max_holders})
+    # Per row read, as the look-up's LIMIT counts them.
+    counts = Counter(chain.from_iterable(holder.hashes for holder in held))
+    boilerplate = {value for value, count in counts.items() if count > max_holders}
+    hits = Hits(boilerplate=boilerplate)
     for holder in held:
         if holder.user_id == exclude_user_id:
             continue
-        places = hits.places.setdefault(holder.submission_id, {})
+        places: dict[int, list[int]] = {}
         for value, position in zip(holder.hashes, holder.positions, strict=True):
-            if value not in hits.boilerplate:
-                hits.holders.setdefault(value, set()).add(holder.submission_id)
-                hits.owners[holder.submission_id] = holder.user_id
+            if value not in boilerplate:
                 places.setdefault(value, []).append(position)
+        if places:
+            hits.places[holder.submission_id] = places
+            hits.owners[holder.submission_id] = holder.user_id
     return hits
 
 

@@ -25,7 +25,7 @@ k-gram. A 64 KB essay takes about a fifth of the time the per-k-gram loops took.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -269,7 +269,7 @@ def merge_spans(ranges: Iterable[tuple[int, int]], gap: int = 0) -> list[tuple[i
 
 def containment(
     fingerprints: list[Fingerprint],
-    found: Mapping[int, Iterable[int]],
+    held_by: Mapping[int, Collection[int]],
     *,
     top: int = 5,
     max_spans: int = 5,
@@ -277,23 +277,28 @@ def containment(
 ) -> Report:
     """Score a document against the others that share its hashes.
 
-    ``found`` maps a fingerprint hash to the other documents holding it. The
-    score is containment: the percent of this document's fingerprints found
-    in any other document; each match gets its own percent and the longest
-    passages it shares, as character ranges in this document.
+    ``held_by`` maps each other document to the hashes it holds. The score is containment:
+    the percent of this document's fingerprints found in any other document; each match
+    gets its own percent and the longest passages it shares, as character ranges in this
+    document.
     """
     total = len(fingerprints)
     if total == 0:
         return Report(0.0, 0, [])
-    matched = 0
-    per_other: dict[int, list[Fingerprint]] = {}
+    # Grouped by hash once, then each other document's hashes are looked up: the work follows the
+    # hits, not fingerprints times documents.
+    by_hash: dict[int, list[Fingerprint]] = {}
     for print_ in fingerprints:
-        others = set(found.get(print_.hash, ()))
-        if others:
-            matched += 1
-        for other in others:
-            per_other.setdefault(other, []).append(print_)
-    ranked = sorted(per_other.items(), key=lambda item: (-len(item[1]), item[0]))[:top]
+        by_hash.setdefault(print_.hash, []).append(print_)
+    shared_with: dict[int, list[Fingerprint]] = {}
+    found: set[int] = set()
+    for other, hashes in held_by.items():
+        mine = [value for value in hashes if value in by_hash]
+        if mine:
+            shared_with[other] = [print_ for value in mine for print_ in by_hash[value]]
+            found.update(mine)
+    matched = sum(len(by_hash[value]) for value in found)
+    ranked = sorted(shared_with.items(), key=lambda item: (-len(item[1]), item[0]))[:top]
     matches = []
     for other, prints in ranked:
         passages = merge_spans(((p.start, p.end) for p in prints), gap=span_gap)

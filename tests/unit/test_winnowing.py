@@ -8,10 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.similarity.winnowing import (
+    Fingerprint,
+    MatchSummary,
+    Report,
     containment,
     fingerprint,
     guarantee_threshold,
     kgram_hashes,
+    merge_spans,
     normalise,
     window_for,
     winnow,
@@ -38,11 +42,8 @@ def essay(seed: int, chars: int) -> str:
 
 
 def index_of(documents: dict[int, str]) -> dict[int, set[int]]:
-    found: dict[int, set[int]] = {}
-    for doc_id, text in documents.items():
-        for fp in fingerprint(text, K, W):
-            found.setdefault(fp.hash, set()).add(doc_id)
-    return found
+    """Each document's hashes, as the index's look-up answers them."""
+    return {doc_id: {fp.hash for fp in fingerprint(text, K, W)} for doc_id, text in documents.items()}
 
 
 def test_threshold_and_window_are_inverse() -> None:
@@ -145,6 +146,39 @@ def test_copying_40_percent_of_another_scores_near_40_and_names_it(seed: int, ch
     first, last = report.matches[0].spans[0][0], report.matches[0].spans[-1][1]
     copy_at = suspect.index(copied)
     assert copy_at - K <= first and last <= copy_at + len(copied) + K
+
+
+def containment_by_definition(prints: list[Fingerprint], held_by: dict[int, set[int]], top: int) -> Report:
+    """Containment one fingerprint at a time: who holds it, then each holder's prints."""
+    holders: dict[int, set[int]] = {}
+    for other, hashes in held_by.items():
+        for value in hashes:
+            holders.setdefault(value, set()).add(other)
+    per_other: dict[int, list[Fingerprint]] = {}
+    matched = 0
+    for print_ in prints:
+        matched += bool(holders.get(print_.hash))
+        for other in holders.get(print_.hash, ()):
+            per_other.setdefault(other, []).append(print_)
+    matches = []
+    for other, found in sorted(per_other.items(), key=lambda item: (-len(item[1]), item[0]))[:top]:
+        spans = sorted(sorted(merge_spans((p.start, p.end) for p in found), key=lambda span: span[0] - span[1])[:5])
+        matches.append(MatchSummary(other, len(found), round(100.0 * len(found) / len(prints), 1), spans))
+    return Report(round(100.0 * matched / len(prints), 1), len(prints), matches)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 30), min_size=1, max_size=60),
+    st.dictionaries(st.integers(1, 12), st.sets(st.integers(0, 40), max_size=20), max_size=10),
+    st.integers(1, 6),
+)
+def test_containment_counts_each_fingerprint_as_the_definition_does(
+    hashes: list[int], held_by: dict[int, set[int]], top: int
+) -> None:
+    # Repeated hashes, holders sharing hashes, ties in shared counts: the ranking and every figure agree.
+    prints = [Fingerprint(value, at, at * 10, at * 10 + 25) for at, value in enumerate(hashes)]
+    assert containment(prints, held_by, top=top) == containment_by_definition(prints, held_by, top)
 
 
 def test_empty_and_tiny_texts_have_no_fingerprints_and_score_0() -> None:
