@@ -35,7 +35,6 @@ import numpy.typing as npt
 # An odd 64-bit multiplier: the rolling hash works modulo 2**64.
 _BASE = 0x100000001B3
 _BASE_INVERSE = pow(_BASE, -1, 1 << 64)
-_LATIN1 = [chr(code) for code in range(256)]
 
 
 @dataclass(frozen=True)
@@ -91,6 +90,29 @@ def _text_of(codes: npt.NDArray[np.uint32]) -> str:
     return codes.astype("<u4").tobytes().decode("utf-32-le", "surrogatepass")
 
 
+class _Characters(NamedTuple):
+    """What normalising does to each of some distinct characters, as arrays indexed like them."""
+
+    kinds: npt.NDArray[np.int8]  # 1: letter or digit (kept), 2: whitespace (runs become one space), 0: dropped
+    folds: list[str]  # casefolded, one or more characters each
+    fold_lengths: npt.NDArray[np.int64]
+    single_folds: npt.NDArray[np.uint32]  # the first character each folds to
+
+
+def _characters(chars: list[str]) -> _Characters:
+    folds = [c.casefold() for c in chars]
+    return _Characters(
+        np.array([1 if c.isalnum() else 2 if c.isspace() else 0 for c in chars], dtype=np.int8),
+        folds,
+        np.array([len(f) for f in folds], dtype=np.int64),
+        np.array([ord(f[0]) for f in folds], dtype=np.uint32),
+    )
+
+
+# Latin-1 text (most of it) indexes fixed tables: built once, not per text.
+_LATIN1 = _characters([chr(code) for code in range(256)])
+
+
 def _normal_codes(text: str) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.int64]]:
     """The normalised text as code points, and each one's offset in ``text``.
 
@@ -102,14 +124,12 @@ def _normal_codes(text: str) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.int
     if codes.size == 0:
         return np.zeros(0, np.uint32), np.zeros(0, np.int64)
     if int(codes.max()) < 256:
-        # Latin-1 text (most of it): index a fixed table, no sort needed.
         which = codes.astype(np.int64)
         chars = _LATIN1
     else:
         distinct, which = np.unique(codes, return_inverse=True)
-        chars = [chr(code) for code in distinct.tolist()]
-    # 1: letter or digit (kept), 2: whitespace (runs become one space), 0: dropped.
-    kinds = np.array([1 if c.isalnum() else 2 if c.isspace() else 0 for c in chars], dtype=np.int8)[which]
+        chars = _characters([chr(code) for code in distinct.tolist()])
+    kinds = chars.kinds[which]
     kept = np.flatnonzero(kinds)
     space = kinds[kept] == 2
     alnum = ~space
@@ -122,17 +142,16 @@ def _normal_codes(text: str) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.int
     positions = kept[emitted].astype(np.int64)
     is_space = space[emitted]
     distinct_of = which[positions]
-    folds = [c.casefold() for c in chars]
-    lengths = np.array([len(f) for f in folds], dtype=np.int64)[distinct_of]
+    lengths = chars.fold_lengths[distinct_of]
     lengths[is_space] = 1
     if bool((lengths == 1).all()):
         # Every character folds to one: the common case, a plain gather.
-        folded = np.array([ord(f[0]) for f in folds], dtype=np.uint32)[distinct_of]
+        folded = chars.single_folds[distinct_of]
         folded[is_space] = 32
         return folded, positions
     # Some fold to several ("ß" → "ss"): each keeps its origin for every character it became.
-    table = np.frombuffer("".join(folds).encode("utf-32-le", "surrogatepass"), dtype="<u4")
-    offsets = np.concatenate(([0], np.cumsum([len(f) for f in folds])[:-1])).astype(np.int64)[distinct_of]
+    table = np.frombuffer("".join(chars.folds).encode("utf-32-le", "surrogatepass"), dtype="<u4")
+    offsets = np.concatenate(([0], np.cumsum(chars.fold_lengths)[:-1])).astype(np.int64)[distinct_of]
     out_starts = np.cumsum(lengths) - lengths
     gather = np.repeat(offsets - out_starts, lengths) + np.arange(int(lengths.sum()))
     folded = table[gather].astype(np.uint32)
