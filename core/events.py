@@ -240,7 +240,26 @@ async def events_after(session: AsyncSession, topic: str, after: int, limit: int
     return [Envelope.from_event(row) for row in rows]
 
 
-class EventBatch:
+class StagedEvents:
+    """Events noted in a transaction, to be written together in one statement."""
+
+    def __init__(self) -> None:
+        self.envelopes: list[Envelope] = []
+        self.staged: list[PendingEvent] = []
+
+    def stage(
+        self,
+        topic: str,
+        type: str,
+        data: dict[str, Any] | None = None,
+        *,
+        actor: str = "system",
+        actor_id: int | None = None,
+    ) -> None:
+        self.staged.append(PendingEvent(topic, type, utcnow(), data or {}, actor, actor_id))
+
+
+class EventBatch(StagedEvents):
     """Collects envelopes recorded in one transaction, to publish after commit.
 
     ``emit`` writes the event at once and returns its envelope (with its seq).
@@ -250,9 +269,8 @@ class EventBatch:
     """
 
     def __init__(self, session: AsyncSession) -> None:
+        super().__init__()
         self.session = session
-        self.envelopes: list[Envelope] = []
-        self.staged: list[PendingEvent] = []
 
     async def emit(
         self,
@@ -267,17 +285,6 @@ class EventBatch:
         envelope = await record(self.session, topic, type, data, actor=actor, actor_id=actor_id)
         self.envelopes.append(envelope)
         return envelope
-
-    def stage(
-        self,
-        topic: str,
-        type: str,
-        data: dict[str, Any] | None = None,
-        *,
-        actor: str = "system",
-        actor_id: int | None = None,
-    ) -> None:
-        self.staged.append(PendingEvent(topic, type, utcnow(), data or {}, actor, actor_id))
 
     async def flush(self) -> None:
         """Write the staged events (one statement on PostgreSQL)."""

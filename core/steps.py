@@ -13,7 +13,8 @@ write only what changed, and the transaction's events go in one statement
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -21,12 +22,12 @@ from typing import Any
 from arq.connections import ArqRedis
 from sqlalchemy import Boolean, String, Table, bindparam, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core import keys
 from core.clock import utcnow
-from core.db import is_postgres
-from core.events import EVENT_ARRAYS, EventBatch, envelopes_of, event_arrays, events_ctes
+from core.db import driver_connection, driver_statement, is_postgres
+from core.events import EVENT_ARRAYS, EventBatch, StagedEvents, envelopes_of, event_arrays, events_ctes
 from core.models import Assignment, Submission, SubmissionStep
 from core.pipeline import StepState, SubmissionStatus, blocked_steps, overall_status, ready_steps
 from core.queues import publish_and_enqueue
@@ -169,22 +170,146 @@ class _Facts:
     changed: bool = False  # status or completed_at to be written
 
 
-async def _read_and_lock(session: AsyncSession, submission_id: int) -> _Facts | None:
-    parameters = {"submission_id": submission_id}
-    if is_postgres(session):
-        steps = list(await session.execute(_LOCK_AND_READ_PG, parameters))
-        locked = steps[0] if steps else None
-    else:
-        locked = (await session.execute(_LOCK_SUBMISSION, parameters)).one_or_none()
-        steps = list(await session.execute(_READ_STEPS, parameters)) if locked is not None else []
-    if locked is None:
-        return None
-    facts = _Facts(submission_id, locked.status, locked.completed_at, locked.assignment_id, locked.course_id)
+def _facts_of(submission_id: int, locked: Mapping[Any, Any], steps: Sequence[Mapping[Any, Any]]) -> _Facts:
+    """From the submission's row and its steps' (SQLAlchemy row mappings or asyncpg records)."""
+    facts = _Facts(
+        submission_id, locked["status"], locked["completed_at"], locked["assignment_id"], locked["course_id"]
+    )
     for row in steps:
-        facts.states[row.step] = StepState(row.state)
-        facts.started_at[row.step] = row.started_at
-        facts.results[row.step] = dict(row.result or {})
+        facts.states[row["step"]] = StepState(row["state"])
+        facts.started_at[row["step"]] = row["started_at"]
+        facts.results[row["step"]] = dict(row["result"] or {})
     return facts
+
+
+class _Locked:
+    """A submission locked for a transition: what it is, the events staged, and the writes."""
+
+    def __init__(self, facts: _Facts | None, events: StagedEvents) -> None:
+        self.facts = facts
+        self.events = events
+
+    async def set_submission(self, values: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    async def write(self, facts: _Facts, ending: _Ending, now: datetime) -> None:
+        raise NotImplementedError
+
+
+class _DriverLocked(_Locked):
+    """PostgreSQL, on the pool's asyncpg connection (core.db.driver_connection): the lock and read
+    in one statement, the writes and events in one more, inside BEGIN and COMMIT."""
+
+    def __init__(self, engine: AsyncEngine, connection: Any, facts: _Facts | None) -> None:
+        super().__init__(facts, StagedEvents())
+        self.engine = engine
+        self.connection = connection
+
+    @classmethod
+    async def read(cls, engine: AsyncEngine, connection: Any, submission_id: int) -> _DriverLocked:
+        steps = await driver_statement(_LOCK_AND_READ_PG, engine).fetch(connection, {"submission_id": submission_id})
+        return cls(engine, connection, _facts_of(submission_id, steps[0], steps) if steps else None)
+
+    async def set_submission(self, values: Mapping[str, Any]) -> None:
+        assert self.facts is not None
+        statement = _submission_update(tuple(sorted(values)))
+        await driver_statement(statement, self.engine).fetch(self.connection, {"sid": self.facts.id, **values})
+
+    async def write(self, facts: _Facts, ending: _Ending, now: datetime) -> None:
+        staged, self.events.staged = self.events.staged, []
+        parameters = {
+            "sid": facts.id,
+            "name": ending.step,
+            "state": ending.state,
+            "result": ending.result,
+            "error": ending.error,
+            "skipped_state": StepState.skipped.value,
+            "skip": ending.skip,
+            "reason": ending.skip_reason,
+            "queued_state": StepState.queued.value,
+            "queue": ending.queue,
+            "status": facts.status,
+            "completed_at": facts.completed_at,
+            "set_submission": facts.changed,
+            "now": now,
+            **event_arrays(staged),
+        }
+        rows = await driver_statement(_WRITE_ENDING_PG, self.engine).fetch(self.connection, parameters)
+        self.events.envelopes.extend(envelopes_of(staged, {row["topic"]: int(row["seq"]) for row in rows}))
+
+
+class _SessionLocked(_Locked):
+    """Any database through a session (SQLite's path): the submission locked, then its steps read;
+    the writes a statement each, the events written as the unit of work commits."""
+
+    def __init__(self, work: EventBatch, facts: _Facts | None) -> None:
+        super().__init__(facts, work)
+        self.session = work.session
+
+    @classmethod
+    async def read(cls, work: EventBatch, submission_id: int) -> _SessionLocked:
+        parameters = {"submission_id": submission_id}
+        locked = (await work.session.execute(_LOCK_SUBMISSION, parameters)).one_or_none()
+        if locked is None:
+            return cls(work, None)
+        steps = [row._mapping for row in await work.session.execute(_READ_STEPS, parameters)]
+        return cls(work, _facts_of(submission_id, locked._mapping, steps))
+
+    async def set_submission(self, values: Mapping[str, Any]) -> None:
+        assert self.facts is not None
+        await self.session.execute(update(Submission).where(Submission.id == self.facts.id).values(**values))
+
+    async def write(self, facts: _Facts, ending: _Ending, now: datetime) -> None:
+        session = self.session
+        if ending.step is not None:
+            await session.execute(
+                _END_STEP,
+                {
+                    "sid": facts.id,
+                    "name": ending.step,
+                    "state": ending.state,
+                    "now": now,
+                    "result": ending.result,
+                    "error": ending.error,
+                },
+            )
+        if ending.skip:
+            await session.execute(
+                _SKIP_STEPS, {"sid": facts.id, "names": ending.skip, "now": now, "reason": ending.skip_reason}
+            )
+        if ending.queue:
+            await session.execute(_QUEUE_STEPS, {"sid": facts.id, "names": ending.queue, "now": now})
+        if facts.changed:
+            await session.execute(
+                _SET_SUBMISSION, {"sid": facts.id, "status": facts.status, "completed_at": facts.completed_at}
+            )
+
+
+@asynccontextmanager
+async def _locked(sessions: async_sessionmaker[AsyncSession], submission_id: int) -> AsyncIterator[_Locked]:
+    """The submission locked (None facts: it is gone) in a transaction that commits as the block ends;
+    its events are in ``.events.envelopes`` after it, to publish."""
+    engine = sessions.kw.get("bind")
+    if isinstance(engine, AsyncEngine) and is_postgres(engine):
+        async with driver_connection(engine) as connection, connection.transaction():
+            yield await _DriverLocked.read(engine, connection, submission_id)
+        return
+    async with unit_of_work(sessions, None) as work:
+        yield await _SessionLocked.read(work, submission_id)
+
+
+_submission_updates: dict[tuple[str, ...], Any] = {}
+
+
+def _submission_update(columns: tuple[str, ...]) -> Any:
+    """UPDATE of these submission columns, built once per set of columns."""
+    made = _submission_updates.get(columns)
+    if made is None:
+        values = {name: bindparam(name, type_=_submissions.c[name].type) for name in columns}
+        made = _submission_updates[columns] = (
+            update(_submissions).where(_submissions.c.id == bindparam("sid")).values(values)
+        )
+    return made
 
 
 async def finish_step(
@@ -208,9 +333,8 @@ async def finish_step(
     """
     topic = keys.submission_topic(submission_id)
     who = actor or f"worker:{step}"
-    async with unit_of_work(sessions, None) as work:
-        session = work.session
-        facts = await _read_and_lock(session, submission_id)
+    async with _locked(sessions, submission_id) as locked:
+        facts = locked.facts
         if facts is None or step not in facts.states or facts.states[step].terminal:
             return False
         now = utcnow()
@@ -223,16 +347,16 @@ async def finish_step(
         started = facts.started_at[step]
         if started is not None:
             data["duration_ms"] = int((now - started).total_seconds() * 1000)
-        work.stage(topic, f"step.{state.value}", data, actor=who)
+        locked.events.stage(topic, f"step.{state.value}", data, actor=who)
 
         if submission_values:
-            await session.execute(update(Submission).where(Submission.id == submission_id).values(**submission_values))
+            await locked.set_submission(submission_values)
         if quarantine:
             facts.status, facts.changed = SubmissionStatus.quarantined.value, True
-        _advance(work, topic, facts, ending)
-        _finish_submission_if_done(work, facts, now)
-        await _write(work, facts, ending, now)
-    await publish_and_enqueue(redis, work.envelopes, ending.queue, submission_id)
+        _advance(locked.events, topic, facts, ending)
+        _finish_submission_if_done(locked.events, facts, now)
+        await locked.write(facts, ending, now)
+    await publish_and_enqueue(redis, locked.events.envelopes, ending.queue, submission_id)
     return True
 
 
@@ -246,21 +370,21 @@ async def settle_submission(
     queued and the submission's new final status, if it got one.
     """
     topic = keys.submission_topic(submission_id)
-    async with unit_of_work(sessions, None) as work:
-        facts = await _read_and_lock(work.session, submission_id)
+    async with _locked(sessions, submission_id) as locked:
+        facts = locked.facts
         if facts is None or facts.completed_at is not None:
             return [], None
         now = utcnow()
         ending = _Ending()
-        _advance(work, topic, facts, ending)
-        _finish_submission_if_done(work, facts, now)
-        await _write(work, facts, ending, now)
+        _advance(locked.events, topic, facts, ending)
+        _finish_submission_if_done(locked.events, facts, now)
+        await locked.write(facts, ending, now)
         finished = facts.status if facts.completed_at is not None else None
-    await publish_and_enqueue(redis, work.envelopes, ending.queue, submission_id)
+    await publish_and_enqueue(redis, locked.events.envelopes, ending.queue, submission_id)
     return ending.queue, finished
 
 
-def _advance(batch: EventBatch, topic: str, facts: _Facts, ending: _Ending) -> None:
+def _advance(batch: StagedEvents, topic: str, facts: _Facts, ending: _Ending) -> None:
     """Decide which steps are now ready (queued) and which can never run (skipped)."""
     states = facts.states
     quarantined = facts.status == SubmissionStatus.quarantined.value
@@ -278,55 +402,7 @@ def _advance(batch: EventBatch, topic: str, facts: _Facts, ending: _Ending) -> N
         batch.stage(topic, "step.queued", {"step": name})
 
 
-async def _write(batch: EventBatch, facts: _Facts, ending: _Ending, now: datetime) -> None:
-    """Write what the transition decided: one statement on PostgreSQL, events included."""
-    session = batch.session
-    if is_postgres(session):
-        staged, batch.staged = batch.staged, []
-        rows = await session.execute(
-            _WRITE_ENDING_PG,
-            {
-                "sid": facts.id,
-                "name": ending.step,
-                "state": ending.state,
-                "result": ending.result,
-                "error": ending.error,
-                "skipped_state": StepState.skipped.value,
-                "skip": ending.skip,
-                "reason": ending.skip_reason,
-                "queued_state": StepState.queued.value,
-                "queue": ending.queue,
-                "status": facts.status,
-                "completed_at": facts.completed_at,
-                "set_submission": facts.changed,
-                "now": now,
-                **event_arrays(staged),
-            },
-        )
-        batch.envelopes.extend(envelopes_of(staged, {row.topic: int(row.seq) for row in rows}))
-        return
-    if ending.step is not None:
-        await session.execute(
-            _END_STEP,
-            {
-                "sid": facts.id,
-                "name": ending.step,
-                "state": ending.state,
-                "now": now,
-                "result": ending.result,
-                "error": ending.error,
-            },
-        )
-    if ending.skip:
-        await session.execute(
-            _SKIP_STEPS, {"sid": facts.id, "names": ending.skip, "now": now, "reason": ending.skip_reason}
-        )
-    if ending.queue:
-        await session.execute(_QUEUE_STEPS, {"sid": facts.id, "names": ending.queue, "now": now})
-    await _write_submission(session, facts)
-
-
-def _finish_submission_if_done(batch: EventBatch, facts: _Facts, now: datetime) -> None:
+def _finish_submission_if_done(batch: StagedEvents, facts: _Facts, now: datetime) -> None:
     quarantined = facts.status == SubmissionStatus.quarantined.value
     status = overall_status(facts.states, quarantined=quarantined)
     if status == SubmissionStatus.processing or facts.completed_at is not None:
@@ -339,10 +415,3 @@ def _finish_submission_if_done(batch: EventBatch, facts: _Facts, now: datetime) 
         "submission.finished",
         {"submission_id": facts.id, "assignment_id": facts.assignment_id, "status": status.value},
     )
-
-
-async def _write_submission(session: AsyncSession, facts: _Facts) -> None:
-    if facts.changed:
-        await session.execute(
-            _SET_SUBMISSION, {"sid": facts.id, "status": facts.status, "completed_at": facts.completed_at}
-        )

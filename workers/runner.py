@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core import keys
 from core.clock import isoformat, utcnow
-from core.db import autocommit, is_postgres, statement_sessions
+from core.db import driver_connection, driver_statement, is_postgres, statement_sessions
 from core.events import Envelope, events_ctes, publish
 from core.models import Submission, SubmissionStep
 from core.pipeline import StepState
@@ -236,14 +236,16 @@ async def _start_in_one_statement(
         "topic": topic,
         "actor": f"worker:{step}",
     }
-    async with autocommit(engine).connect() as connection:
-        both = (await connection.execute(_START_RUNNING_PG, parameters)).one_or_none()
-    if both is None:
+    async with driver_connection(engine) as connection:
+        rows = await driver_statement(_START_RUNNING_PG, engine).fetch(connection, parameters)
+    if not rows:
         return None
-    columns = {column.key: both._mapping[column] for column in _submissions.c}
-    row = SubmissionStep(submission_id=submission_id, step=step, attempts=both.step_attempts, result=both.step_result)
-    data = {"step": step, "attempt": both.step_attempts}
-    envelope = Envelope(seq=both.event_seq, topic=topic, type="step.running", at=isoformat(now), data=data)
+    both = rows[0]
+    columns = {column.key: both[column.name] for column in _submissions.c}
+    attempts = both["step_attempts"]
+    row = SubmissionStep(submission_id=submission_id, step=step, attempts=attempts, result=both["step_result"])
+    data = {"step": step, "attempt": attempts}
+    envelope = Envelope(seq=both["event_seq"], topic=topic, type="step.running", at=isoformat(now), data=data)
     return row, Submission(**columns), envelope
 
 
