@@ -24,11 +24,11 @@ from sqlalchemy import BigInteger, DateTime, String, Table, Text, bindparam, sel
 from sqlalchemy import insert as sa_insert
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core import keys
 from core.clock import isoformat, utcnow
-from core.db import is_postgres
+from core.db import driver_connection, driver_statement, is_postgres
 from core.models import Event, TopicSeq
 
 log = logging.getLogger(__name__)
@@ -158,6 +158,33 @@ def envelopes_of(staged: list[PendingEvent], last: dict[str, int]) -> list[Envel
         next_seq[event.topic] = seq + 1
         envelopes.append(Envelope(seq=seq, topic=event.topic, type=event.type, at=isoformat(event.at), data=event.data))
     return envelopes
+
+
+async def emit_on_its_own(
+    sessions: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    topic: str,
+    type: str,
+    data: dict[str, Any] | None = None,
+    *,
+    actor: str = "system",
+) -> Envelope:
+    """One event in a transaction of its own, then published (a step's progress).
+
+    On PostgreSQL one statement on the pool's asyncpg connection (``core.db.driver_connection``);
+    elsewhere a transaction of the sessions'.
+    """
+    staged = [PendingEvent(topic, type, utcnow(), data or {}, actor, None)]
+    engine = sessions.kw.get("bind")
+    if isinstance(engine, AsyncEngine) and is_postgres(engine):
+        async with driver_connection(engine) as connection:
+            rows = await driver_statement(_WRITE_EVENTS, engine).fetch(connection, event_arrays(staged))
+        envelopes = envelopes_of(staged, {row["topic"]: int(row["seq"]) for row in rows})
+    else:
+        async with sessions() as session, session.begin():
+            envelopes = await write_events(session, staged)
+    await publish(redis, envelopes)
+    return envelopes[0]
 
 
 # SQLite: a topic's seq moved on by n (its writers are serialised by the database lock).

@@ -26,8 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core import keys
 from core.clock import isoformat, utcnow
-from core.db import driver_connection, driver_statement, is_postgres, statement_sessions
-from core.events import Envelope, events_ctes, publish
+from core.db import driver_connection, driver_statement, is_postgres
+from core.events import Envelope, emit_on_its_own, events_ctes, publish
 from core.models import Submission, SubmissionStep
 from core.pipeline import StepState
 from core.settings import Settings
@@ -73,10 +73,8 @@ class StepContext:
         data: dict[str, Any] = {"step": self.step, "message": message}
         if fraction is not None:
             data["fraction"] = round(max(0.0, min(1.0, fraction)), 3)
-        # One statement (the event with its topic's next seq): on PostgreSQL its own transaction.
-        async with unit_of_work(statement_sessions(self.sessions), self.redis) as work:
-            topic = keys.submission_topic(self.submission.id)
-            await work.emit(topic, "step.progress", data, actor=f"worker:{self.step}")
+        topic = keys.submission_topic(self.submission.id)
+        await emit_on_its_own(self.sessions, self.redis, topic, "step.progress", data, actor=f"worker:{self.step}")
 
 
 Handler = Callable[[StepContext], Awaitable[Outcome]]

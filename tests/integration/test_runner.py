@@ -261,3 +261,46 @@ async def test_a_worker_shutting_down_mid_step_hands_the_step_back_at_once(
     assert (row.state, row.attempts, row.result) == ("succeeded", 2, {"attempt": 2})
     retrying = await events(sessions, f"submission.{submission.id}", "step.retrying")
     assert [e.data["error"] for e in retrying] == ["worker stopped mid-step"]
+
+
+async def test_progress_is_recorded_in_order_and_published_to_the_page(
+    factory: Any, sessions: Any, redis: Redis, arq_redis: Any, run_burst: Any
+) -> None:
+    submission = await _at_store(factory, arq_redis, run_burst)
+    topic = keys.submission_topic(submission.id)
+    page = redis.pubsub()
+    await page.subscribe(keys.events_channel(topic))
+    await page.get_message(timeout=5)  # the subscription's confirmation
+
+    async def reports_progress(ctx: StepContext) -> Outcome:
+        await ctx.progress("reading the file", 0.5)
+        await ctx.progress("nearly there", 1.7)  # a fraction past the end is shown as done
+        return Outcome(result={})
+
+    await run_burst("store", reports_progress)
+
+    progress = await events(sessions, topic, "step.progress")
+    assert [(event.data["message"], event.data["fraction"]) for event in progress] == [
+        ("reading the file", 0.5),
+        ("nearly there", 1.0),
+    ]
+    assert await step_events(sessions, submission.id, "store") == [
+        "step.queued",
+        "step.running",
+        "step.progress",
+        "step.progress",
+        "step.succeeded",
+    ]
+    trail = await events(sessions, topic)
+    assert [event.seq for event in trail] == list(range(1, len(trail) + 1))  # gapless, in order
+    # What the open page receives from the subscription on: the same events, seqs and order.
+    published: list[tuple[int, str]] = []
+    while not published or published[-1][1] != "step.succeeded":
+        message = await page.get_message(ignore_subscribe_messages=True, timeout=5)
+        assert message is not None, f"published so far: {published}"
+        envelope = json.loads(message["data"])
+        if envelope["data"].get("step") == "store":
+            published.append((envelope["seq"], envelope["type"]))
+    recorded = [(event.seq, event.type) for event in trail if event.data.get("step") == "store"]
+    assert recorded[0][1] == "step.queued" and recorded[1:] == published
+    await page.aclose()
