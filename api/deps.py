@@ -17,12 +17,12 @@ from typing import Annotated, Any
 
 from arq.connections import ArqRedis
 from fastapi import Depends, HTTPException, Request, status
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.auth import TokenError, unsign
 from core.clock import utcnow
-from core.db import statement_sessions
+from core.db import driver_connection, driver_statement, postgres_engine
 from core.models import Assignment, Course, Enrolment, Submission, User, WebSession
 from core.settings import Settings
 from core.storage import Storage
@@ -85,14 +85,7 @@ async def optional_web_session(request: Request) -> WebSession | None:
         session_id = str(unsign(cookie, settings.secret_key, WEB_SESSION_PURPOSE)["sid"])
     except (TokenError, KeyError):
         return None
-    # One round trip for both, in no transaction of its own (PostgreSQL): this runs on every
-    # authenticated request, uploads included.
-    async with statement_sessions(get_sessions(request))() as db:
-        found = (
-            await db.execute(
-                select(WebSession, User).join(User, User.id == WebSession.user_id).where(WebSession.id == session_id)
-            )
-        ).first()
+    found = await _web_session_and_user(get_sessions(request), session_id)
     if found is None:
         return None
     web_session, user = found
@@ -100,6 +93,39 @@ async def optional_web_session(request: Request) -> WebSession | None:
         return None
     request.state.web_session_user = user
     return web_session
+
+
+_web_sessions: Table = WebSession.__table__  # type: ignore[assignment]
+_users: Table = User.__table__  # type: ignore[assignment]
+_WEB_SESSION_AND_USER = (
+    select(
+        *(column.label(f"session_{column.key}") for column in _web_sessions.c),
+        *(column.label(f"user_{column.key}") for column in _users.c),
+    )
+    .join_from(_web_sessions, _users, _users.c.id == _web_sessions.c.user_id)
+    .where(_web_sessions.c.id == bindparam("session_id"))
+)
+
+
+async def _web_session_and_user(
+    sessions: async_sessionmaker[AsyncSession], session_id: str
+) -> tuple[WebSession, User] | None:
+    """One round trip for both: it runs on every authenticated request, uploads included. On
+    PostgreSQL a statement on its own, on the pool's asyncpg connection (core.db.driver_connection)."""
+    engine = postgres_engine(sessions)
+    if engine is None:
+        query = select(WebSession, User).join(User, User.id == WebSession.user_id).where(WebSession.id == session_id)
+        async with sessions() as db:
+            found = (await db.execute(query)).first()
+        return None if found is None else (found[0], found[1])
+    async with driver_connection(engine) as connection:
+        rows = await driver_statement(_WEB_SESSION_AND_USER, engine).fetch(connection, {"session_id": session_id})
+    if not rows:
+        return None
+    # Plain objects, as the ones read through a session are once it closes.
+    web_session = WebSession(**{column.key: rows[0][f"session_{column.key}"] for column in _web_sessions.c})
+    user = User(**{column.key: rows[0][f"user_{column.key}"] for column in _users.c})
+    return web_session, user
 
 
 async def current_web_session(

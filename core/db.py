@@ -96,6 +96,12 @@ def is_postgres(session_or_engine: AsyncSession | AsyncEngine) -> bool:
     return bind is not None and bind.dialect.name == "postgresql"
 
 
+def postgres_engine(sessions: async_sessionmaker[AsyncSession]) -> AsyncEngine | None:
+    """The engine ``sessions`` are bound to when it is PostgreSQL's (for ``driver_connection``), else None."""
+    engine = sessions.kw.get("bind")
+    return engine if isinstance(engine, AsyncEngine) and engine.dialect.name == "postgresql" else None
+
+
 class DriverStatement:
     """A statement compiled once for asyncpg, to run on the pool's own asyncpg connection.
 

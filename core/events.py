@@ -24,11 +24,11 @@ from sqlalchemy import BigInteger, DateTime, String, Table, Text, bindparam, sel
 from sqlalchemy import insert as sa_insert
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core import keys
 from core.clock import isoformat, utcnow
-from core.db import driver_connection, driver_statement, is_postgres
+from core.db import driver_connection, driver_statement, is_postgres, postgres_engine
 from core.models import Event, TopicSeq
 
 log = logging.getLogger(__name__)
@@ -175,8 +175,8 @@ async def emit_on_its_own(
     elsewhere a transaction of the sessions'.
     """
     staged = [PendingEvent(topic, type, utcnow(), data or {}, actor, None)]
-    engine = sessions.kw.get("bind")
-    if isinstance(engine, AsyncEngine) and is_postgres(engine):
+    engine = postgres_engine(sessions)
+    if engine is not None:
         async with driver_connection(engine) as connection:
             rows = await driver_statement(_WRITE_EVENTS, engine).fetch(connection, event_arrays(staged))
         envelopes = envelopes_of(staged, {row["topic"]: int(row["seq"]) for row in rows})

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core import keys
 from core.clock import utcnow
-from core.db import driver_connection, driver_statement, is_postgres
+from core.db import driver_connection, driver_statement, postgres_engine
 from core.events import EVENT_ARRAYS, EventBatch, StagedEvents, envelopes_of, event_arrays, events_ctes
 from core.models import Assignment, Submission, SubmissionStep
 from core.pipeline import StepState, SubmissionStatus, blocked_steps, overall_status, ready_steps
@@ -289,8 +289,8 @@ class _SessionLocked(_Locked):
 async def _locked(sessions: async_sessionmaker[AsyncSession], submission_id: int) -> AsyncIterator[_Locked]:
     """The submission locked (None facts: it is gone) in a transaction that commits as the block ends;
     its events are in ``.events.envelopes`` after it, to publish."""
-    engine = sessions.kw.get("bind")
-    if isinstance(engine, AsyncEngine) and is_postgres(engine):
+    engine = postgres_engine(sessions)
+    if engine is not None:
         async with driver_connection(engine) as connection, connection.transaction():
             yield await _DriverLocked.read(engine, connection, submission_id)
         return
