@@ -19,6 +19,7 @@ from arq.connections import ArqRedis
 from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy import Table, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import make_transient_to_detached
 
 from core.auth import TokenError, unsign
 from core.clock import utcnow
@@ -122,9 +123,12 @@ async def _web_session_and_user(
         rows = await driver_statement(_WEB_SESSION_AND_USER, engine).fetch(connection, {"session_id": session_id})
     if not rows:
         return None
-    # Plain objects, as the ones read through a session are once it closes.
     web_session = WebSession(**{column.key: rows[0][f"session_{column.key}"] for column in _web_sessions.c})
     user = User(**{column.key: rows[0][f"user_{column.key}"] for column in _users.c})
+    # Detached with their identities, as the ones read through a session are once it closes: a
+    # session they reach later takes them as rows that exist, never as new ones to insert.
+    make_transient_to_detached(web_session)
+    make_transient_to_detached(user)
     return web_session, user
 
 

@@ -8,7 +8,8 @@ This is every step's hot path, so it is written in Core statements built
 once (their compiled form is cached; asyncpg prepares each once per
 connection): the submission is locked and its step rows read, UPDATEs
 write only what changed, and the transaction's events go in one statement
-(``EventBatch.stage``).
+(``StagedEvents.stage``). On PostgreSQL the statements run on the pooled
+connection's asyncpg object itself (``core.db.driver_connection``).
 """
 
 from __future__ import annotations
