@@ -82,8 +82,8 @@ def statement_sessions(sessions: async_sessionmaker[AsyncSession]) -> async_sess
     reads that need no common snapshot and single statements (atomic on their own), without the
     BEGIN and COMMIT or ROLLBACK round trips around them. SQLite keeps ``sessions`` (its writers
     take the lock at BEGIN): use them the same way, in ``session.begin()`` when they write."""
-    engine = sessions.kw.get("bind")
-    if not isinstance(engine, AsyncEngine) or engine.dialect.name != "postgresql":
+    engine = postgres_engine(sessions)
+    if engine is None:
         return sessions
     made = _own_transaction_sessions.get(sessions)
     if made is None:

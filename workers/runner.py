@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core import keys
 from core.clock import isoformat, utcnow
-from core.db import driver_connection, driver_statement, is_postgres
+from core.db import driver_connection, driver_statement, postgres_engine
 from core.events import Envelope, emit_on_its_own, events_ctes, publish
 from core.models import Submission, SubmissionStep
 from core.pipeline import StepState
@@ -277,8 +277,8 @@ async def _start(
     max_tries: int,
 ) -> str | _Abandoned | tuple[SubmissionStep, Submission]:
     now = utcnow()
-    engine: AsyncEngine = sessions.kw["bind"]
-    if is_postgres(engine):
+    engine = postgres_engine(sessions)
+    if engine is not None:
         fast_pg = await _start_in_one_statement(engine, step, submission_id, now)
         if fast_pg is not None:
             await publish(redis, [fast_pg[2]])
