@@ -23,7 +23,7 @@ from sqlalchemy.orm import make_transient_to_detached
 
 from core.auth import TokenError, unsign
 from core.clock import utcnow
-from core.db import driver_connection, driver_statement, postgres_engine
+from core.db import driver_rows, postgres_engine
 from core.models import Assignment, Course, Enrolment, Submission, User, WebSession
 from core.settings import Settings
 from core.storage import Storage
@@ -119,8 +119,7 @@ async def _web_session_and_user(
         async with sessions() as db:
             found = (await db.execute(query)).first()
         return None if found is None else (found[0], found[1])
-    async with driver_connection(engine) as connection:
-        rows = await driver_statement(_WEB_SESSION_AND_USER, engine).fetch(connection, {"session_id": session_id})
+    rows = await driver_rows(engine, _WEB_SESSION_AND_USER, {"session_id": session_id})
     if not rows:
         return None
     web_session = WebSession(**{column.key: rows[0][f"session_{column.key}"] for column in _web_sessions.c})

@@ -141,6 +141,12 @@ def driver_statement(statement: ClauseElement, engine: AsyncEngine) -> DriverSta
     return made
 
 
+async def driver_rows(engine: AsyncEngine, statement: ClauseElement, parameters: Mapping[str, Any]) -> list[Any]:
+    """``statement`` run on its own (its own transaction) on a pooled asyncpg connection; its rows."""
+    async with driver_connection(engine) as connection:
+        return await driver_statement(statement, engine).fetch(connection, parameters)
+
+
 @asynccontextmanager
 async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
     """A pooled PostgreSQL connection as asyncpg's own (see DriverStatement), back to the pool after.

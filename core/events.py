@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core import keys
 from core.clock import isoformat, utcnow
-from core.db import driver_connection, driver_statement, is_postgres, postgres_engine
+from core.db import driver_rows, is_postgres, postgres_engine
 from core.models import Event, TopicSeq
 
 log = logging.getLogger(__name__)
@@ -177,8 +177,7 @@ async def emit_on_its_own(
     staged = [PendingEvent(topic, type, utcnow(), data or {}, actor, None)]
     engine = postgres_engine(sessions)
     if engine is not None:
-        async with driver_connection(engine) as connection:
-            rows = await driver_statement(_WRITE_EVENTS, engine).fetch(connection, event_arrays(staged))
+        rows = await driver_rows(engine, _WRITE_EVENTS, event_arrays(staged))
         envelopes = envelopes_of(staged, {row["topic"]: int(row["seq"]) for row in rows})
     else:
         async with sessions() as session, session.begin():

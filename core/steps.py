@@ -258,7 +258,7 @@ class _SessionLocked(_Locked):
 
     async def set_submission(self, values: Mapping[str, Any]) -> None:
         assert self.facts is not None
-        await self.session.execute(update(Submission).where(Submission.id == self.facts.id).values(**values))
+        await self.session.execute(_submission_update(tuple(sorted(values))), {"sid": self.facts.id, **values})
 
     async def write(self, facts: _Facts, ending: _Ending, now: datetime) -> None:
         session = self.session

@@ -20,13 +20,13 @@ from typing import Any, Literal
 
 from arq import Retry
 from arq.connections import ArqRedis
-from sqlalchemy import Integer, String, Table, bindparam, column, select, text, update
+from sqlalchemy import String, Table, bindparam, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core import keys
 from core.clock import isoformat, utcnow
-from core.db import driver_connection, driver_statement, postgres_engine
+from core.db import driver_rows, postgres_engine
 from core.events import Envelope, emit_on_its_own, events_ctes, publish
 from core.models import Submission, SubmissionStep
 from core.pipeline import StepState
@@ -193,9 +193,8 @@ _RUNNING_EVENT = """SELECT CAST(:topic AS text) AS topic, 'step.running' AS type
             CAST(json_build_object('step', CAST(:name AS text), 'attempt', attempts) AS text) AS data,
             CAST(:actor AS text) AS actor, CAST(NULL AS bigint) AS actor_id, 1 AS ord
         FROM started"""
-_START_RUNNING_PG = (
-    text(
-        f"""
+_START_RUNNING_PG = text(
+    f"""
     WITH started AS (
         UPDATE submission_steps
         SET state = :running, attempts = attempts + 1, started_at = :now, wait_until = NULL, error = NULL
@@ -206,17 +205,9 @@ _START_RUNNING_PG = (
            {", ".join(f"submissions.{column.name}" for column in _submissions.c)}
     FROM started JOIN submissions ON submissions.id = started.submission_id CROSS JOIN bumped
     """
-    )
-    .bindparams(
-        bindparam("now", type_=_steps.c.started_at.type),
-        bindparam("startable", type_=ARRAY(String)),
-    )
-    .columns(
-        column("step_attempts", Integer),
-        column("step_result", _steps.c.result.type),
-        column("event_seq", Integer),
-        *_submissions.c,
-    )
+).bindparams(
+    bindparam("now", type_=_steps.c.started_at.type),
+    bindparam("startable", type_=ARRAY(String)),
 )
 
 
@@ -234,8 +225,7 @@ async def _start_in_one_statement(
         "topic": topic,
         "actor": f"worker:{step}",
     }
-    async with driver_connection(engine) as connection:
-        rows = await driver_statement(_START_RUNNING_PG, engine).fetch(connection, parameters)
+    rows = await driver_rows(engine, _START_RUNNING_PG, parameters)
     if not rows:
         return None
     both = rows[0]
