@@ -201,11 +201,11 @@ def _winnow(hashes: npt.NDArray[np.int64], window: int) -> npt.NDArray[np.int64]
     """Positions robust winnowing picks, in order: the minimum of every window of
     ``window`` hashes, the rightmost on a tie unless the previous pick is one of them.
 
-    The minimum of every window and where it sits (leftmost and rightmost) are array
-    operations, by doubling: spans of 1, 2, 4, … hashes are combined pairwise, then two
-    overlapping spans cover each window, so the passes grow with log2(window), not window.
-    Only windows holding their minimum twice (a k-gram repeated within a window)
-    depend on the previous pick; those alone are settled one by one.
+    A position is picked when it is the minimum of some window holding it: when its hash
+    equals the largest of the minima of the windows that hold it. Both are sliding extremes,
+    array operations by doubling (passes grow with log2(window), not window). That is exact
+    when no window holds its minimum twice; a text that repeats a k-gram within a window
+    (rare in prose) is settled by ``_winnow_ties``, which follows the tie rule.
     """
     if window <= 0:
         raise ValueError("window must be positive")
@@ -213,6 +213,33 @@ def _winnow(hashes: npt.NDArray[np.int64], window: int) -> npt.NDArray[np.int64]
     if count == 0:
         return np.zeros(0, np.int64)
     window = min(window, count)
+    minima = _sliding(hashes, window, np.minimum)
+    # Padding that never wins: every position lies in at least one window.
+    floor = np.full(window - 1, np.iinfo(np.int64).min, np.int64)
+    reach = _sliding(np.concatenate((floor, minima, floor)), window, np.maximum)
+    picked = np.flatnonzero(hashes == reach)
+    values = hashes[picked]
+    if bool(((values[1:] == values[:-1]) & (np.diff(picked) < window)).any()):
+        return _winnow_ties(hashes, window)
+    return picked
+
+
+def _sliding(values: npt.NDArray[np.int64], window: int, pick: np.ufunc) -> npt.NDArray[np.int64]:
+    """``pick`` (np.minimum or np.maximum) of every ``window`` consecutive values, by doubling."""
+    out, span = values, 1
+    while span * 2 <= window:
+        out = pick(out[: out.size - span], out[span:])
+        span *= 2
+    size = values.size - window + 1
+    # Each window is two spans of ``span`` values, overlapping where window < 2 * span.
+    result: npt.NDArray[np.int64] = pick(out[:size], out[window - span : window - span + size])
+    return result
+
+
+def _winnow_ties(hashes: npt.NDArray[np.int64], window: int) -> npt.NDArray[np.int64]:
+    """``_winnow`` where some window holds its minimum twice: each window's minimum with its
+    leftmost and rightmost place (by doubling), the tied windows settled one by one."""
+    count = hashes.size
     windows = count - window + 1
     minima = hashes
     rightmost = leftmost = np.arange(count, dtype=np.int64)

@@ -52,6 +52,14 @@ def test_winnowing_picks_what_the_definition_picks(hashes: list[int], window: in
     assert picked.tolist() == robust_winnowing(hashes, window)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=1, max_size=400, unique=True), st.integers(1, 90))
+def test_winnowing_without_repeated_kgrams_picks_what_the_definition_picks(hashes: list[int], window: int) -> None:
+    """Distinct hashes, as most prose gives: every window's minimum is one place."""
+    picked = _winnow(np.array(hashes, dtype=np.int64), window)
+    assert picked.tolist() == robust_winnowing(hashes, window)
+
+
 SHARED = st.lists(st.tuples(st.integers(0, 12), st.booleans()), max_size=250).map(
     lambda items: [(position, value) for position, (value, kept) in enumerate(items) if kept]
 )
