@@ -173,14 +173,9 @@ def _kgram_hashes(codes: npt.NDArray[np.uint32], k: int) -> npt.NDArray[np.int64
     count = codes.size - k + 1
     if count <= 0:
         return np.zeros(0, np.int64)
-    inverse_powers = np.full(codes.size, _BASE_INVERSE, np.uint64)
-    inverse_powers[0] = 1
-    np.cumprod(inverse_powers, out=inverse_powers)
+    powers, inverse_powers = _powers(codes.size)
     prefix = np.zeros(codes.size + 1, np.uint64)
     np.cumsum(codes.astype(np.uint64) * inverse_powers, out=prefix[1:])
-    powers = np.full(codes.size, _BASE, np.uint64)
-    powers[0] = 1
-    np.cumprod(powers, out=powers)
     value = (prefix[k:] - prefix[:count]) * powers[k - 1 :]
     # splitmix64 finaliser: spreads the polynomial hash so window minima fall evenly.
     value ^= value >> np.uint64(30)
@@ -189,6 +184,24 @@ def _kgram_hashes(codes: npt.NDArray[np.uint32], k: int) -> npt.NDArray[np.int64
     value *= np.uint64(0x94D049BB133111EB)
     value ^= value >> np.uint64(31)
     return value.view(np.int64)
+
+
+# BASE**i and BASE**-i modulo 2**64 for i < len: the same for every text, so computed once and
+# extended when a longer text comes (replaced whole: threads checking texts at once may read it).
+_power_tables: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]] = (np.ones(1, np.uint64), np.ones(1, np.uint64))
+
+
+def _powers(size: int) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+    global _power_tables
+    powers, inverse_powers = _power_tables
+    if powers.size < size:
+        length = max(size, 2 * powers.size)
+        powers, inverse_powers = np.full(length, _BASE, np.uint64), np.full(length, _BASE_INVERSE, np.uint64)
+        powers[0] = inverse_powers[0] = 1
+        np.cumprod(powers, out=powers)
+        np.cumprod(inverse_powers, out=inverse_powers)
+        _power_tables = (powers, inverse_powers)
+    return powers[:size], inverse_powers[:size]
 
 
 def kgram_hashes(text: str, k: int) -> list[int]:
