@@ -97,15 +97,18 @@ class _Characters(NamedTuple):
     folds: list[str]  # casefolded, one or more characters each
     fold_lengths: npt.NDArray[np.int64]
     single_folds: npt.NDArray[np.uint32]  # the first character each folds to
+    several: npt.NDArray[np.intp]  # which ones fold to more than one ("ß" → "ss")
 
 
 def _characters(chars: list[str]) -> _Characters:
     folds = [c.casefold() for c in chars]
+    fold_lengths = np.array([len(f) for f in folds], dtype=np.int64)
     return _Characters(
         np.array([1 if c.isalnum() else 2 if c.isspace() else 0 for c in chars], dtype=np.int8),
         folds,
-        np.array([len(f) for f in folds], dtype=np.int64),
+        fold_lengths,
         np.array([ord(f[0]) for f in folds], dtype=np.uint32),
+        np.flatnonzero(fold_lengths > 1),
     )
 
 
@@ -133,22 +136,24 @@ def _normal_codes(text: str) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.int
     kept = np.flatnonzero(kinds)
     space = kinds[kept] == 2
     alnum = ~space
-    alnum_before = (np.cumsum(alnum) - alnum) > 0
-    alnum_after = (np.cumsum(alnum[::-1])[::-1] - alnum) > 0
+    if not alnum.any():
+        return np.zeros(0, np.uint32), np.zeros(0, np.int64)
     # A whitespace run (punctuation inside it is dropped) is one space where it starts,
     # and only between words: none leading, none trailing.
     starts_run = space & ~np.concatenate(([False], space[:-1]))
-    emitted = alnum | (starts_run & alnum_before & alnum_after)
-    positions = kept[emitted].astype(np.int64)
+    starts_run[: int(alnum.argmax())] = False
+    starts_run[alnum.size - int(alnum[::-1].argmax()) :] = False
+    emitted = alnum | starts_run
+    positions = kept[emitted]
     is_space = space[emitted]
     distinct_of = which[positions]
-    lengths = chars.fold_lengths[distinct_of]
-    lengths[is_space] = 1
-    if bool((lengths == 1).all()):
+    if not np.isin(distinct_of, chars.several).any():
         # Every character folds to one: the common case, a plain gather.
         folded = chars.single_folds[distinct_of]
         folded[is_space] = 32
         return folded, positions
+    lengths = chars.fold_lengths[distinct_of]
+    lengths[is_space] = 1
     # Some fold to several ("ß" → "ss"): each keeps its origin for every character it became.
     table = np.frombuffer("".join(chars.folds).encode("utf-32-le", "surrogatepass"), dtype="<u4")
     offsets = np.concatenate(([0], np.cumsum(chars.fold_lengths)[:-1])).astype(np.int64)[distinct_of]

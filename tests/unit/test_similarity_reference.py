@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.similarity.passages import MAX_PLACES_PER_KGRAM, _diagonal_runs, _non_overlapping, _Run, _Runs
-from core.similarity.winnowing import _winnow, kgram_hashes
+from core.similarity.winnowing import _winnow, kgram_hashes, normalise
 
 
 def robust_winnowing(hashes: list[int], window: int) -> list[int]:
@@ -25,6 +25,36 @@ def robust_winnowing(hashes: list[int], window: int) -> list[int]:
         if not picks or picks[-1] != rightmost:
             picks.append(rightmost)
     return picks
+
+
+def normalised_by_loop(text: str) -> tuple[str, tuple[int, ...]]:
+    """Case folded, punctuation dropped, each whitespace run between words one space (at the run's
+    first character); each normalised character with the offset of the character it came from."""
+    out: list[str] = []
+    origin: list[int] = []
+    space_at: int | None = None
+    for offset, char in enumerate(text):
+        if char.isalnum():
+            if space_at is not None and out:
+                out.append(" ")
+                origin.append(space_at)
+            space_at = None
+            for folded in char.casefold():
+                out.append(folded)
+                origin.append(offset)
+        elif char.isspace() and space_at is None:
+            space_at = offset
+    return "".join(out), tuple(origin)
+
+
+TEXT = st.text(alphabet=st.sampled_from("aZ9ß ,.\n\t-'İﬁΣς\u00a0\u2003x"), max_size=200) | st.text(max_size=200)
+
+
+@settings(max_examples=300, deadline=None)
+@given(TEXT)
+def test_normalising_is_what_the_definition_does(text: str) -> None:
+    normal = normalise(text)
+    assert (normal.text, normal.origin) == normalised_by_loop(text)
 
 
 def runs_by_loop(mine: list[tuple[int, int]], other: list[tuple[int, int]]) -> set[tuple[int, int, int]]:
