@@ -68,22 +68,20 @@ class BuiltinProvider:
 
         # On PostgreSQL the replacement is one statement and the look-up needs no snapshot of its own:
         # each runs as its own transaction, without BEGIN and COMMIT round trips.
-        sessions = statement_sessions(self.sessions)
-        async with sessions() as session, session.begin():
-            await index.replace(session, submission.assignment_id, submission.id, prints)
-        async with sessions() as session:
-            hits = await index.lookup(
-                session,
-                submission.assignment_id,
-                (p.hash for p in prints),
-                exclude_user_id=submission.user_id,
-                max_holders=self.boilerplate_holders,
-            )
-            # The score is over the student's own text: what half the class shares (the question) is left out.
-            own = [p for p in prints if p.hash not in hits.boilerplate]
-            # Passages closer than one k-gram are one copied passage with an edit inside.
-            report = containment(own, hits.places, top=TOP_MATCHES, max_spans=SPANS_PER_MATCH, span_gap=self.k)
-            # Where the matched submissions' files are: one query for all of them, in the same transaction.
+        await index.replace(self.sessions, submission.assignment_id, submission.id, prints)
+        hits = await index.lookup(
+            self.sessions,
+            submission.assignment_id,
+            (p.hash for p in prints),
+            exclude_user_id=submission.user_id,
+            max_holders=self.boilerplate_holders,
+        )
+        # The score is over the student's own text: what half the class shares (the question) is left out.
+        own = [p for p in prints if p.hash not in hits.boilerplate]
+        # Passages closer than one k-gram are one copied passage with an edit inside.
+        report = containment(own, hits.places, top=TOP_MATCHES, max_spans=SPANS_PER_MATCH, span_gap=self.k)
+        # Where the matched submissions' files are: one query for all of them.
+        async with statement_sessions(self.sessions)() as session:
             files = await stored_files(session, [match.other for match in report.matches])
         result = self.result(report, hits.owners)
         result["boilerplate_fingerprints"] = len(prints) - len(own)

@@ -31,10 +31,10 @@ from itertools import chain
 from typing import Any, NamedTuple
 
 from sqlalchemy import delete, insert, select, text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import TextClause
 
-from core.db import is_postgres
+from core.db import driver_rows, postgres_engine
 from core.models import Fingerprint as FingerprintRow
 from core.models import Submission
 from core.similarity.winnowing import Fingerprint
@@ -101,7 +101,12 @@ def lookup_statement(assignment_id: int, hashes: list[int], max_holders: int) ->
 
 
 async def lookup(
-    session: AsyncSession, assignment_id: int, hashes: Iterable[int], *, exclude_user_id: int, max_holders: int
+    sessions: async_sessionmaker[AsyncSession],
+    assignment_id: int,
+    hashes: Iterable[int],
+    *,
+    exclude_user_id: int,
+    max_holders: int,
 ) -> Hits:
     """Other students' submissions to this assignment that share any of ``hashes``.
 
@@ -114,29 +119,35 @@ async def lookup(
     unique = sorted(set(hashes))
     if not unique:
         return Hits()
-    held: list[Held] = []
-    if is_postgres(session):
+    engine = postgres_engine(sessions)
+    if engine is not None:
         # One row per holding submission with the hashes it holds: tens of thousands of hits arrive
         # as a few hundred arrays, and submissions is joined once per holder, not once per hit.
+        # On the driver's own connection, as its own transaction: the arrays are most of the client's work.
         statement, parameters = lookup_statement(assignment_id, unique, max_holders)
-        held = [Held(*row) for row in await session.execute(statement, parameters)]
+        held = [Held(*row) for row in await driver_rows(engine, statement, parameters)]
     else:
-        by_submission: dict[tuple[int, int], Held] = {}
-        for start in range(0, len(unique), LOOKUP_BATCH):
-            rows = await session.execute(
-                select(FingerprintRow.hash, FingerprintRow.position, FingerprintRow.submission_id, Submission.user_id)
-                .join(Submission, Submission.id == FingerprintRow.submission_id)
-                .where(
-                    FingerprintRow.assignment_id == assignment_id,
-                    FingerprintRow.hash.in_(unique[start : start + LOOKUP_BATCH]),
-                )
-            )
-            for value, position, submission_id, user_id in rows:
-                holder = by_submission.setdefault((submission_id, user_id), Held(submission_id, user_id, [], []))
-                holder.hashes.append(value)
-                holder.positions.append(position)
-        held = list(by_submission.values())
+        async with sessions() as session:
+            held = await _lookup_in_batches(session, assignment_id, unique)
     return _hits(held, exclude_user_id, max_holders)
+
+
+async def _lookup_in_batches(session: AsyncSession, assignment_id: int, unique: list[int]) -> list[Held]:
+    by_submission: dict[tuple[int, int], Held] = {}
+    for start in range(0, len(unique), LOOKUP_BATCH):
+        rows = await session.execute(
+            select(FingerprintRow.hash, FingerprintRow.position, FingerprintRow.submission_id, Submission.user_id)
+            .join(Submission, Submission.id == FingerprintRow.submission_id)
+            .where(
+                FingerprintRow.assignment_id == assignment_id,
+                FingerprintRow.hash.in_(unique[start : start + LOOKUP_BATCH]),
+            )
+        )
+        for value, position, submission_id, user_id in rows:
+            holder = by_submission.setdefault((submission_id, user_id), Held(submission_id, user_id, [], []))
+            holder.hashes.append(value)
+            holder.positions.append(position)
+    return list(by_submission.values())
 
 
 class Held(NamedTuple):
@@ -167,24 +178,27 @@ def _hits(held: list[Held], exclude_user_id: int, max_holders: int) -> Hits:
 
 
 async def replace(
-    session: AsyncSession, assignment_id: int, submission_id: int, fingerprints: Sequence[Fingerprint]
+    sessions: async_sessionmaker[AsyncSession],
+    assignment_id: int,
+    submission_id: int,
+    fingerprints: Sequence[Fingerprint],
 ) -> None:
-    """Index a submission's fingerprints; a re-run replaces its earlier rows."""
-    if is_postgres(session):
-        await session.execute(
-            REPLACE_SQL,
-            {
-                "assignment_id": assignment_id,
-                "submission_id": submission_id,
-                "hashes": [fp.hash for fp in fingerprints],
-                "positions": [fp.start for fp in fingerprints],
-            },
-        )
+    """Index a submission's fingerprints; a re-run replaces its earlier rows. Committed on return."""
+    engine = postgres_engine(sessions)
+    if engine is not None:
+        parameters = {
+            "assignment_id": assignment_id,
+            "submission_id": submission_id,
+            "hashes": [fp.hash for fp in fingerprints],
+            "positions": [fp.start for fp in fingerprints],
+        }
+        await driver_rows(engine, REPLACE_SQL, parameters)  # one statement: its own transaction
         return
-    await session.execute(delete(FingerprintRow).where(FingerprintRow.submission_id == submission_id))
-    rows = [
-        {"assignment_id": assignment_id, "hash": fp.hash, "submission_id": submission_id, "position": fp.start}
-        for fp in fingerprints
-    ]
-    for start in range(0, len(rows), INSERT_BATCH):
-        await session.execute(insert(FingerprintRow), rows[start : start + INSERT_BATCH])
+    async with sessions() as session, session.begin():
+        await session.execute(delete(FingerprintRow).where(FingerprintRow.submission_id == submission_id))
+        rows = [
+            {"assignment_id": assignment_id, "hash": fp.hash, "submission_id": submission_id, "position": fp.start}
+            for fp in fingerprints
+        ]
+        for start in range(0, len(rows), INSERT_BATCH):
+            await session.execute(insert(FingerprintRow), rows[start : start + INSERT_BATCH])

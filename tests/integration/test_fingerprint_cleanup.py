@@ -46,9 +46,12 @@ async def _submission(session: AsyncSession, assignment: Assignment, student: Us
         original_filename="essay.txt", content_type="text/plain", kind="text", storage_key=f"k{student.id}-{attempt}",
     )  # fmt: skip
     session.add(submission)
-    await session.flush()
+    await session.commit()  # the index is written on connections of its own
     await index.replace(
-        session, assignment.id, submission.id, [Print(submission.id * 100 + n, n, n, n + 25) for n in range(50)]
+        make_sessionmaker(session.bind),
+        assignment.id,
+        submission.id,
+        [Print(submission.id * 100 + n, n, n, n + 25) for n in range(50)],
     )
     return submission
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.clock import utcnow
 from core.db import make_engine, make_sessionmaker
@@ -30,7 +30,7 @@ PRINTS_EACH = 20
 
 
 @pytest.fixture
-async def never_analysed() -> AsyncIterator[tuple[AsyncSession, dict[str, int]]]:
+async def never_analysed() -> AsyncIterator[tuple[async_sessionmaker[AsyncSession], dict[str, int]]]:
     """A PostgreSQL database whose fingerprints table holds 10,000 submissions and was never analysed."""
     name = await create_pg_database()
     engine = make_engine(pg_url(name))
@@ -86,8 +86,7 @@ async def never_analysed() -> AsyncIterator[tuple[AsyncSession, dict[str, int]]]
                 )
             ).scalar_one()
             assert analysed == 0
-        async with sessions() as session:
-            yield session, ids
+        yield sessions, ids
     finally:
         await engine.dispose()
         await drop_pg_database(name)
@@ -101,18 +100,19 @@ def scans(plan: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 async def test_lookup_probes_the_index_per_hash_on_a_never_analysed_table(
-    never_analysed: tuple[AsyncSession, dict[str, int]],
+    never_analysed: tuple[async_sessionmaker[AsyncSession], dict[str, int]],
 ) -> None:
-    session, ids = never_analysed
+    sessions, ids = never_analysed
     essay = " ".join(f"word{i} and then some more words {i * 7}" for i in range(1500))
     hashes = [fp.hash for fp in fingerprint(essay, 25, 20)]
-    first_submission = (await session.execute(text("SELECT min(id) FROM submissions"))).scalar_one()
+    async with sessions() as session:
+        first_submission = (await session.execute(text("SELECT min(id) FROM submissions"))).scalar_one()
     # Two hashes the first earlier submission holds, among the essay's own.
     wanted = [*hashes, first_submission * 1000 + 3, first_submission * 1000 + 5]
 
     statement, parameters = index.lookup_statement(ids["assignment"], sorted(set(wanted)), 20)
-    explained = await session.execute(text(f"EXPLAIN (FORMAT JSON) {statement.text}"), parameters)
-    raw = explained.scalar_one()
+    async with sessions() as session:
+        raw = (await session.execute(text(f"EXPLAIN (FORMAT JSON) {statement.text}"), parameters)).scalar_one()
     plan = (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]
     nodes = scans(plan)
     on_fingerprints = [node for node in nodes if node.get("Relation Name") == "fingerprints"]
@@ -126,41 +126,42 @@ async def test_lookup_probes_the_index_per_hash_on_a_never_analysed_table(
     # Holders' owners come by primary key: no table is read whole, however many submissions it holds.
     assert not [node for node in nodes if node["Node Type"] == "Seq Scan"], nodes
 
-    hits = await index.lookup(session, ids["assignment"], wanted, exclude_user_id=ids["checker"], max_holders=20)
+    hits = await index.lookup(sessions, ids["assignment"], wanted, exclude_user_id=ids["checker"], max_holders=20)
     assert hits.holders == {
         first_submission * 1000 + 3: {first_submission},
         first_submission * 1000 + 5: {first_submission},
     }
     assert hits.owners == {first_submission: ids["earlier"]}
     # The student's own earlier submissions never count.
-    mine = await index.lookup(session, ids["assignment"], wanted, exclude_user_id=ids["earlier"], max_holders=20)
+    mine = await index.lookup(sessions, ids["assignment"], wanted, exclude_user_id=ids["earlier"], max_holders=20)
     assert mine.holders == {}
 
 
 async def test_a_hash_every_earlier_submission_holds_is_boilerplate_and_read_no_further(
-    never_analysed: tuple[AsyncSession, dict[str, int]],
+    never_analysed: tuple[async_sessionmaker[AsyncSession], dict[str, int]],
 ) -> None:
     """The question's text in all 10,000 earlier essays: the look-up reads 21 holders of it, not 10,000."""
-    session, ids = never_analysed
+    sessions, ids = never_analysed
     question = 7_777_777
-    await session.execute(
-        text(
-            "INSERT INTO fingerprints (assignment_id, hash, submission_id, position)"
-            " SELECT :a, :h, id, 0 FROM submissions WHERE assignment_id = :a"
-        ),
-        {"a": ids["assignment"], "h": question},
-    )
-    first_submission = (await session.execute(text("SELECT min(id) FROM submissions"))).scalar_one()
+    async with sessions() as session, session.begin():
+        await session.execute(
+            text(
+                "INSERT INTO fingerprints (assignment_id, hash, submission_id, position)"
+                " SELECT :a, :h, id, 0 FROM submissions WHERE assignment_id = :a"
+            ),
+            {"a": ids["assignment"], "h": question},
+        )
+        first_submission = (await session.execute(text("SELECT min(id) FROM submissions"))).scalar_one()
     wanted = [question, first_submission * 1000 + 3]
 
     statement, parameters = index.lookup_statement(ids["assignment"], wanted, 20)
-    explained = await session.execute(text(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement.text}"), parameters)
-    raw = explained.scalar_one()
+    async with sessions() as session:
+        explained = await session.execute(text(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement.text}"), parameters)
+        raw = explained.scalar_one()
     nodes = scans((json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"])
     limits = [node for node in nodes if node["Node Type"] == "Limit"]
     assert limits and sum(node["Actual Rows"] * node["Actual Loops"] for node in limits) <= 22, limits
 
-    hits = await index.lookup(session, ids["assignment"], wanted, exclude_user_id=ids["checker"], max_holders=20)
+    hits = await index.lookup(sessions, ids["assignment"], wanted, exclude_user_id=ids["checker"], max_holders=20)
     assert hits.boilerplate == {question}
     assert hits.holders == {first_submission * 1000 + 3: {first_submission}}
-    await session.rollback()
