@@ -17,13 +17,12 @@ from typing import Annotated, Any
 
 from arq.connections import ArqRedis
 from fastapi import Depends, HTTPException, Request, status
-from sqlalchemy import Table, bindparam, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import make_transient_to_detached
 
 from core.auth import TokenError, unsign
 from core.clock import utcnow
-from core.db import driver_rows, postgres_engine
+from core.db import entities_from, entity_columns, rows_of
 from core.models import Assignment, Course, Enrolment, Submission, User, WebSession
 from core.settings import Settings
 from core.storage import Storage
@@ -96,15 +95,10 @@ async def optional_web_session(request: Request) -> WebSession | None:
     return web_session
 
 
-_web_sessions: Table = WebSession.__table__  # type: ignore[assignment]
-_users: Table = User.__table__  # type: ignore[assignment]
 _WEB_SESSION_AND_USER = (
-    select(
-        *(column.label(f"session_{column.key}") for column in _web_sessions.c),
-        *(column.label(f"user_{column.key}") for column in _users.c),
-    )
-    .join_from(_web_sessions, _users, _users.c.id == _web_sessions.c.user_id)
-    .where(_web_sessions.c.id == bindparam("session_id"))
+    select(*entity_columns(WebSession, User))
+    .join_from(WebSession, User, User.id == WebSession.user_id)
+    .where(WebSession.id == bindparam("session_id"))
 )
 
 
@@ -112,22 +106,11 @@ async def _web_session_and_user(
     sessions: async_sessionmaker[AsyncSession], session_id: str
 ) -> tuple[WebSession, User] | None:
     """One round trip for both: it runs on every authenticated request, uploads included. On
-    PostgreSQL a statement on its own, on the pool's asyncpg connection (core.db.driver_connection)."""
-    engine = postgres_engine(sessions)
-    if engine is None:
-        query = select(WebSession, User).join(User, User.id == WebSession.user_id).where(WebSession.id == session_id)
-        async with sessions() as db:
-            found = (await db.execute(query)).first()
-        return None if found is None else (found[0], found[1])
-    rows = await driver_rows(engine, _WEB_SESSION_AND_USER, {"session_id": session_id})
+    PostgreSQL a statement on its own, on the pool's asyncpg connection (core.db.rows_of)."""
+    rows = await rows_of(sessions, _WEB_SESSION_AND_USER, {"session_id": session_id})
     if not rows:
         return None
-    web_session = WebSession(**{column.key: rows[0][f"session_{column.key}"] for column in _web_sessions.c})
-    user = User(**{column.key: rows[0][f"user_{column.key}"] for column in _users.c})
-    # Detached with their identities, as the ones read through a session are once it closes: a
-    # session they reach later takes them as rows that exist, never as new ones to insert.
-    make_transient_to_detached(web_session)
-    make_transient_to_detached(user)
+    web_session, user = entities_from(rows[0], WebSession, User)
     return web_session, user
 
 

@@ -8,9 +8,11 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import event
+from sqlalchemy import inspect as mapper_of
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.sql.elements import ClauseElement
+from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.sql.elements import ClauseElement, Label
 from sqlalchemy.util import greenlet_spawn
 
 
@@ -145,6 +147,40 @@ async def driver_rows(engine: AsyncEngine, statement: ClauseElement, parameters:
     """``statement`` run on its own (its own transaction) on a pooled asyncpg connection; its rows."""
     async with driver_connection(engine) as connection:
         return await driver_statement(statement, engine).fetch(connection, parameters)
+
+
+async def rows_of(
+    sessions: async_sessionmaker[AsyncSession], statement: ClauseElement, parameters: Mapping[str, Any]
+) -> list[Any]:
+    """``statement``'s rows, each readable by column name: on PostgreSQL run on its own on the
+    pool's asyncpg connection (``driver_rows``), elsewhere through a session."""
+    engine = postgres_engine(sessions)
+    if engine is not None:
+        return await driver_rows(engine, statement, parameters)
+    async with sessions() as session:
+        return list((await session.execute(statement, dict(parameters))).mappings())
+
+
+def entity_columns(*models: type[Any]) -> list[Label[Any]]:
+    """Every mapped column of each model, labelled ``<place>_<attribute>``: a select of whole
+    entities that ``entities_from`` turns back into instances, without the ORM's loading."""
+    return [
+        attribute.columns[0].label(f"{place}_{attribute.key}")
+        for place, model in enumerate(models)
+        for attribute in mapper_of(model).column_attrs
+    ]
+
+
+def entities_from(row: Any, *models: type[Any]) -> list[Any]:
+    """The instances in ``row`` (a row of a select of ``entity_columns(*models)``), detached with
+    their identities as a closed session leaves what it read: a session they reach later takes
+    them as rows that exist, never as new ones to insert."""
+    instances = []
+    for place, model in enumerate(models):
+        instance = model(**{a.key: row[f"{place}_{a.key}"] for a in mapper_of(model).column_attrs})
+        make_transient_to_detached(instance)
+        instances.append(instance)
+    return instances
 
 
 @asynccontextmanager

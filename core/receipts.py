@@ -38,11 +38,12 @@ import httpx
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import bindparam, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.clock import isoformat, utcnow
-from core.models import Assignment, Course, Submission, User
+from core.db import entities_from, entity_columns, rows_of
+from core.models import Assignment, Course, Submission, SubmissionStep, User
 from core.settings import ReceiptKeySettings, ReceiptSettings, Settings
 
 FORMAT = "handin-receipt/1"
@@ -262,17 +263,39 @@ class ReceiptFacts:
     student: User
 
 
+_FACT_MODELS = (Submission, Assignment, Course, User)
+_FACTS = (
+    select(
+        *entity_columns(*_FACT_MODELS),
+        # The scan step's state: a receipt must say when the file was not scanned.
+        select(SubmissionStep.state)
+        .where(SubmissionStep.submission_id == Submission.id, SubmissionStep.step == "scan")
+        .scalar_subquery()
+        .label("scan_state"),
+    )
+    .join_from(Submission, Assignment, Submission.assignment_id == Assignment.id)
+    .join(Course, Assignment.course_id == Course.id)
+    .join(User, Submission.user_id == User.id)
+    .where(Submission.id == bindparam("submission_id"))
+)
+
+
+def _facts_from(row: Any) -> ReceiptFacts:
+    return ReceiptFacts(*entities_from(row, *_FACT_MODELS))
+
+
 async def load_facts(session: AsyncSession, submission_id: int) -> ReceiptFacts | None:
-    row = (
-        await session.execute(
-            select(Submission, Assignment, Course, User)
-            .join(Assignment, Submission.assignment_id == Assignment.id)
-            .join(Course, Assignment.course_id == Course.id)
-            .join(User, Submission.user_id == User.id)
-            .where(Submission.id == submission_id)
-        )
-    ).one_or_none()
-    return ReceiptFacts(*row) if row is not None else None
+    row = (await session.execute(_FACTS, {"submission_id": submission_id})).mappings().first()
+    return _facts_from(row) if row is not None else None
+
+
+async def read_facts(
+    sessions: async_sessionmaker[AsyncSession], submission_id: int
+) -> tuple[ReceiptFacts, str | None] | None:
+    """The facts and the scan step's state (None: no such step), in one statement; on
+    PostgreSQL on the pool's asyncpg connection, as the steps that send them run it per job."""
+    rows = await rows_of(sessions, _FACTS, {"submission_id": submission_id})
+    return (_facts_from(rows[0]), rows[0]["scan_state"]) if rows else None
 
 
 def receipt_payload(facts: ReceiptFacts, installation: str, issued_at: datetime | None = None) -> dict[str, Any]:

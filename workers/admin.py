@@ -34,9 +34,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.auth import hmac_sha256_hex
 from core.clock import isoformat
-from core.db import statement_sessions
 from core.models import SubmissionStep
-from core.receipts import ReceiptFacts, load_facts
+from core.receipts import ReceiptFacts, read_facts
 from workers.base import on_worker_shutdown, step_worker_settings
 from workers.runner import Outcome, PermanentStepError, StepContext, TransientStepError
 
@@ -83,14 +82,15 @@ class SubmissionRecord:
         return data
 
 
-async def load_submission_facts(sessions: async_sessionmaker[AsyncSession], submission_id: int) -> ReceiptFacts:
-    """The submission with its assignment, course and student, read in one query; a step whose
-    submission is gone fails for good."""
-    async with statement_sessions(sessions)() as session:
-        facts = await load_facts(session, submission_id)
-    if facts is None:
+async def load_submission_facts(
+    sessions: async_sessionmaker[AsyncSession], submission_id: int
+) -> tuple[ReceiptFacts, str | None]:
+    """The submission with its assignment, course and student, and its scan step's state, read in
+    one statement; a step whose submission is gone fails for good."""
+    found = await read_facts(sessions, submission_id)
+    if found is None:
         raise PermanentStepError(f"submission {submission_id} no longer exists")
-    return facts
+    return found
 
 
 def record_from(facts: ReceiptFacts) -> SubmissionRecord:
@@ -204,7 +204,8 @@ async def handle(ctx: StepContext) -> Outcome:
     section = ctx.settings.admin
     if not section.url:
         return Outcome("skipped", {"reason": "no admin system configured (HANDIN_ADMIN__URL)"})
-    record = record_from(await load_submission_facts(ctx.sessions, ctx.submission.id))
+    facts, _ = await load_submission_facts(ctx.sessions, ctx.submission.id)
+    record = record_from(facts)
     # The same bytes on every attempt: the receiver may compare a retry with the original.
     body = json.dumps(record.as_json(), sort_keys=True, separators=(",", ":")).encode()
     headers = signed_headers(section.secret, record.id, body)

@@ -356,17 +356,6 @@ async def send(message: Message, section: SmtpSettings) -> str:
         raise TransientStepError(f"mail server unreachable: {error or type(error).__name__}") from error
 
 
-async def was_scanned(ctx: StepContext) -> bool:
-    """False when the scan step was skipped (no scanner runs): the receipt must say so."""
-    async with statement_sessions(ctx.sessions)() as session:
-        state = await session.scalar(
-            select(SubmissionStep.state).where(
-                SubmissionStep.submission_id == ctx.submission.id, SubmissionStep.step == "scan"
-            )
-        )
-    return state != StepState.skipped.value
-
-
 def signed_receipt(ctx: StepContext, facts: ReceiptFacts) -> SignedReceiptLinks:
     submission_id = facts.submission.id
     try:
@@ -385,12 +374,13 @@ def signed_receipt(ctx: StepContext, facts: ReceiptFacts) -> SignedReceiptLinks:
 
 async def handle(ctx: StepContext) -> Outcome:
     section = ctx.settings.smtp
-    # One read serves both the email's text and the signed receipt.
-    facts = await load_submission_facts(ctx.sessions, ctx.submission.id)
+    # One read serves the email's text, the signed receipt and whether the file was scanned.
+    facts, scan_state = await load_submission_facts(ctx.sessions, ctx.submission.id)
     record = record_from(facts)
     link = submission_url(ctx.settings.public_url, record.id)
     signed = signed_receipt(ctx, facts)
-    message = build_receipt(record, section, link, scanned=await was_scanned(ctx), signed=signed)
+    scanned = scan_state != StepState.skipped.value
+    message = build_receipt(record, section, link, scanned=scanned, signed=signed)
     mid = str(message["Message-ID"])
     result: dict[str, Any] = {"message_id": mid, "to": record.student_email}
 
