@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import event
+from sqlalchemy import Select, event
 from sqlalchemy import inspect as mapper_of
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -150,7 +150,7 @@ async def driver_rows(engine: AsyncEngine, statement: ClauseElement, parameters:
 
 
 async def rows_of(
-    sessions: async_sessionmaker[AsyncSession], statement: ClauseElement, parameters: Mapping[str, Any]
+    sessions: async_sessionmaker[AsyncSession], statement: Select[Any], parameters: Mapping[str, Any]
 ) -> list[Any]:
     """``statement``'s rows, each readable by column name: on PostgreSQL run on its own on the
     pool's asyncpg connection (``driver_rows``), elsewhere through a session."""
