@@ -18,7 +18,7 @@ from typing import Any
 from arq.connections import ArqRedis
 from fastapi import HTTPException, Request, status
 from redis.exceptions import RedisError
-from sqlalchemy import and_, func, insert, select
+from sqlalchemy import Table, and_, bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import ClientDisconnect
@@ -28,7 +28,7 @@ from api.multipart_stream import BodyTooLarge, MalformedUpload, MultipartStream,
 from core import keys
 from core.access import STUDENT
 from core.clock import isoformat, utcnow
-from core.db import statement_sessions
+from core.db import entities_from, entity_columns, rows_of
 from core.deadlines import WindowState, student_window
 from core.events import EventBatch
 from core.models import Assignment, Enrolment, Extension, Submission, SubmissionStep, User
@@ -47,7 +47,8 @@ MULTIPART_OVERHEAD = 64 * 1024
 # After refusing an oversized body, read (and drop) this much more so the client sees the 413.
 DRAIN_AFTER_REFUSAL = 8 * 1024 * 1024
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
-SUBMISSION_STEPS = SubmissionStep.__table__
+SUBMISSIONS: Table = Submission.__table__  # type: ignore[assignment]
+SUBMISSION_STEPS: Table = SubmissionStep.__table__  # type: ignore[assignment]
 KIND_LABELS = {"pdf": "PDF", "text": "plain text", "image": "image (PNG, JPEG, GIF, WebP)", "docx": "Word (DOCX)"}
 
 
@@ -111,13 +112,12 @@ class Intake:
         now = utcnow()  # the deadline is judged by when the upload started, not how long it took
         if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
             raise Refused(400, "bad_idempotency_key", "The Idempotency-Key header must be 1-200 printable characters.")
-        # Reads each on its own (PostgreSQL): what decides is _record's transaction, which checks again.
-        async with statement_sessions(self.sessions)() as session:
-            if idempotency_key and (
-                earlier := await _by_idempotency_key(session, user, assignment_id, idempotency_key)
-            ):
-                return Accepted(earlier, replayed=True)
-            window = await self._check_window(session, user, assignment_id, now)
+        # Reads each on its own: what decides is _record's transaction, which checks again.
+        if idempotency_key and (
+            earlier := await earlier_submission(self.sessions, user, assignment_id, idempotency_key)
+        ):
+            return Accepted(earlier, replayed=True)
+        window = await check_window(self.sessions, self.settings, user, assignment_id, now)
         _check_declared_length(request, window.max_bytes)
         landed = await self._receive_file(request, window)
         return await self.accept(user, window, landed, idempotency_key, now)
@@ -142,9 +142,6 @@ class Intake:
         await self._enqueue_first_steps(accepted.submission_id)
         metrics.upload_accepted(landed.size)
         return accepted
-
-    async def _check_window(self, session: AsyncSession, user: User, assignment_id: int, now: datetime) -> Window:
-        return await check_window(session, self.settings, user, assignment_id, now)
 
     async def _receive_file(self, request: Request, window: Window) -> Landed:
         try:
@@ -234,27 +231,50 @@ class Intake:
                 )
 
 
+# One round trip: the assignment, the student's role on its course, any extension, attempts used.
+_WINDOW = (
+    select(
+        *entity_columns(Assignment),
+        Enrolment.role,
+        Extension.deadline.label("extended_deadline"),
+        Extension.cutoff_at.label("extended_cutoff"),
+        select(func.count(Submission.id))
+        .where(Submission.user_id == bindparam("user_id"), Submission.assignment_id == Assignment.id)
+        .scalar_subquery()
+        .label("attempts_used"),
+    )
+    .outerjoin(Enrolment, and_(Enrolment.course_id == Assignment.course_id, Enrolment.user_id == bindparam("user_id")))
+    .outerjoin(Extension, and_(Extension.assignment_id == Assignment.id, Extension.user_id == bindparam("user_id")))
+    .where(Assignment.id == bindparam("assignment_id"))
+)
+_BY_IDEMPOTENCY_KEY = select(Submission.id).where(
+    Submission.user_id == bindparam("user_id"),
+    Submission.assignment_id == bindparam("assignment_id"),
+    Submission.idempotency_key == bindparam("key"),
+)
+
+
+async def earlier_submission(
+    sessions: async_sessionmaker[AsyncSession], user: User, assignment_id: int, key: str
+) -> int | None:
+    """The submission an earlier upload with this idempotency key recorded, if any (a read on its own)."""
+    rows = await rows_of(
+        sessions, _BY_IDEMPOTENCY_KEY, {"user_id": user.id, "assignment_id": assignment_id, "key": key}
+    )
+    return int(rows[0]["id"]) if rows else None
+
+
 async def check_window(
-    session: AsyncSession, settings: Settings, user: User, assignment_id: int, now: datetime
+    sessions: async_sessionmaker[AsyncSession], settings: Settings, user: User, assignment_id: int, now: datetime
 ) -> Window:
     """Enrolment, window and attempts as of ``now`` (when the upload started); a Refused says which failed."""
-    # One round trip: the assignment, the student's role on its course, any extension, attempts used.
-    used = (
-        select(func.count(Submission.id))
-        .where(Submission.user_id == user.id, Submission.assignment_id == Assignment.id)
-        .scalar_subquery()
-    )
-    found = (
-        await session.execute(
-            select(Assignment, Enrolment.role, Extension.deadline, Extension.cutoff_at, used)
-            .outerjoin(Enrolment, and_(Enrolment.course_id == Assignment.course_id, Enrolment.user_id == user.id))
-            .outerjoin(Extension, and_(Extension.assignment_id == Assignment.id, Extension.user_id == user.id))
-            .where(Assignment.id == assignment_id)
-        )
-    ).first()
+    rows = await rows_of(sessions, _WINDOW, {"user_id": user.id, "assignment_id": assignment_id})
+    found = rows[0] if rows else None
     if found is None:
         raise Refused(404, "no_assignment", "There is no such assignment.")
-    assignment, role, extended_deadline, extended_cutoff, attempts_used = found
+    [assignment] = entities_from(found, Assignment)
+    role, extended_deadline, extended_cutoff = found["role"], found["extended_deadline"], found["extended_cutoff"]
+    attempts_used = found["attempts_used"]
     if role != STUDENT:
         raise Refused(
             403, "not_enrolled", "You are not enrolled as a student on this course, so you cannot submit here."
@@ -311,6 +331,12 @@ async def _checked(prefix: bytes, rest: AsyncIterator[bytes] | None, sniffed: Sn
         raise NotText()
 
 
+# Built once, on the tables: a statement made per upload is cache-keyed and its values coerced each
+# time; the columns inserted are the parameters' keys.
+_INSERT_SUBMISSION = insert(SUBMISSIONS).returning(SUBMISSIONS.c.id)
+_INSERT_STEPS = insert(SUBMISSION_STEPS)
+
+
 async def _insert(
     session: AsyncSession,
     user: User,
@@ -321,30 +347,25 @@ async def _insert(
     now: datetime,
 ) -> int:
     """The submission and its step rows in two statements (Core, no unit-of-work bookkeeping)."""
-    submission_id: int = (
-        await session.execute(
-            insert(Submission)
-            .values(
-                assignment_id=window.assignment.id,
-                user_id=user.id,
-                attempt=attempt,
-                late=window.late,
-                sha256=landed.sha256,
-                size=landed.size,
-                original_filename=landed.filename,
-                content_type=landed.sniffed.content_type,
-                kind=landed.sniffed.kind,
-                storage_key=landed.key,
-                status=SubmissionStatus.processing.value,
-                idempotency_key=idempotency_key,
-                upload_started_at=now,
-                received_at=utcnow(),  # accepted: the file has landed and this transaction records it
-            )
-            .returning(Submission.id)
-        )
-    ).scalar_one()
+    values = {
+        "assignment_id": window.assignment.id,
+        "user_id": user.id,
+        "attempt": attempt,
+        "late": window.late,
+        "sha256": landed.sha256,
+        "size": landed.size,
+        "original_filename": landed.filename,
+        "content_type": landed.sniffed.content_type,
+        "kind": landed.sniffed.kind,
+        "storage_key": landed.key,
+        "status": SubmissionStatus.processing.value,
+        "idempotency_key": idempotency_key,
+        "upload_started_at": now,
+        "received_at": utcnow(),  # accepted: the file has landed and this transaction records it
+    }
+    submission_id: int = (await session.execute(_INSERT_SUBMISSION, values)).scalar_one()
     await session.execute(
-        insert(SUBMISSION_STEPS),
+        _INSERT_STEPS,
         [
             {
                 "submission_id": submission_id,
@@ -359,14 +380,12 @@ async def _insert(
 
 
 async def _by_idempotency_key(session: AsyncSession, user: User, assignment_id: int, key: str) -> int | None:
-    found: int | None = await session.scalar(
-        select(Submission.id).where(
-            Submission.user_id == user.id,
-            Submission.assignment_id == assignment_id,
-            Submission.idempotency_key == key,
-        )
-    )
+    found: int | None = await session.scalar(_BY_IDEMPOTENCY_KEY, _key_parameters(user, assignment_id, key))
     return found
+
+
+def _key_parameters(user: User, assignment_id: int, key: str) -> dict[str, Any]:
+    return {"user_id": user.id, "assignment_id": assignment_id, "key": key}
 
 
 async def _check_attempts(session: AsyncSession, user: User, assignment: Assignment) -> int:

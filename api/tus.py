@@ -35,15 +35,15 @@ from typing import TYPE_CHECKING
 
 from arq.connections import ArqRedis
 from fastapi import HTTPException, Request
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import ClientDisconnect
 
 from api import metrics
-from api.intake import Intake, Landed, Refused, check_kind, check_window, not_text, too_large
+from api.intake import Intake, Landed, Refused, check_kind, check_window, earlier_submission, not_text, too_large
 from core.clock import utcnow
 from core.db import transaction
-from core.models import Assignment, Submission, Upload, User
+from core.models import Assignment, Upload, User
 from core.settings import Settings
 from core.sniff import SNIFF_BYTES, TEXT, Sniffed, TextCheck, sanitise_filename
 from core.storage import Area, ObjectMissing, Storage, StoredObject, new_partial_key
@@ -224,8 +224,7 @@ class Resumable:
         metadata = parse_metadata(request.headers.get("upload-metadata"))
         now = utcnow()  # the deadline is judged by this moment, however long the upload takes
         try:
-            async with self.sessions() as session:
-                window = await check_window(session, self.settings, user, assignment_id, now)
+            window = await check_window(self.sessions, self.settings, user, assignment_id, now)
             if length == 0:
                 raise Refused(422, "empty", "The file is empty.")
             if length > window.max_bytes:
@@ -355,17 +354,10 @@ class Resumable:
         """The whole file is in: the plain upload's checks as of the start, then the same recording."""
         key = f"tus:{upload.id}"
         try:
-            async with self.sessions() as session:
-                earlier = await session.scalar(
-                    select(Submission.id).where(
-                        Submission.user_id == user.id,
-                        Submission.assignment_id == upload.assignment_id,
-                        Submission.idempotency_key == key,
-                    )
-                )
-                if earlier is not None:  # completed before, and the answer was lost
-                    return int(earlier)
-                window = await check_window(session, self.settings, user, upload.assignment_id, upload.created_at)
+            earlier = await earlier_submission(self.sessions, user, upload.assignment_id, key)
+            if earlier is not None:  # completed before, and the answer was lost
+                return earlier
+            window = await check_window(self.sessions, self.settings, user, upload.assignment_id, upload.created_at)
             if upload.length > window.max_bytes:
                 raise too_large(window.max_bytes)
             target = f"{upload.assignment_id}/{upload.id}"
