@@ -313,14 +313,21 @@ def processes(env: dict[str, str], noop: bool, api_port: int, source: Path | Non
     cwd = source
     if source is not None:
         env = source_env(env, source)
+    logs = Path(env["HANDIN_BENCH_LOG_DIR"]) if env.get("HANDIN_BENCH_LOG_DIR") else None
     with ExitStack() as stack:
         pids: dict[str, int] = {}
         api = stack.enter_context(
-            running(handin("api", "--port", str(api_port)), env, f"http://127.0.0.1:{api_port}/healthz", cwd=cwd)
+            running(
+                handin("api", "--port", str(api_port)),
+                env,
+                f"http://127.0.0.1:{api_port}/healthz",
+                log=logs / "api.log" if logs else None,
+                cwd=cwd,
+            )
         )
         pids["api"] = api.pid
         for task in TASKS:
-            log = Path(env["HANDIN_BENCH_LOG_DIR"]) / f"{task}.log" if env.get("HANDIN_BENCH_LOG_DIR") else None
+            log = logs / f"{task}.log" if logs else None
             pids[f"worker {task}"] = stack.enter_context(running(worker_command(task, noop), env, log=log, cwd=cwd)).pid
         yield pids
 
