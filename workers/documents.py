@@ -220,12 +220,13 @@ def render_text(text: str, *, title: str | None = None) -> Image.Image:
     if not any(line.strip() for line in lines):
         lines = ["(no text)"]
     atlas, ink = _atlas(10), ImageColor.getcolor("#222222", page.mode)
-    for line in lines[:room]:
-        if atlas and line.isascii() and line.isprintable():
-            atlas.draw(page, (PAGE_MARGIN, y), line, ink)
-        else:  # other scripts need shaping (and this face may not have their glyphs)
-            draw.text((PAGE_MARGIN, y), line, font=font, fill=ink)
-        y += line_height
+    # Lines the atlas has every glyph of, drawn together; "" keeps the place of one drawn by Pillow.
+    cached = [line if atlas and line.isascii() and line.isprintable() else "" for line in lines[:room]]
+    for row, (line, plain) in enumerate(zip(lines[:room], cached, strict=True)):
+        if line and not plain:  # other scripts need shaping (and this face may not have their glyphs)
+            draw.text((PAGE_MARGIN, y + row * line_height), line, font=font, fill=ink)
+    if atlas:
+        atlas.draw_lines(page, (PAGE_MARGIN, y), cached, line_height, ink)
     return page
 
 

@@ -50,6 +50,30 @@ def test_a_line_is_drawn_as_pillow_draws_it(line: str, mode: str) -> None:
     assert (by_pillow == by_atlas).all()
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    lines=st.lists(st.text(alphabet=st.sampled_from(PRINTABLE_ASCII), max_size=50), min_size=1, max_size=8),
+    line_height=st.sampled_from([8, 13, 16]),
+    mode=st.sampled_from(["L", "RGB"]),
+)
+def test_lines_drawn_together_are_the_lines_pillow_draws_one_by_one(
+    lines: list[str], line_height: int, mode: str
+) -> None:
+    # 13 is the preview's line height; at 8 lines overlap, and are drawn one by one.
+    font = basic_face(10)
+    atlas = documents._atlas(10)
+    assert atlas is not None
+    ink = (0x22, 0x22, 0x22) if mode == "RGB" else 0x22
+    size = (max(len(line) for line in lines) * atlas.advance + 40, len(lines) * line_height + 40)
+    by_pillow = Image.new(mode, size, "white")
+    draw = ImageDraw.Draw(by_pillow)
+    for row, line in enumerate(lines):
+        draw.text((12, 7 + row * line_height), line, font=font, fill=ink)
+    by_atlas = Image.new(mode, size, "white")
+    atlas.draw_lines(by_atlas, (12, 7), lines, line_height, ink)
+    assert (np.asarray(by_pillow) == np.asarray(by_atlas)).all()
+
+
 def test_a_proportional_face_has_no_atlas() -> None:
     # Pillow's own default face is proportional: its lines are measured and drawn glyph by glyph.
     assert whole_pixel_advance(ImageFont.load_default(size=10)) is None
