@@ -28,6 +28,9 @@ THUMB_MAX_HEIGHT = 480
 # Text, DOCX and icon previews are drawn as a page with A4's proportions.
 PAGE_SIZE = (THUMB_WIDTH, 452)
 PAGE_MARGIN = 12
+# zlib level 3, not Pillow's 6: a text preview's PNG costs 2.3 ms instead of 3.5 ms to write,
+# for 10 KB instead of 8 KB; a preview is written once per submission and read a few times.
+PNG_COMPRESS_LEVEL = 3
 # Refuse to decode images above this many pixels (a 40 MP photo still passes).
 MAX_SOURCE_PIXELS = 50_000_000
 # Pillow's own guard as a backstop: it errors above twice this.
@@ -276,5 +279,5 @@ def render_thumbnail(kind: str, filename: str, path: Path) -> Thumbnail:
         source, image, note = "icon", render_icon(filename), f"no preview for {kind!r} files"
     image = fit(image)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return Thumbnail(buffer.getvalue(), image.width, image.height, source, note)
