@@ -22,6 +22,7 @@ from core.settings import Settings
 from tests.fixtures.admin_server import FakeAdminSystem
 from tests.fixtures.factories import Factory
 from tests.fixtures.pipeline import events, quick_retries, step_events, step_row
+from tests.services import free_port
 from workers import admin
 
 
@@ -172,6 +173,26 @@ async def test_a_hanging_admin_system_is_retried_and_files_once(
     assert len(admin_system.records) == 1
 
 
+async def test_an_unreachable_admin_system_is_retried_then_given_up_with_the_reason_for_staff(
+    factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, run_burst: Any
+) -> None:
+    """Nothing listens at the admin URL (the system is down): retried, then given up; the
+    student reads that the submission itself is kept, staff read the connection error."""
+    settings.admin.url = f"http://127.0.0.1:{free_port()}/api/submissions"
+    settings.admin.secret = "admin-test-secret"
+    quick_retries(settings, admin.TASK, max_tries=2)
+    submission = await queued_admin_step(factory, arq_redis)
+
+    await run_burst(admin.TASK, admin.handle)
+
+    row = await admin_row(sessions, submission.id)
+    assert (row.state, row.attempts) == ("failed", 2)
+    assert row.error == admin.GAVE_UP.format(attempts=2)
+    assert row.result["detail"].startswith("admin system unreachable: ")
+    [retried] = await events(sessions, keys.submission_topic(submission.id), "step.retrying")
+    assert retried.data["error"] == admin.NOT_ACCEPTED_YET
+
+
 async def test_no_admin_url_skips_with_a_reason(
     factory: Factory, sessions: Any, settings: Settings, arq_redis: ArqRedis, run_burst: Any
 ) -> None:
@@ -252,4 +273,4 @@ async def test_a_stopping_worker_closes_its_connection_to_the_admin_system(
     await run_burst(admin.TASK, admin.handle)
 
     assert len(admin_system.requests) == 1
-    assert client.is_closed
+    assert client.closed
