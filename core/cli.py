@@ -12,10 +12,17 @@ def _api(args: argparse.Namespace) -> None:
     import uvicorn
 
     from core.logs import configure_logging
+    from core.settings import get_settings
 
     configure_logging()
     uvicorn.run(
-        "api.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers, log_config=None
+        "api.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_config=None,
+        timeout_keep_alive=get_settings().http_keep_alive_seconds,
     )
 
 

@@ -386,6 +386,11 @@ class Settings(BaseSettings):
     session_max_age_seconds: int = 12 * 3600
     ws_ticket_ttl_seconds: int = 60
     max_upload_bytes: int = 50 * 1024 * 1024
+    # How long the api keeps an idle HTTP connection open. Longer than the proxies in front of it
+    # keep theirs (ingress-nginx and cloud load balancers: 60 s), so a proxy never sends a request
+    # on a connection the api is closing at that moment: a POST (an upload) lost that way is
+    # answered 502 and is not retried by the proxy.
+    http_keep_alive_seconds: int = Field(default=75, ge=1)
     log_level: str = "INFO"
     log_json: bool = True
 
