@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core import keys
 from core.clock import utcnow
-from core.db import transaction
+from core.db import make_engine, make_sessionmaker, transaction
 from core.models import Event, Extension, Submission, SubmissionStep
 from core.pipeline import STEP_NAMES
 from core.settings import Settings
@@ -448,3 +448,22 @@ async def test_upload_metrics(as_user: Login, world: World, client: httpx.AsyncC
     assert 'handin_uploads_total{outcome="accepted",reason=""}' in text
     assert 'handin_uploads_total{outcome="refused",reason="empty"}' in text
     assert 'route="/api/assignments/{assignment_id}/submissions",status="202"' in text
+
+
+async def test_every_database_connection_busy_is_a_503_to_retry_and_keeps_nothing(
+    app: FastAPI, as_user: Login, world: World, sessions: async_sessionmaker[AsyncSession], settings: Settings
+) -> None:
+    """The api's pool waited its whole timeout for a connection: the student reads "try again", not a
+    bare 500, with Retry-After; no file and no submission is left behind."""
+    student = await as_user("student")
+    busy = make_engine(settings.database_url, pool_size=1, max_overflow=0, pool_timeout=0.2)
+    app.state.engine, app.state.sessions = busy, make_sessionmaker(busy)
+    try:
+        async with busy.connect():  # the pool's one connection, held by someone else
+            answer = await student.post(upload_url(world.assignment_id), files={"file": ("essay.pdf", PDF)})
+    finally:
+        await busy.dispose()
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["Retry-After"] == "5"
+    assert "too busy" in answer.json()["detail"] and "try again" in answer.json()["detail"].lower()
+    assert await nothing_was_kept(sessions, settings)
