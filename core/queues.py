@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from contextvars import ContextVar
+from typing import NamedTuple
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.constants import job_key_prefix, result_key_prefix
 from arq.jobs import Job, serialize_job
 from arq.utils import timestamp_ms
+from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
 from core import keys
@@ -121,13 +124,34 @@ async def _publish_and_enqueue(
     redis: ArqRedis, envelopes: Sequence[Envelope], steps: Sequence[str], submission_id: int
 ) -> None:
     async with redis.pipeline(transaction=False) as pipe:
-        queue_publishes(pipe, envelopes)
-        for step in steps:
-            script_keys, args = _enqueue_arguments(redis, step, submission_id)
-            # EVAL, not EVALSHA: a pipeline cannot load a script Redis lost (a restart) and
-            # retry; Redis caches the compiled script by its digest either way.
-            pipe.eval(_ENQUEUE_TEXT, len(script_keys), *script_keys, *args)  # type: ignore[arg-type]  # bytes too
+        queue_delivery(pipe, redis, Delivery(tuple(envelopes), tuple(steps), submission_id))
         await pipe.execute()
+
+
+class Delivery(NamedTuple):
+    """What ending a step sends to Redis after its commit: its events, and the steps it made ready."""
+
+    envelopes: tuple[Envelope, ...]
+    steps: tuple[str, ...]
+    submission_id: int
+
+
+def queue_delivery(pipe: Pipeline, redis: ArqRedis, delivery: Delivery) -> None:
+    """Add ``delivery``'s PUBLISHes and enqueue scripts to ``pipe``."""
+    queue_publishes(pipe, delivery.envelopes)
+    for step in delivery.steps:
+        script_keys, args = _enqueue_arguments(redis, step, delivery.submission_id)
+        # EVAL, not EVALSHA: a pipeline cannot load a script Redis lost (a restart) and
+        # retry; Redis caches the compiled script by its digest either way.
+        pipe.eval(_ENQUEUE_TEXT, len(script_keys), *script_keys, *args)  # type: ignore[arg-type]  # bytes too
+
+
+# Set by a worker around each job (workers.run.HandinWorker): a step's end, the job's last act,
+# is sent in the MULTI/EXEC that finishes the job instead of a round trip of its own. A worker that
+# stops between the commit and that EXEC loses the publish and the enqueue as a worker killed
+# between the commit and the publish always has: the events are in the database and the
+# reconciler queues the steps left "queued".
+CARRIED_TO_FINISH: ContextVar[list[Delivery] | None] = ContextVar("carried_to_finish", default=None)
 
 
 async def job_exists(redis: ArqRedis, step: str, submission_id: int) -> bool:

@@ -31,7 +31,7 @@ from core.db import driver_connection, driver_statement, postgres_engine
 from core.events import EVENT_ARRAYS, EventBatch, StagedEvents, envelopes_of, event_arrays, events_ctes
 from core.models import Assignment, Submission, SubmissionStep
 from core.pipeline import StepState, SubmissionStatus, blocked_steps, overall_status, ready_steps
-from core.queues import publish_and_enqueue
+from core.queues import Delivery, publish_and_enqueue
 from core.unit_of_work import unit_of_work
 
 _steps: Table = SubmissionStep.__table__  # type: ignore[assignment]
@@ -325,12 +325,16 @@ async def finish_step(
     quarantine: bool = False,
     actor: str | None = None,
     submission_values: Mapping[str, Any] | None = None,
+    carried: list[Delivery] | None = None,
 ) -> bool:
     """Move a step to a terminal state, start what follows, finish the submission.
 
     Returns False when the step had already finished (nothing changed), so a
     webhook and a poll racing to complete the same step record it once.
     ``submission_values``: columns of the submission the step sets, written in the same transaction.
+    ``carried``: the events to publish and steps to queue are added there for the caller to send
+    (a worker's job: in the MULTI/EXEC that finishes it, core.queues.CARRIED_TO_FINISH) instead of
+    sent here after the commit.
     """
     topic = keys.submission_topic(submission_id)
     who = actor or f"worker:{step}"
@@ -357,7 +361,10 @@ async def finish_step(
         _advance(locked.events, topic, facts, ending)
         _finish_submission_if_done(locked.events, facts, now)
         await locked.write(facts, ending, now)
-    await publish_and_enqueue(redis, locked.events.envelopes, ending.queue, submission_id)
+    if carried is not None:
+        carried.append(Delivery(tuple(locked.events.envelopes), tuple(ending.queue), submission_id))
+    else:
+        await publish_and_enqueue(redis, locked.events.envelopes, ending.queue, submission_id)
     return True
 
 

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from core import keys
 from core.event_loop import event_loop_factory
 from core.logs import configure_logging
+from core.queues import CARRIED_TO_FINISH, queue_delivery
 from core.settings import get_settings
 from workers.base import count_finished_job
 from workers.health import WorkerHealth, start_health_server
@@ -229,6 +230,7 @@ class HandinWorker(Worker):
     async def _run_job_read_at_claim(self, job_id: str, score: int, read: tuple[bytes | None, int] | None) -> None:
         # Set in the job's own task (a context of its own): its first read of the pool is run_job's.
         _CLAIMED_READ.set(read)
+        CARRIED_TO_FINISH.set([])  # filled by the step's end (workers.runner), sent by finish_job
         await self.run_job(job_id, score)
 
     async def finish_job(
@@ -242,8 +244,9 @@ class HandinWorker(Worker):
         keep_in_progress: float | None,
     ) -> None:
         """arq's finish_job with the job's counts for the autoscaler in the same MULTI/EXEC
-        (count_finished_job): one round trip fewer per job, and a job leaves its queue and is
-        counted as finished at one instant."""
+        (count_finished_job), and what the step's end publishes and queues (CARRIED_TO_FINISH):
+        two round trips fewer per job, and a job leaves its queue, is counted as finished and
+        queues the steps it made ready at one instant."""
         async with self.pool.pipeline(transaction=True) as tr:
             delete_keys = []
             in_progress_key = in_progress_key_prefix + job_id
@@ -263,6 +266,8 @@ class HandinWorker(Worker):
             if delete_keys:
                 tr.delete(*delete_keys)
             count_finished_job(tr, self.ctx, job_id)
+            for delivery in CARRIED_TO_FINISH.get() or ():
+                queue_delivery(tr, cast(ArqRedis, self._pool), delivery)
             await tr.execute()
 
 

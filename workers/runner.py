@@ -30,6 +30,7 @@ from core.db import driver_rows, postgres_engine
 from core.events import Envelope, emit_on_its_own, events_ctes, publish
 from core.models import Submission, SubmissionStep
 from core.pipeline import StepState
+from core.queues import CARRIED_TO_FINISH
 from core.settings import Settings
 from core.steps import finish_step
 from core.unit_of_work import unit_of_work
@@ -86,6 +87,8 @@ async def run_step(ctx: dict[str, Any], step: str, submission_id: int, handler: 
     sessions: async_sessionmaker[AsyncSession] = ctx["sessions"]
     redis: ArqRedis = ctx["redis"]
     policy = settings.retry_policy(step)
+    # The worker's finishing MULTI/EXEC sends what the step's end publishes and queues (None: sent at once).
+    carried = CARRIED_TO_FINISH.get()
 
     started = await _start(sessions, redis, step, submission_id, policy.timeout_seconds, policy.max_tries)
     if isinstance(started, _Abandoned):
@@ -98,6 +101,7 @@ async def run_step(ctx: dict[str, Any], step: str, submission_id: int, handler: 
             step,
             StepState.failed,
             error=f"the worker stopped during each of {started.attempts} attempts (gave up)",
+            carried=carried,
         )
         return "failed"
     if isinstance(started, str):
@@ -117,7 +121,7 @@ async def run_step(ctx: dict[str, Any], step: str, submission_id: int, handler: 
             await asyncio.shield(_mark_retrying(sessions, redis, submission_id, step, "worker stopped mid-step", 0))
         raise
     except PermanentStepError as error:
-        await finish_step(sessions, redis, submission_id, step, StepState.failed, error=str(error))
+        await finish_step(sessions, redis, submission_id, step, StepState.failed, error=str(error), carried=carried)
         return "failed"
     except (TransientStepError, TimeoutError, Exception) as error:
         reason = "timed out" if isinstance(error, TimeoutError) else str(error) or type(error).__name__
@@ -131,6 +135,7 @@ async def run_step(ctx: dict[str, Any], step: str, submission_id: int, handler: 
                 step,
                 StepState.failed,
                 error=f"{reason} (gave up after {row.attempts} attempts)",
+                carried=carried,
             )
             return "failed"
         delay = policy.delay(row.attempts)
@@ -149,6 +154,7 @@ async def run_step(ctx: dict[str, Any], step: str, submission_id: int, handler: 
         result=outcome.result,
         quarantine=outcome.quarantine,
         submission_values=outcome.submission_values,
+        carried=carried,
     )
     return state.value
 

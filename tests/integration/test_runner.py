@@ -304,3 +304,56 @@ async def test_progress_is_recorded_in_order_and_published_to_the_page(
     recorded = [(event.seq, event.type) for event in trail if event.data.get("step") == "store"]
     assert recorded[0][1] == "step.queued" and recorded[1:] == published
     await page.aclose()
+
+
+async def test_a_steps_end_is_sent_with_its_jobs_finish_in_one_transaction(
+    factory: Any, settings: Settings, arq_redis: Any, run_burst: Any
+) -> None:
+    """What ending a step publishes and queues goes out in the MULTI/EXEC that takes its job off
+    the queue: one round trip fewer per job, and the steps it made ready are queued at the instant
+    the job is done. Read from Redis's own MONITOR of what it executed."""
+    submission = await _at_store(factory, arq_redis, run_burst)
+    executed: list[str] = []
+    watching, grew = asyncio.Event(), asyncio.Event()
+    observer = Redis.from_url(settings.redis_url)
+
+    async def watch() -> None:
+        async with observer.monitor() as monitor:
+            watching.set()
+            async for command in monitor.listen():
+                executed.append(command["command"])
+                grew.set()
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.wait_for(watching.wait(), 10)
+
+    async def stores(ctx: StepContext) -> Outcome:
+        return Outcome(result={"stored": True})
+
+    await run_burst("store", stores)
+    finished = f"ZREM {keys.queue_name('store')} {keys.job_id('store', submission.id)}"
+
+    def transaction_finishing_the_job() -> list[str] | None:
+        for end, command in enumerate(executed):
+            if command == "EXEC":
+                begin = max(at for at in range(end) if executed[at] == "MULTI")
+                if finished in executed[begin:end]:
+                    return executed[begin:end]
+        return None
+
+    async def finishing_transaction() -> list[str]:
+        while True:
+            grew.clear()
+            if (block := transaction_finishing_the_job()) is not None:
+                return block
+            await grew.wait()
+
+    block = await asyncio.wait_for(finishing_transaction(), 10)
+    watcher.cancel()
+    await observer.aclose()
+    published = [command for command in block if command.startswith("PUBLISH")]
+    assert any("step.succeeded" in command for command in published), block
+    queued = [
+        step for step in FAN_OUT if any(keys.job_id(step, submission.id) in c for c in block if c.startswith("EVAL"))
+    ]
+    assert queued == list(FAN_OUT), block
