@@ -150,9 +150,9 @@ def receipt_text(
 def header_text(value: str) -> str:
     """Text typed by staff or students, made safe for a header: every run of control characters is one space.
 
-    A CR or LF would start a new header (``Bcc:`` injection); the email package
-    refuses such a value, which would fail the step for good on every retry.
-    Folding a long value is left to the email package when the message is written.
+    A CR or LF would start a new header (``Bcc:`` injection): the compat32 classes
+    the messages are built on write a value as it is given. Folding a long value is
+    left to the email package when the message is written.
     """
     return _CONTROLS.sub(" ", value).strip()
 
