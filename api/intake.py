@@ -258,9 +258,7 @@ async def earlier_submission(
     sessions: async_sessionmaker[AsyncSession], user: User, assignment_id: int, key: str
 ) -> int | None:
     """The submission an earlier upload with this idempotency key recorded, if any (a read on its own)."""
-    rows = await rows_of(
-        sessions, _BY_IDEMPOTENCY_KEY, {"user_id": user.id, "assignment_id": assignment_id, "key": key}
-    )
+    rows = await rows_of(sessions, _BY_IDEMPOTENCY_KEY, _key_parameters(user, assignment_id, key))
     return int(rows[0]["id"]) if rows else None
 
 
