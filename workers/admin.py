@@ -236,9 +236,9 @@ async def handle(ctx: StepContext) -> Outcome:
     # The same bytes on every attempt: the receiver may compare a retry with the original.
     body = json.dumps(record.as_json(), sort_keys=True, separators=(",", ":")).encode()
     headers = signed_headers(section.secret, record.id, body)
-    await ctx.progress("posting the submission record to the admin system")
     try:
-        response = await post(section.url, body, headers, section.timeout_seconds)
+        async with ctx.progress_if_slow("posting the submission record to the admin system"):
+            response = await post(section.url, body, headers, section.timeout_seconds)
     except TimeoutError as error:
         detail = f"admin system did not answer within {section.timeout_seconds:g} s"
         raise await not_accepted(ctx, detail) from error

@@ -395,8 +395,8 @@ async def handle(ctx: StepContext) -> Outcome:
     if ctx.previous_result.get("message_id"):
         log.info("resending a receipt an earlier attempt did not confirm", extra={"submission_id": record.id})
     await record_intent(ctx, mid)
-    await ctx.progress("sending the receipt email")
-    response = await send(message, section)
+    async with ctx.progress_if_slow("sending the receipt email"):
+        response = await send(message, section)
     await ctx.redis.set(sent_mark, utcnow().isoformat(), ex=SENT_MARK_TTL_SECONDS)
     return Outcome("succeeded", {**result, "delivery": "smtp", "server_response": response})
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -36,6 +36,10 @@ from core.steps import finish_step
 from core.unit_of_work import unit_of_work
 
 log = logging.getLogger(__name__)
+
+
+# Work that ends within this is not announced by a progress event (StepContext.progress_if_slow).
+SLOW_WORK_SECONDS = 0.25
 
 
 class TransientStepError(Exception):
@@ -76,6 +80,25 @@ class StepContext:
             data["fraction"] = round(max(0.0, min(1.0, fraction)), 3)
         topic = keys.submission_topic(self.submission.id)
         await emit_on_its_own(self.sessions, self.redis, topic, "step.progress", data, actor=f"worker:{self.step}")
+
+    @contextlib.asynccontextmanager
+    async def progress_if_slow(self, message: str, after: float = SLOW_WORK_SECONDS) -> AsyncIterator[None]:
+        """Say ``message`` (``progress``) once the work inside has taken ``after`` seconds: work that
+        ends sooner is gone from the page before the message could be read, and would cost a
+        statement and a publish for nothing. A message said is recorded before the block ends,
+        so it comes before the step's end."""
+        loop = asyncio.get_running_loop()
+        said: list[asyncio.Task[None]] = []
+        timer = loop.call_later(after, lambda: said.append(loop.create_task(self.progress(message))))
+        try:
+            yield
+        finally:
+            timer.cancel()
+            for task in said:
+                try:
+                    await task
+                except Exception as error:  # the message is lost; the work it described is not
+                    log.warning("progress event not recorded", extra={"step": self.step, "error": str(error)})
 
 
 Handler = Callable[[StepContext], Awaitable[Outcome]]

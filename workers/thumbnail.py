@@ -56,9 +56,11 @@ async def local_copy(storage: Any, area: Area, key: str) -> AsyncIterator[Path]:
 
 async def handle(ctx: StepContext) -> Outcome:
     submission = ctx.submission
-    await ctx.progress("drawing a preview")
     try:
-        async with local_copy(ctx.storage, Area.store, submission.storage_key) as path:
+        async with (
+            ctx.progress_if_slow("drawing a preview"),
+            local_copy(ctx.storage, Area.store, submission.storage_key) as path,
+        ):
             thumbnail = await asyncio.to_thread(render_thumbnail, submission.kind, submission.original_filename, path)
     except DocumentError as error:
         raise PermanentStepError(str(error)) from error

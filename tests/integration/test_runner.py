@@ -306,6 +306,45 @@ async def test_progress_is_recorded_in_order_and_published_to_the_page(
     await page.aclose()
 
 
+async def test_work_that_outlasts_its_grace_is_announced_and_quick_work_is_not(
+    factory: Any, sessions: Any, redis: Redis, arq_redis: Any, run_burst: Any
+) -> None:
+    """progress_if_slow: a message once the work has taken its time, recorded before the step
+    ends; work done sooner leaves no progress event (nothing the page could have shown)."""
+    slow, quick = await _at_store(factory, arq_redis, run_burst), await _at_store(factory, arq_redis, run_burst)
+    page = redis.pubsub()
+    await page.subscribe(keys.events_channel(keys.submission_topic(slow.id)))
+    await page.get_message(timeout=5)  # the subscription's confirmation
+
+    async def told() -> None:
+        while True:
+            message = await page.get_message(ignore_subscribe_messages=True, timeout=5)
+            if message is not None and json.loads(message["data"])["type"] == "step.progress":
+                return
+
+    async def works(ctx: StepContext) -> Outcome:
+        if ctx.submission.id == slow.id:
+            async with ctx.progress_if_slow("copying slowly", after=0.05):
+                await asyncio.wait_for(told(), 10)  # the work lasts until the page was told
+        else:
+            async with ctx.progress_if_slow("copying quickly", after=60):
+                pass
+        return Outcome(result={})
+
+    await run_burst("store", works)
+    await page.aclose()
+
+    assert await step_events(sessions, slow.id, "store") == [
+        "step.queued",
+        "step.running",
+        "step.progress",
+        "step.succeeded",
+    ]
+    [said] = await events(sessions, keys.submission_topic(slow.id), "step.progress")
+    assert said.data["message"] == "copying slowly"
+    assert await step_events(sessions, quick.id, "store") == ["step.queued", "step.running", "step.succeeded"]
+
+
 async def test_a_steps_end_is_sent_with_its_jobs_finish_in_one_transaction(
     factory: Any, settings: Settings, arq_redis: Any, run_burst: Any
 ) -> None:
