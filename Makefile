@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/dev.lock | sha1sum | cut -c1-12)
-PYTEST_ARGS ?=
+# The slowest tests are listed at the end of every run: the suite has a 20-minute budget on 2 cores.
+PYTEST_ARGS ?= --durations=25
 
 .PHONY: run test install lint typecheck bench clean-var images lock
 
