@@ -171,8 +171,8 @@ class HandinWorker(Worker):
         self._polling = True
         try:
             next_due = await self._poll_once()
-            if next_due is not None and not self.burst:
-                await self._wait_for_work(next_due)
+            if next_due is not None:
+                await (self._wait_in_burst(next_due) if self.burst else self._wait_for_work(next_due))
         except (RedisError, OSError) as error:
             log.warning("redis unreachable; polling again", extra={"queue": self.queue_name, "error": str(error)})
             await asyncio.sleep(REDIS_RETRY_SECONDS)
@@ -217,6 +217,18 @@ class HandinWorker(Worker):
         if timeout > 0.001:
             # Redis 6 and later take a fractional timeout; redis-py's hints say int.
             await self.pool.blpop([keys.wake_list(self.queue_name)], timeout=timeout)  # type: ignore[misc, arg-type]
+
+    async def _wait_in_burst(self, next_due: float) -> None:
+        """A burst worker that took everything due waits for what can change that: one of its own
+        jobs ending (a retry, or the queue's last job done) or a deferred job falling due.
+        Polling again at once (a poll_delay of 0) would spin: a core taken from the jobs it runs,
+        and from their threads (file reads, SQLite), each of which then waits for the GIL."""
+        timeout = min(WAKE_WAIT_SECONDS, next_due - time.time())
+        running = [task for task in self.tasks.values() if not task.done()]
+        if running:
+            await asyncio.wait(running, timeout=max(timeout, 0.0), return_when=asyncio.FIRST_COMPLETED)
+        elif math.isfinite(next_due) and timeout > 0.001:
+            await asyncio.sleep(timeout)
 
     async def _run_claimed(self, job_id: str, score: int, read: tuple[bytes | None, int] | None) -> None:
         """What arq's start_jobs does with a job it claimed. POLL_AND_CLAIM claimed no more than

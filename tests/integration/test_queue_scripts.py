@@ -321,3 +321,43 @@ async def test_a_claimed_job_whose_data_expired_fails_as_expired(arq_redis: ArqR
     result = await job.result_info()
     assert result is not None and not result.success and "job expired" in str(result.result)
     assert await arq_redis.zcard("handin:test-claimed") == 0
+
+
+async def evalsha_calls(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_a_burst_worker_waits_for_its_running_job_and_a_retrys_due_time_instead_of_polling(
+    arq_redis: ArqRedis, redis: Redis
+) -> None:
+    """Polling again at once while a job runs would spin a core the job needs (a poll_delay of 0, as
+    `run_burst` and quick drains use). The job takes its time and asks for a retry 0.2 s later:
+    the worker polls when it starts, when each run ends and when the retry is due."""
+    runs: list[int] = []
+
+    async def slow(ctx: dict[str, Any]) -> str:
+        runs.append(ctx["job_try"])
+        await asyncio.sleep(0.3)  # the job's own work
+        if ctx["job_try"] == 1:
+            raise Retry(defer=0.2)
+        return "done"
+
+    worker = HandinWorker(
+        functions=[func(slow, name="slow", max_tries=2)],
+        queue_name="handin:test-burst",
+        redis_pool=arq_redis,
+        burst=True,
+        handle_signals=False,
+        poll_delay=0,
+    )
+    job = await arq_redis.enqueue_job("slow", _queue_name="handin:test-burst")
+    assert job is not None
+    before = await evalsha_calls(redis)
+
+    await worker.main()
+
+    assert runs == [1, 2]
+    result = await job.result_info()
+    assert result is not None and result.success and result.result == "done"
+    assert await evalsha_calls(redis) - before < 12  # spinning: thousands in the 0.8 s
