@@ -26,7 +26,7 @@ from core import keys
 from core.events import Envelope
 from core.queues import enqueue_step, publish_and_enqueue
 from core.settings import Settings
-from tests.fixtures.conditions import until
+from tests.fixtures.conditions import subscribed, until
 from tests.fixtures.workers import BurstRunner
 from workers import run, scan
 from workers.base import step_worker_settings
@@ -169,8 +169,7 @@ async def test_a_step_end_publishes_its_events_and_queues_what_follows_in_one_go
     arq_redis: ArqRedis, redis: Redis
 ) -> None:
     topic = keys.submission_topic(50)
-    pubsub = redis.pubsub()
-    await pubsub.subscribe(keys.events_channel(topic))
+    pubsub = await subscribed(redis, keys.events_channel(topic))
     at = "2026-11-30T12:00:00.000Z"
     envelopes = [Envelope(7, topic, "step.queued", at, {"step": "admin"}), Envelope(8, topic, "step.queued", at, {})]
     try:

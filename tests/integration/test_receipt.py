@@ -15,6 +15,7 @@ from core import keys
 from core.models import Assignment, Submission, SubmissionStep, User
 from core.queues import enqueue_step
 from core.settings import Settings
+from tests.fixtures.conditions import subscribed
 from tests.fixtures.factories import Factory
 from tests.fixtures.pipeline import quick_retries, step_row
 from tests.fixtures.smtp import ReceivedMail, SmtpServer
@@ -82,8 +83,7 @@ async def test_smtp_down_then_up_sends_exactly_one_receipt(
 ) -> None:
     use_smtp(settings, smtp_server)
     submission = await queued_receipt_step(factory, arq_redis)
-    pubsub = redis.pubsub()
-    await pubsub.subscribe(keys.events_channel(keys.submission_topic(submission.id)))
+    pubsub = await subscribed(redis, keys.events_channel(keys.submission_topic(submission.id)))
     smtp_server.stop()
 
     worker = asyncio.create_task(run_burst(receipt.TASK, receipt.handle))

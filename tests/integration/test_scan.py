@@ -15,6 +15,7 @@ from core.queues import enqueue_step, job_exists
 from core.settings import Settings
 from core.storage import Area, make_storage
 from tests.fixtures.clamd import CLAMD_STREAM_MAX, EICAR, EICAR_SIGNATURE_NAME, Clamd, ClamdProxy, free_port
+from tests.fixtures.conditions import subscribed
 from tests.fixtures.pipeline import events, quick_retries, step_events, step_row, step_states, submission_row
 from workers import scan, store
 from workers.clamd import ClamdClient
@@ -96,8 +97,7 @@ async def test_scan_over_the_unix_socket(
 
 
 async def _collect(redis: Redis, channels: list[str], into: list[dict[str, Any]], ready: asyncio.Event) -> None:
-    pubsub = redis.pubsub()
-    await pubsub.subscribe(*channels)
+    pubsub = await subscribed(redis, *channels)
     ready.set()
     try:
         while True:

@@ -32,6 +32,7 @@ from core.queues import enqueue_step
 from core.settings import Settings
 from core.similarity import external
 from core.similarity.external import EVENT_TYPE_HEADER, SIGNATURE_HEADER, sign
+from tests.fixtures.conditions import subscribed
 from tests.fixtures.factories import Factory
 from tests.fixtures.pipeline import events, quick_retries, step_events, step_row
 from tests.fixtures.similarity_provider import API_KEY, WEBHOOK_SECRET, FakeProvider, serve
@@ -93,8 +94,7 @@ async def watching(redis: Redis, sessions: Any, submission_id: int) -> AsyncIter
     test runs on this Redis): an envelope counts only if our audit trail has it.
     """
     topic = keys.submission_topic(submission_id)
-    pubsub = redis.pubsub()
-    await pubsub.subscribe(keys.events_channel(topic))
+    pubsub = await subscribed(redis, keys.events_channel(topic))
 
     async def ours(envelope: dict[str, Any]) -> bool:
         rows = await events(sessions, topic, envelope["type"])
