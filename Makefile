@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/dev.lock | sha1sum | cut -c1-12)
-# The slowest tests are listed at the end of every run: the suite has a 20-minute budget on 2 cores.
-PYTEST_ARGS ?= --durations=25
+# One test process per core (tests/conftest.py keeps a module's tests in one); the slowest tests
+# are listed at the end of every run: the suite has a 20-minute budget on 2 cores.
+PYTEST_ARGS ?= -n auto --durations=25
 
 .PHONY: run test install lint typecheck bench clean-var images lock
 

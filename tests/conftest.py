@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -34,19 +35,27 @@ pytest_plugins = sorted(
 PG_ADMIN_DSN = os.environ.get("HANDIN_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
+# The process that started the server HANDIN_TEST_REDIS_URL names, when the suite started it.
+_REDIS_STARTED_BY = "HANDIN_TEST_REDIS_STARTED_BY"
+
+
 def _suite_redis_url() -> str:
     """The suite's own Redis server, started for this run and stopped at its end.
 
     Not a database number on the shared server: pub/sub channels span every
     database of a server, so `make run` or another run's events would reach
     our subscribers. HANDIN_TEST_REDIS_URL points the suite elsewhere.
+    Each process of a parallel run (pytest -n) starts a server of its own:
+    one test's flush must not empty another's database. A server given by
+    HANDIN_TEST_REDIS_URL is shared by every process: give one with one process.
     """
     given = os.environ.get("HANDIN_TEST_REDIS_URL")
-    if given:
+    if given and os.environ.get(_REDIS_STARTED_BY) in (None, str(os.getpid())):
         return given
     process, url = start_redis_server(Path(tempfile.mkdtemp(prefix="handin-test-redis-")))
     atexit.register(process.kill)
     os.environ["HANDIN_TEST_REDIS_URL"] = url
+    os.environ[_REDIS_STARTED_BY] = str(os.getpid())
     return url
 
 
@@ -127,3 +136,27 @@ async def redis() -> AsyncIterator[Redis]:
 def settings(database_url: str, tmp_path: Path) -> Iterator[Settings]:
     """Settings pointing every component at this test's own database, Redis and folders."""
     yield local_settings(database_url, TEST_REDIS_URL, tmp_path)
+
+
+# Folders whose tests share one expensive session fixture: in a parallel run each goes
+# to one process, so the control plane starts, and the images build, once.
+_SHARED_SESSION_FOLDERS = {"tests/cluster/": "envtest", "tests/images/": "podman", "tests/e2e/": "kind"}
+
+
+def parallel_group(nodeid: str) -> str:
+    """What a parallel run (pytest -n) keeps in one process: a folder above, else the test's module
+    (its module-scoped fixtures, such as the running system, start once)."""
+    module = nodeid.split("::", 1)[0]
+    return next((group for folder, group in _SHARED_SESSION_FOLDERS.items() if module.startswith(folder)), module)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Whole groups (parallel_group) to each process, as `--dist loadscope` sends whole modules."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return parallel_group(nodeid)
+
+    return GroupScheduling(config, log)
