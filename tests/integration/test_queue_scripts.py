@@ -277,13 +277,18 @@ def recording_worker(arq_redis: ArqRedis, runs: list[tuple[int, tuple[Any, ...]]
             raise Retry(defer=0)
         return "done"
 
+    return burst_worker_of(arq_redis, func(flaky, name="flaky", max_tries=3), "handin:test-claimed", abortable)
+
+
+def burst_worker_of(arq_redis: ArqRedis, function: Any, queue_name: str, abortable: bool = False) -> HandinWorker:
+    """A burst worker of one function, polling again at once while there is work (a poll_delay of 0)."""
     return HandinWorker(
-        functions=[func(flaky, name="flaky", max_tries=3)],
-        queue_name="handin:test-claimed",
+        functions=[function],
+        queue_name=queue_name,
         redis_pool=arq_redis,
         burst=True,
         handle_signals=False,
-        poll_delay=0.01,
+        poll_delay=0,
         allow_abort_jobs=abortable,
     )
 
@@ -342,14 +347,7 @@ async def test_a_burst_worker_waits_for_its_running_job_and_a_retrys_due_time_in
             raise Retry(defer=0.2)
         return "done"
 
-    worker = HandinWorker(
-        functions=[func(slow, name="slow", max_tries=2)],
-        queue_name="handin:test-burst",
-        redis_pool=arq_redis,
-        burst=True,
-        handle_signals=False,
-        poll_delay=0,
-    )
+    worker = burst_worker_of(arq_redis, func(slow, name="slow", max_tries=2), "handin:test-burst")
     job = await arq_redis.enqueue_job("slow", _queue_name="handin:test-burst")
     assert job is not None
     before = await evalsha_calls(redis)
