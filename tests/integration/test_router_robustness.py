@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -110,8 +111,11 @@ async def test_a_peer_that_never_authenticates_is_aborted(settings: Settings, re
         assert abort[0] == 3 and abort[2] == "wamp.error.not_authorized"
 
 
-async def test_healthz_and_metrics(wamp_router: RunningRouter, wamp_world: World) -> None:
+async def test_healthz_and_metrics(
+    wamp_router: RunningRouter, wamp_world: World, caplog: pytest.LogCaptureFixture
+) -> None:
     client = await autobahn_session(wamp_router.url, await wamp_world.login(await wamp_world.user()))
+    caplog.set_level(logging.INFO, logger="websockets.server")
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{wamp_router.port}") as http:
             health = await http.get("/healthz")
@@ -123,6 +127,9 @@ async def test_healthz_and_metrics(wamp_router: RunningRouter, wamp_world: World
             assert (await http.get("/elsewhere")).status_code == 404
     finally:
         await close_autobahn(client)
+    # Probes and scrapes are not logged as refused connections; what was refused still is.
+    said = [record.getMessage() for record in caplog.records if record.name == "websockets.server"]
+    assert said == ["connection rejected (404 Not Found)"]
 
 
 async def test_slow_consumer_is_dropped_and_others_get_everything(
