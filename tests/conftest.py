@@ -46,8 +46,8 @@ def _suite_redis_url() -> str:
     database of a server, so `make run` or another run's events would reach
     our subscribers. HANDIN_TEST_REDIS_URL points the suite elsewhere.
     Each process of a parallel run (pytest -n) starts a server of its own:
-    one test's flush must not empty another's database. A server given by
-    HANDIN_TEST_REDIS_URL is shared by every process: give one with one process.
+    one test's flush must not empty another's database; a server given by
+    HANDIN_TEST_REDIS_URL would be shared, so a parallel run refuses one.
     """
     given = os.environ.get("HANDIN_TEST_REDIS_URL")
     if given and os.environ.get(_REDIS_STARTED_BY) in (None, str(os.getpid())):
@@ -60,6 +60,18 @@ def _suite_redis_url() -> str:
 
 
 TEST_REDIS_URL = _suite_redis_url()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A Redis server given by HANDIN_TEST_REDIS_URL would be shared by a parallel run's processes,
+    each flushing the others' jobs: refused, saying what to do instead."""
+    processes = len(config.getoption("tx", None) or []) if config.getoption("dist", "no") != "no" else 1
+    if processes > 1 and os.environ.get(_REDIS_STARTED_BY) is None:
+        raise pytest.UsageError(
+            "HANDIN_TEST_REDIS_URL names one Redis server for every test process, and each process empties "
+            "its database around every test: run with one process (`make test PYTEST_ARGS=`, or pytest "
+            "without -n), or leave HANDIN_TEST_REDIS_URL unset so that each process starts a server of its own"
+        )
 
 
 def pg_url(database: str) -> str:
