@@ -18,6 +18,7 @@ from core.auth import read_ws_ticket
 from core.models import WebSession
 from core.settings import Settings
 from tests.fixtures.app import PASSWORD, World, login, same_origin
+from tests.fixtures.conditions import subscribed
 from tests.fixtures.pipeline import step_states
 
 
@@ -61,9 +62,7 @@ async def test_logout_revokes_the_session_everywhere(
         stolen_cookie = http.cookies[SESSION_COOKIE]
         async with sessions() as session:
             session_id = (await session.scalars(select(WebSession.id))).one()
-        pubsub = redis.pubsub()
-        await pubsub.subscribe(keys.WEB_SESSION_REVOKED_CHANNEL)
-        await pubsub.get_message(timeout=1)  # the subscribe confirmation
+        pubsub = await subscribed(redis, keys.WEB_SESSION_REVOKED_CHANNEL)
         assert (await http.post("/api/logout")).status_code == 200
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2)
         await pubsub.aclose()

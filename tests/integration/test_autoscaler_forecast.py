@@ -18,6 +18,7 @@ from core import keys
 from core.clock import utcnow
 from core.models import Enrolment, Event, Extension, Submission, User
 from core.settings import Settings
+from tests.fixtures.conditions import subscribed
 from tests.fixtures.factories import Factory
 
 STUDENTS = 400
@@ -91,8 +92,7 @@ async def test_a_deadline_ahead_grows_the_pools_and_the_decision_reaches_the_das
     settings = settings.model_copy(
         update={"autoscaler": settings.autoscaler.model_copy(update={"pod_start_seconds": 60})}
     )
-    pubsub = redis.pubsub()
-    await pubsub.subscribe(keys.events_channel(keys.FLEET_TOPIC))
+    pubsub = await subscribed(redis, keys.events_channel(keys.FLEET_TOPIC))
     scaler = Autoscaler(settings, redis, sessions, LocalTarget())
 
     decisions = await scaler.cycle(dry_run=True)

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from core import keys
 from core.flash import FlashSpec, confirm_flash, pending_flashes, push_flash
 from core.models import Flash
+from tests.fixtures.conditions import subscribed
 from tests.fixtures.factories import Factory
 
 
@@ -28,8 +29,7 @@ async def test_a_flash_is_stored_and_pushed_live_to_its_user(
     factory: Factory, sessions: async_sessionmaker[AsyncSession], redis: Redis
 ) -> None:
     user = await factory.user("student")
-    pubsub = redis.pubsub()
-    await pubsub.subscribe(keys.events_channel(keys.user_topic(user.id)))
+    pubsub = await subscribed(redis, keys.events_channel(keys.user_topic(user.id)))
     try:
         flash = await push_flash(
             sessions, redis, user.id, FlashSpec(text="Receipt sent", kind="success", link_url="/submissions/1")

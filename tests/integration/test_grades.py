@@ -24,6 +24,7 @@ from core.grades import GradeRefused, cancel_release, enter_grade, release_grade
 from core.models import Assignment, Event, Flash
 from core.queues import redis_settings
 from core.settings import Settings
+from tests.fixtures.conditions import subscribed
 from tests.fixtures.factories import Factory, World
 
 
@@ -44,8 +45,7 @@ async def test_grading_tells_other_staff_without_leaking_the_grade(
 ) -> None:
     world = await factory.world()
     submission = await factory.submission(world, b"an essay")
-    pubsub = redis.pubsub()
-    await pubsub.subscribe(keys.events_channel(keys.assignment_topic(world.assignment.id)))
+    pubsub = await subscribed(redis, keys.events_channel(keys.assignment_topic(world.assignment.id)))
     try:
         await enter_grade(sessions, redis, submission.id, world.staff.id, "B+", "Good")
         async with asyncio.timeout(2):

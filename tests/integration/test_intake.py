@@ -27,6 +27,7 @@ from core.models import Event, Extension, Submission, SubmissionStep
 from core.pipeline import STEP_NAMES
 from core.settings import Settings
 from tests.fixtures.app import PASSWORD, World, make_assignment, same_origin
+from tests.fixtures.conditions import subscribed
 
 Login = Callable[[str], Awaitable[httpx.AsyncClient]]
 PDF = b"%PDF-1.7\n" + b"1 0 obj << /Type /Catalog >> endobj\n" * 50
@@ -55,9 +56,7 @@ async def test_happy_path(
     as_user: Login, world: World, sessions: async_sessionmaker[AsyncSession], settings: Settings, redis: Redis
 ) -> None:
     student = await as_user("student")
-    dashboard = redis.pubsub()
-    await dashboard.subscribe(keys.events_channel(keys.course_staff_topic(world.course_id)))
-    await dashboard.get_message(timeout=1)
+    dashboard = await subscribed(redis, keys.events_channel(keys.course_staff_topic(world.course_id)))
 
     answer = await student.post(upload_url(world.assignment_id), files={"file": ("essay.pdf", PDF, "application/pdf")})
 

@@ -22,6 +22,7 @@ from core.clock import isoformat, utcnow
 from core.models import SubmissionStep
 from core.queues import enqueue_step, job_exists
 from core.settings import Settings
+from tests.fixtures.conditions import subscribed
 from tests.fixtures.pipeline import events, quick_retries, step_events, step_row, step_states, submission_row
 from tests.fixtures.workers import burst_worker
 from workers import scan
@@ -88,8 +89,7 @@ async def test_what_a_page_is_sent_is_the_audit_trail_in_order_without_gaps(
     """A step's start (one statement on PostgreSQL) and end publish the events they wrote, with their seq."""
     submission = await _at_store(factory, arq_redis, run_burst)
     topic = keys.submission_topic(submission.id)
-    pubsub = redis.pubsub()
-    await pubsub.subscribe(keys.events_channel(topic))
+    pubsub = await subscribed(redis, keys.events_channel(topic))
     try:
 
         async def succeeds(ctx: StepContext) -> Outcome:
@@ -268,9 +268,7 @@ async def test_progress_is_recorded_in_order_and_published_to_the_page(
 ) -> None:
     submission = await _at_store(factory, arq_redis, run_burst)
     topic = keys.submission_topic(submission.id)
-    page = redis.pubsub()
-    await page.subscribe(keys.events_channel(topic))
-    await page.get_message(timeout=5)  # the subscription's confirmation
+    page = await subscribed(redis, keys.events_channel(topic))
 
     async def reports_progress(ctx: StepContext) -> Outcome:
         await ctx.progress("reading the file", 0.5)
@@ -312,9 +310,7 @@ async def test_work_that_outlasts_its_grace_is_announced_and_quick_work_is_not(
     """progress_if_slow: a message once the work has taken its time, recorded before the step
     ends; work done sooner leaves no progress event (nothing the page could have shown)."""
     slow, quick = await _at_store(factory, arq_redis, run_burst), await _at_store(factory, arq_redis, run_burst)
-    page = redis.pubsub()
-    await page.subscribe(keys.events_channel(keys.submission_topic(slow.id)))
-    await page.get_message(timeout=5)  # the subscription's confirmation
+    page = await subscribed(redis, keys.events_channel(keys.submission_topic(slow.id)))
 
     async def told() -> None:
         while True:

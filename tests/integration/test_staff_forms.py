@@ -26,6 +26,7 @@ from core import keys
 from core.clock import isoformat, utcnow
 from core.models import Assignment, Extension, Submission
 from tests.fixtures.app import World
+from tests.fixtures.conditions import subscribed
 
 Login = Callable[[str], Awaitable[httpx.AsyncClient]]
 PDF = b"%PDF-1.4\n" + b"%% page one\n" * 100
@@ -47,8 +48,7 @@ class Topic:
 
 @asynccontextmanager
 async def listening(redis: Redis, topic: str) -> AsyncIterator[Topic]:
-    pubsub = redis.pubsub()
-    await pubsub.subscribe(keys.events_channel(topic))
+    pubsub = await subscribed(redis, keys.events_channel(topic))
     try:
         yield Topic(pubsub)
     finally:
