@@ -45,17 +45,27 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def bench_database() -> AsyncIterator[str]:
-    """A PostgreSQL database of this run's own, with the schema; dropped afterwards."""
+async def bench_database(source: Path | None = None) -> AsyncIterator[str]:
+    """A PostgreSQL database of this run's own, with the schema (of the code in `source`, a
+    baseline's tree, if given); dropped afterwards."""
     name = f"handin_bench_{uuid.uuid4().hex[:10]}"
     admin = await asyncpg.connect(PG_ADMIN_DSN)
     await admin.execute(f'CREATE DATABASE "{name}"')
     await admin.close()
     url = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + f"/{name}"
-    engine = make_engine(url)
-    async with engine.begin() as connection:
-        await connection.run_sync(Base.metadata.create_all)
-    await engine.dispose()
+    if source is None:
+        engine = make_engine(url)
+        async with engine.begin() as connection:
+            await connection.run_sync(Base.metadata.create_all)
+        await engine.dispose()
+    else:
+        await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-c", CREATE_SCHEMA, url],
+            env=source_env(dict(os.environ), source),
+            cwd=source,
+            check=True,
+        )
     try:
         yield url
     finally:
@@ -232,6 +242,22 @@ def source_tree(ref: str | None) -> Iterator[Path]:
         archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", ref], check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", path], input=archive, check=True)
         yield Path(path)
+
+
+# The schema of the code on the path, in the database named by argv[1].
+CREATE_SCHEMA = """
+import asyncio, sys
+from core.db import make_engine
+from core.models import Base
+
+async def create():
+    engine = make_engine(sys.argv[1])
+    async with engine.begin() as connection:
+        await connection.run_sync(Base.metadata.create_all)
+    await engine.dispose()
+
+asyncio.run(create())
+"""
 
 
 def source_env(env: dict[str, str], source: Path) -> dict[str, str]:

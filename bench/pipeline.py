@@ -407,8 +407,8 @@ async def lookup_cost(database_url: str, earlier: int, prints_each: int, repeats
         # Each earlier submission: random hashes of its own.
         await session.execute(
             text(
-                "INSERT INTO fingerprints (assignment_id, hash, submission_id, position)"
-                " SELECT :a, (random() * 9e18)::bigint, s.id, g FROM submissions s, generate_series(1, :p) g"
+                "INSERT INTO fingerprints (assignment_id, hash, submission_id, ordinal, position)"
+                " SELECT :a, (random() * 9e18)::bigint, s.id, g, g FROM submissions s, generate_series(1, :p) g"
                 " WHERE s.assignment_id = :a"
             ),
             {"a": seeded.assignment_id, "p": prints_each},
@@ -417,19 +417,21 @@ async def lookup_cost(database_url: str, earlier: int, prints_each: int, repeats
         question, copied = prints[: max(1, len(prints) // 50)], prints[len(prints) // 2 : len(prints) // 2 + 300]
         await session.execute(
             text(
-                "INSERT INTO fingerprints (assignment_id, hash, submission_id, position)"
-                " SELECT :a, h, s.id, 0 FROM submissions s, unnest(CAST(:h AS bigint[])) h WHERE s.assignment_id = :a"
+                "INSERT INTO fingerprints (assignment_id, hash, submission_id, ordinal, position)"
+                " SELECT :a, q.h, s.id, :p + q.n, 0"
+                " FROM submissions s, unnest(CAST(:h AS bigint[])) WITH ORDINALITY AS q(h, n)"
+                " WHERE s.assignment_id = :a"
             ),
-            {"a": seeded.assignment_id, "h": [p.hash for p in question]},
+            {"a": seeded.assignment_id, "h": [p.hash for p in question], "p": prints_each},
         )
         # A passage of ~5 % copied from one earlier essay.
         await session.execute(
             text(
-                "INSERT INTO fingerprints (assignment_id, hash, submission_id, position)"
-                " SELECT :a, h, (SELECT min(id) FROM submissions WHERE assignment_id = :a), 0"
-                " FROM unnest(CAST(:h AS bigint[])) h"
+                "INSERT INTO fingerprints (assignment_id, hash, submission_id, ordinal, position)"
+                " SELECT :a, c.h, (SELECT min(id) FROM submissions WHERE assignment_id = :a), :after + c.n, 0"
+                " FROM unnest(CAST(:h AS bigint[])) WITH ORDINALITY AS c(h, n)"
             ),
-            {"a": seeded.assignment_id, "h": [p.hash for p in copied]},
+            {"a": seeded.assignment_id, "h": [p.hash for p in copied], "after": prints_each + len(question)},
         )
     walls: list[float] = []
     cpus: list[float] = []
@@ -567,9 +569,9 @@ async def main(args: argparse.Namespace) -> None:
         for name, noop in wanted:
             of_baseline = name.endswith("baseline")
             with source_tree(args.baseline_ref if of_baseline else None) as source:
-                async with bench_database() as database_url:
+                baseline = source if of_baseline else None
+                async with bench_database(baseline) as database_url:
                     env["HANDIN_DATABASE_URL"] = database_url
-                    baseline = source if of_baseline else None
                     phases.append(await run_phase(name, noop, args, database_url, root, clamd, env, baseline))
             sync_redis.Redis.from_url(BENCH_REDIS_URL).flushdb()
         if args.lookup_earlier:

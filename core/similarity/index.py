@@ -16,8 +16,9 @@ On PostgreSQL a check is one statement each way:
   hashes and a table never analysed (a new assignment on a busy installation,
   autovacuum behind), PostgreSQL scanned the assignment's whole slice of the
   index for every batch, and its CPU per check grew with the assignment;
-- the fingerprints are written as two arrays unnested server-side, with the
-  removal of a re-run's earlier rows in the same statement.
+- the fingerprints are written as two arrays unnested server-side, numbered
+  in order for their key (submission, ordinal); a re-run, whose rows are
+  already there, deletes them first in the same transaction.
 
 SQLite (one machine, few submissions) keeps plain batched statements.
 """
@@ -30,11 +31,12 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any, NamedTuple
 
+import asyncpg
 from sqlalchemy import delete, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import TextClause
 
-from core.db import driver_rows, postgres_engine
+from core.db import driver_connection, driver_rows, driver_statement, postgres_engine
 from core.models import Fingerprint as FingerprintRow
 from core.models import Submission
 from core.similarity.winnowing import Fingerprint
@@ -61,12 +63,14 @@ LOOKUP_SQL = text(
     """
 )
 
-REPLACE_SQL = text(
+# A re-run's earlier rows cannot be deleted in the INSERT's own statement: its key check still
+# sees them (the statement's snapshot), so a re-run deletes them first, in one transaction with it.
+DELETE_SQL = text("DELETE FROM fingerprints WHERE submission_id = :submission_id")
+INSERT_SQL = text(
     """
-    WITH earlier AS (DELETE FROM fingerprints WHERE submission_id = :submission_id)
-    INSERT INTO fingerprints (assignment_id, hash, submission_id, position)
-    SELECT :assignment_id, t.hash, :submission_id, t.position
-    FROM unnest(CAST(:hashes AS BIGINT[]), CAST(:positions AS INTEGER[])) AS t(hash, position)
+    INSERT INTO fingerprints (submission_id, ordinal, assignment_id, hash, position)
+    SELECT :submission_id, t.ordinal - 1, :assignment_id, t.hash, t.position
+    FROM unnest(CAST(:hashes AS BIGINT[]), CAST(:positions AS INTEGER[])) WITH ORDINALITY AS t(hash, position, ordinal)
     """
 )
 
@@ -192,13 +196,19 @@ async def replace(
             "hashes": [fp.hash for fp in fingerprints],
             "positions": [fp.start for fp in fingerprints],
         }
-        await driver_rows(engine, REPLACE_SQL, parameters)  # one statement: its own transaction
+        try:
+            await driver_rows(engine, INSERT_SQL, parameters)  # one statement: its own transaction
+        except asyncpg.UniqueViolationError:  # a re-run
+            async with driver_connection(engine) as connection, connection.transaction():
+                await driver_statement(DELETE_SQL, engine).fetch(connection, parameters)
+                await driver_statement(INSERT_SQL, engine).fetch(connection, parameters)
         return
     async with sessions() as session, session.begin():
         await session.execute(delete(FingerprintRow).where(FingerprintRow.submission_id == submission_id))
         rows = [
-            {"assignment_id": assignment_id, "hash": fp.hash, "submission_id": submission_id, "position": fp.start}
-            for fp in fingerprints
-        ]
+            {"submission_id": submission_id, "ordinal": n, "assignment_id": assignment_id, "hash": fp.hash,
+             "position": fp.start}
+            for n, fp in enumerate(fingerprints)
+        ]  # fmt: skip
         for start in range(0, len(rows), INSERT_BATCH):
             await session.execute(insert(FingerprintRow), rows[start : start + INSERT_BATCH])

@@ -6,11 +6,13 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
 
 from core.db import make_engine
-from core.migrate import upgrade
+from core.migrate import alembic_config, upgrade
 from core.models import Base
 from tests.conftest import empty_database
 
@@ -31,3 +33,44 @@ async def test_migrations_match_the_models(kind: str, tmp_path: Path) -> None:
             differences = await connection.run_sync(_differences)
         await engine.dispose()
     assert differences == []
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_fingerprints_keep_their_rows_and_order_when_keyed_by_submission(kind: str, tmp_path: Path) -> None:
+    """Rows indexed before 0006 are numbered per submission in the order they were written; the
+    trigger that removes them with their submission survives SQLite's copy of the table."""
+    async with empty_database(kind, tmp_path) as url:
+        await asyncio.to_thread(upgrade, url, "0005_fingerprints")
+        engine = make_engine(url)
+        written = [(11, 1000), (12, 2000), (11, 1001), (12, 2001), (11, 1002)]  # two submissions, interleaved
+        async with engine.begin() as connection:
+            for submission_id, value in written:
+                await connection.execute(
+                    text(
+                        "INSERT INTO fingerprints (assignment_id, hash, submission_id, position) VALUES (1, :h, :s, 0)"
+                    ),
+                    {"h": value, "s": submission_id},
+                )
+        await asyncio.to_thread(upgrade, url)
+        async with engine.connect() as connection:
+            rows = (
+                await connection.execute(
+                    text("SELECT submission_id, ordinal, hash FROM fingerprints ORDER BY submission_id, ordinal")
+                )
+            ).all()
+            trigger = (
+                "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name = 'submissions_forget_fingerprints'"
+                if kind == "sqlite"
+                else "SELECT count(*) FROM pg_trigger WHERE tgname = 'submissions_forget_fingerprints'"
+            )
+            triggers = (await connection.execute(text(trigger))).scalar_one()
+        # And back: serial ids again, in the same order.
+        await asyncio.to_thread(command.downgrade, alembic_config(url), "0005_fingerprints")
+        async with engine.connect() as connection:
+            by_id = (await connection.execute(text("SELECT submission_id, hash FROM fingerprints ORDER BY id"))).all()
+            triggers_after_downgrade = (await connection.execute(text(trigger))).scalar_one()
+        await engine.dispose()
+    assert [tuple(row) for row in rows] == [(11, 0, 1000), (11, 1, 1001), (11, 2, 1002), (12, 0, 2000), (12, 1, 2001)]
+    assert triggers == 1
+    assert [tuple(row) for row in by_id] == [(11, 1000), (11, 1001), (11, 1002), (12, 2000), (12, 2001)]
+    assert triggers_after_downgrade == 1

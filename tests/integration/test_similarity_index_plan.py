@@ -72,8 +72,8 @@ async def never_analysed() -> AsyncIterator[tuple[async_sessionmaker[AsyncSessio
             # Distinct hashes per earlier submission; hash 7 is in the first one only.
             await connection.execute(
                 text(
-                    "INSERT INTO fingerprints (assignment_id, hash, submission_id, position)"
-                    " SELECT :a, s.id * 1000 + g, s.id, g FROM submissions AS s, generate_series(0, :p - 1) AS g"
+                    "INSERT INTO fingerprints (assignment_id, hash, submission_id, ordinal, position)"
+                    " SELECT :a, s.id * 1000 + g, s.id, g, g FROM submissions AS s, generate_series(0, :p - 1) AS g"
                 ),
                 {"a": ids["assignment"], "p": PRINTS_EACH},
             )
@@ -146,10 +146,10 @@ async def test_a_hash_every_earlier_submission_holds_is_boilerplate_and_read_no_
     async with sessions() as session, session.begin():
         await session.execute(
             text(
-                "INSERT INTO fingerprints (assignment_id, hash, submission_id, position)"
-                " SELECT :a, :h, id, 0 FROM submissions WHERE assignment_id = :a"
+                "INSERT INTO fingerprints (assignment_id, hash, submission_id, ordinal, position)"
+                " SELECT :a, :h, id, :p, 0 FROM submissions WHERE assignment_id = :a"
             ),
-            {"a": ids["assignment"], "h": question},
+            {"a": ids["assignment"], "h": question, "p": PRINTS_EACH},
         )
         first_submission = (await session.execute(text("SELECT min(id) FROM submissions"))).scalar_one()
     wanted = [question, first_submission * 1000 + 3]
