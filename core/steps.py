@@ -9,26 +9,38 @@ once (their compiled form is cached; asyncpg prepares each once per
 connection): the submission is locked and its step rows read, UPDATEs
 write only what changed, and the transaction's events go in one statement
 (``StagedEvents.stage``). On PostgreSQL the statements run on the pooled
-connection's asyncpg object itself (``core.db.driver_connection``).
+connection's asyncpg object itself (``core.db.driver_connection``), and a
+step's usual end is optimistic: read unlocked, then written by one statement
+only if nothing changed meanwhile (``_end_if_unchanged``), the locked
+transaction when something did.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from arq.connections import ArqRedis
-from sqlalchemy import Boolean, String, Table, bindparam, select, text, update
+from sqlalchemy import Boolean, String, Table, TextClause, bindparam, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core import keys
 from core.clock import utcnow
-from core.db import driver_connection, driver_statement, postgres_engine
-from core.events import EVENT_ARRAYS, EventBatch, StagedEvents, envelopes_of, event_arrays, events_ctes
+from core.db import driver_connection, driver_rows, driver_statement, postgres_engine
+from core.events import (
+    EVENT_ARRAYS,
+    Envelope,
+    EventBatch,
+    PendingEvent,
+    StagedEvents,
+    envelopes_of,
+    event_arrays,
+    events_ctes,
+)
 from core.models import Assignment, Submission, SubmissionStep
 from core.pipeline import StepState, SubmissionStatus, blocked_steps, overall_status, ready_steps
 from core.queues import Delivery, publish_and_enqueue
@@ -52,11 +64,12 @@ _LOCK_SUBMISSION = (
 _READ_STEPS = select(_steps.c.step, _steps.c.state, _steps.c.started_at, _steps.c.result).where(
     _steps.c.submission_id == bindparam("submission_id")
 )
-# PostgreSQL: both in one statement that locks the step rows too. A row locked in READ COMMITTED
+# PostgreSQL: both in one statement that locks the step rows too (unlocked, _READ_PG is the
+# optimistic end's read, a statement of its own). A row locked in READ COMMITTED
 # is returned as its latest committed version (the lock waits for a writer, then re-reads the
 # row), so the steps are seen as they are once the submission's lock is held. The submission is
 # locked first (its row comes first in each joined row), so parallel endings still queue on it.
-_LOCK_AND_READ_PG = (
+_READ_PG = (
     select(
         _submissions.c.status,
         _submissions.c.completed_at,
@@ -70,8 +83,8 @@ _LOCK_AND_READ_PG = (
     .join_from(_submissions, _assignments)
     .join(_steps, _steps.c.submission_id == _submissions.c.id)
     .where(_submissions.c.id == bindparam("submission_id"))
-    .with_for_update(of=[_submissions, _steps])
 )
+_LOCK_AND_READ_PG = _READ_PG.with_for_update(of=[_submissions, _steps])
 _END_STEP = (
     update(_steps)
     .where(_steps.c.submission_id == bindparam("sid"), _steps.c.step == bindparam("name"))
@@ -105,42 +118,83 @@ _SET_SUBMISSION = (
 # disjoint rows (the step ended, the pending steps skipped or queued, the submission already
 # locked). `steps_written` makes the seq bump wait for the step rows' updates, so step rows are
 # locked before the topics' seq rows, as everywhere else (core.events.events_ctes).
-_WRITE_ENDING_PG = text(
-    f"""
-    WITH ended AS (
-        UPDATE submission_steps
-        SET state = :state, finished_at = :now, wait_until = NULL, result = :result, error = :error
-        WHERE submission_id = :sid AND step = :name
-        RETURNING 1
-    ), skipped AS (
-        UPDATE submission_steps SET state = :skipped_state, finished_at = :now, error = :reason
-        WHERE submission_id = :sid AND step = ANY(:skip)
-        RETURNING 1
-    ), queued AS (
-        UPDATE submission_steps SET state = :queued_state, queued_at = :now
-        WHERE submission_id = :sid AND step = ANY(:queue)
-        RETURNING 1
-    ), finished AS (
-        UPDATE submissions SET status = :status, completed_at = :completed_at
-        WHERE id = :sid AND :set_submission
-        RETURNING 1
-    ), steps_written AS (
-        SELECT (SELECT count(*) FROM ended) + (SELECT count(*) FROM skipped)
-             + (SELECT count(*) FROM queued) + (SELECT count(*) FROM finished) AS n
-    ), {events_ctes(after="steps_written")}
-    SELECT topic, seq FROM bumped
-    """
-).bindparams(
-    bindparam("now", type_=_steps.c.finished_at.type),
-    bindparam("result", type_=_steps.c.result.type),
-    bindparam("error", type_=_steps.c.error.type),
-    bindparam("reason", type_=_steps.c.error.type),
-    bindparam("skip", type_=ARRAY(String)),
-    bindparam("queue", type_=ARRAY(String)),
-    bindparam("completed_at", type_=_submissions.c.completed_at.type),
-    bindparam("set_submission", type_=Boolean),
-    *EVENT_ARRAYS,
-)
+#
+# Guarded (the optimistic end, after an unlocked read): the statement first locks the submission
+# and its steps, as the locked path's read does (a row locked in READ COMMITTED is its latest
+# committed version), and writes only if they are still as read: status, completed_at and every
+# step's state. Each write waits for the guard (an UPDATE's condition, the events' gate), so the
+# rows are locked in the usual order before anything is written. `applied` says whether it wrote.
+_GUARD_PG = """
+    locked AS (
+        SELECT submissions.status, submissions.completed_at, submission_steps.step, submission_steps.state
+        FROM submissions JOIN submission_steps ON submission_steps.submission_id = submissions.id
+        WHERE submissions.id = :sid
+        FOR UPDATE OF submissions, submission_steps
+    ), guard AS (
+        SELECT count(*) = cardinality(:read_steps) AND coalesce(bool_and(
+                   status = :read_status AND completed_at IS NOT DISTINCT FROM :read_completed_at
+                   AND state = (:read_states)[array_position(:read_steps, step)]
+               ), false) AS ok
+        FROM locked
+    ),"""
+
+
+def _write_ending_pg(guarded: bool) -> TextClause:
+    guard = _GUARD_PG if guarded else ""
+    check = " AND (SELECT ok FROM guard)" if guarded else ""
+    answer = (
+        "SELECT guard.ok AS applied, bumped.topic, bumped.seq FROM guard LEFT JOIN bumped ON true"
+        if guarded
+        else "SELECT topic, seq FROM bumped"
+    )
+    statement = text(
+        f"""
+        WITH {guard} ended AS (
+            UPDATE submission_steps
+            SET state = :state, finished_at = :now, wait_until = NULL, result = :result, error = :error
+            WHERE submission_id = :sid AND step = :name{check}
+            RETURNING 1
+        ), skipped AS (
+            UPDATE submission_steps SET state = :skipped_state, finished_at = :now, error = :reason
+            WHERE submission_id = :sid AND step = ANY(:skip){check}
+            RETURNING 1
+        ), queued AS (
+            UPDATE submission_steps SET state = :queued_state, queued_at = :now
+            WHERE submission_id = :sid AND step = ANY(:queue){check}
+            RETURNING 1
+        ), finished AS (
+            UPDATE submissions SET status = :status, completed_at = :completed_at
+            WHERE id = :sid AND :set_submission{check}
+            RETURNING 1
+        ), steps_written AS (
+            SELECT (SELECT count(*) FROM ended) + (SELECT count(*) FROM skipped)
+                 + (SELECT count(*) FROM queued) + (SELECT count(*) FROM finished) AS n
+            {"WHERE (SELECT ok FROM guard)" if guarded else ""}
+        ), {events_ctes(after="steps_written")}
+        {answer}
+        """
+    ).bindparams(
+        bindparam("now", type_=_steps.c.finished_at.type),
+        bindparam("result", type_=_steps.c.result.type),
+        bindparam("error", type_=_steps.c.error.type),
+        bindparam("reason", type_=_steps.c.error.type),
+        bindparam("skip", type_=ARRAY(String)),
+        bindparam("queue", type_=ARRAY(String)),
+        bindparam("completed_at", type_=_submissions.c.completed_at.type),
+        bindparam("set_submission", type_=Boolean),
+        *EVENT_ARRAYS,
+    )
+    if guarded:
+        statement = statement.bindparams(
+            bindparam("read_completed_at", type_=_submissions.c.completed_at.type),
+            bindparam("read_steps", type_=ARRAY(String)),
+            bindparam("read_states", type_=ARRAY(String)),
+        )
+    return statement
+
+
+_WRITE_ENDING_PG = _write_ending_pg(guarded=False)
+_WRITE_ENDING_IF_UNCHANGED_PG = _write_ending_pg(guarded=True)
 
 
 @dataclass
@@ -218,25 +272,66 @@ class _DriverLocked(_Locked):
 
     async def write(self, facts: _Facts, ending: _Ending, now: datetime) -> None:
         staged, self.events.staged = self.events.staged, []
-        parameters = {
-            "sid": facts.id,
-            "name": ending.step,
-            "state": ending.state,
-            "result": ending.result,
-            "error": ending.error,
-            "skipped_state": StepState.skipped.value,
-            "skip": ending.skip,
-            "reason": ending.skip_reason,
-            "queued_state": StepState.queued.value,
-            "queue": ending.queue,
-            "status": facts.status,
-            "completed_at": facts.completed_at,
-            "set_submission": facts.changed,
-            "now": now,
-            **event_arrays(staged),
-        }
+        parameters = _ending_parameters(facts, ending, now, staged)
         rows = await driver_statement(_WRITE_ENDING_PG, self.engine).fetch(self.connection, parameters)
         self.events.envelopes.extend(envelopes_of(staged, {row["topic"]: int(row["seq"]) for row in rows}))
+
+
+# A step's end as decided from the facts: what to write, and when it ended.
+_Plan = tuple[_Ending, datetime]
+
+
+def _ending_parameters(facts: _Facts, ending: _Ending, now: datetime, staged: list[PendingEvent]) -> dict[str, Any]:
+    return {
+        "sid": facts.id,
+        "name": ending.step,
+        "state": ending.state,
+        "result": ending.result,
+        "error": ending.error,
+        "skipped_state": StepState.skipped.value,
+        "skip": ending.skip,
+        "reason": ending.skip_reason,
+        "queued_state": StepState.queued.value,
+        "queue": ending.queue,
+        "status": facts.status,
+        "completed_at": facts.completed_at,
+        "set_submission": facts.changed,
+        "now": now,
+        **event_arrays(staged),
+    }
+
+
+async def _end_if_unchanged(
+    engine: AsyncEngine, submission_id: int, plan: Callable[[_Facts, StagedEvents], _Plan | None]
+) -> tuple[list[Envelope], list[str]] | None:
+    """PostgreSQL's usual end in two statements, each its own transaction, instead of BEGIN, a
+    locking read, the write and COMMIT: the facts read unlocked, then written by a statement that
+    locks them and writes only if they are unchanged (``_WRITE_ENDING_IF_UNCHANGED_PG``).
+
+    The events published and the steps queued; None when the locked path must decide: the
+    facts changed in between (another step of the submission ended at the same moment), or
+    ``plan`` found nothing to do (which only the locked read may conclude).
+    """
+    rows = await driver_rows(engine, _READ_PG, {"submission_id": submission_id})
+    if not rows:
+        return None
+    facts = _facts_of(submission_id, rows[0], rows)
+    read = {
+        "read_status": facts.status,
+        "read_completed_at": facts.completed_at,
+        "read_steps": list(facts.states),
+        "read_states": [state.value for state in facts.states.values()],
+    }
+    events = StagedEvents()
+    planned = plan(facts, events)
+    if planned is None:
+        return None
+    ending, now = planned
+    parameters = {**_ending_parameters(facts, ending, now, events.staged), **read}
+    written = await driver_rows(engine, _WRITE_ENDING_IF_UNCHANGED_PG, parameters)
+    if not written[0]["applied"]:
+        return None
+    return envelopes_of(events.staged, {row["topic"]: int(row["seq"]) for row in written}), ending.queue
 
 
 class _SessionLocked(_Locked):
@@ -338,10 +433,11 @@ async def finish_step(
     """
     topic = keys.submission_topic(submission_id)
     who = actor or f"worker:{step}"
-    async with _locked(sessions, submission_id) as locked:
-        facts = locked.facts
-        if facts is None or step not in facts.states or facts.states[step].terminal:
-            return False
+
+    def plan(facts: _Facts, events: StagedEvents) -> _Plan | None:
+        """What the end writes and publishes, given the facts; None when the step has already ended."""
+        if step not in facts.states or facts.states[step].terminal:
+            return None
         now = utcnow()
         kept = result if result is not None else facts.results[step]
         ending = _Ending(step, state.value, kept, error)
@@ -352,19 +448,33 @@ async def finish_step(
         started = facts.started_at[step]
         if started is not None:
             data["duration_ms"] = int((now - started).total_seconds() * 1000)
-        locked.events.stage(topic, f"step.{state.value}", data, actor=who)
-
-        if submission_values:
-            await locked.set_submission(submission_values)
+        events.stage(topic, f"step.{state.value}", data, actor=who)
         if quarantine:
             facts.status, facts.changed = SubmissionStatus.quarantined.value, True
-        _advance(locked.events, topic, facts, ending)
-        _finish_submission_if_done(locked.events, facts, now)
-        await locked.write(facts, ending, now)
+        _advance(events, topic, facts, ending)
+        _finish_submission_if_done(events, facts, now)
+        return ending, now
+
+    engine = postgres_engine(sessions)
+    ended = None
+    if engine is not None and not submission_values:
+        ended = await _end_if_unchanged(engine, submission_id, plan)
+    if ended is None:
+        async with _locked(sessions, submission_id) as locked:
+            facts = locked.facts
+            planned = plan(facts, locked.events) if facts is not None else None
+            if facts is None or planned is None:
+                return False
+            ending, now = planned
+            if submission_values:
+                await locked.set_submission(submission_values)
+            await locked.write(facts, ending, now)
+        ended = locked.events.envelopes, ending.queue
+    envelopes, queue = ended
     if carried is not None:
-        carried.append(Delivery(tuple(locked.events.envelopes), tuple(ending.queue), submission_id))
+        carried.append(Delivery(tuple(envelopes), tuple(queue), submission_id))
     else:
-        await publish_and_enqueue(redis, locked.events.envelopes, ending.queue, submission_id)
+        await publish_and_enqueue(redis, envelopes, queue, submission_id)
     return True
 
 
