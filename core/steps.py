@@ -17,9 +17,9 @@ transaction when something did.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -42,7 +42,7 @@ from core.events import (
     events_ctes,
 )
 from core.models import Assignment, Submission, SubmissionStep
-from core.pipeline import StepState, SubmissionStatus, blocked_steps, overall_status, ready_steps
+from core.pipeline import TERMINAL_STATES, StepState, SubmissionStatus, blocked_steps, overall_status, ready_steps
 from core.queues import Delivery, publish_and_enqueue
 from core.unit_of_work import unit_of_work
 
@@ -121,29 +121,62 @@ _SET_SUBMISSION = (
 #
 # Guarded (the optimistic end, after an unlocked read): the statement first locks the submission
 # and its steps, as the locked path's read does (a row locked in READ COMMITTED is its latest
-# committed version), and writes only if they are still as read: status, completed_at and every
-# step's state. Each write waits for the guard (an UPDATE's condition, the events' gate), so the
-# rows are locked in the usual order before anything is written. `applied` says whether it wrote.
-_GUARD_PG = """
+# committed version), and writes only if what the end decides is still what it would decide:
+# status and completed_at unchanged, and each step's state as far as an end depends on it
+# (_plan_class: queued, running and retrying are alike "active", so another step starting
+# meanwhile is no conflict). Where no step is pending and others are still to end (the four
+# parallel steps after store), an end queues and skips nothing and finishes nothing whatever the
+# others do, so long as one of them is still to end: then only its own step, no pending step and
+# "another step still to end" are checked, and the others ending meanwhile is no conflict either.
+# Each write waits for the guard (an UPDATE's condition, the events' gate), so the rows are
+# locked in the usual order before anything is written. `applied` says whether it wrote; when it
+# did not, the latest facts come back to decide again.
+_ACTIVE_STATES = (StepState.queued, StepState.running, StepState.retrying)
+
+
+def _sql_list(states: Iterable[StepState]) -> str:
+    return ", ".join(f"'{state.value}'" for state in sorted(states))
+
+
+_SAME_CLASS = "class = (:read_classes)[array_position(:read_steps, step)]"
+_GUARD_PG = f"""
     locked AS (
-        SELECT submissions.status, submissions.completed_at, submission_steps.step, submission_steps.state
+        SELECT submissions.status, submissions.completed_at, submission_steps.step, submission_steps.state,
+               CASE WHEN submission_steps.state IN ({_sql_list(_ACTIVE_STATES)})
+                    THEN 'active' ELSE submission_steps.state END AS class
         FROM submissions JOIN submission_steps ON submission_steps.submission_id = submissions.id
         WHERE submissions.id = :sid
         FOR UPDATE OF submissions, submission_steps
     ), guard AS (
-        SELECT count(*) = cardinality(:read_steps) AND coalesce(bool_and(
+        SELECT count(*) = cardinality(:read_steps)
+               AND coalesce(bool_and(
                    status = :read_status AND completed_at IS NOT DISTINCT FROM :read_completed_at
-                   AND state = (:read_states)[array_position(:read_steps, step)]
-               ), false) AS ok
+               ), false)
+               AND CASE WHEN :read_any_pending OR :read_others_ended
+                        THEN coalesce(bool_and({_SAME_CLASS}), false)
+                        ELSE coalesce(bool_and({_SAME_CLASS}) FILTER (WHERE step = :name), false)
+                             AND NOT coalesce(bool_or(state = '{StepState.pending.value}'), false)
+                             AND NOT coalesce(
+                                 bool_and(state IN ({_sql_list(TERMINAL_STATES)})) FILTER (WHERE step <> :name), true
+                             )
+                   END AS ok,
+               min(status) AS status_now, min(completed_at) AS completed_at_now,
+               array_agg(step ORDER BY step) AS steps_now, array_agg(state ORDER BY step) AS states_now
         FROM locked
     ),"""
+
+
+def _plan_class(state: StepState) -> str:
+    """What an end decides from a step's state (``_GUARD_PG`` says the same in SQL)."""
+    return "active" if state in _ACTIVE_STATES else state.value
 
 
 def _write_ending_pg(guarded: bool) -> TextClause:
     guard = _GUARD_PG if guarded else ""
     check = " AND (SELECT ok FROM guard)" if guarded else ""
     answer = (
-        "SELECT guard.ok AS applied, bumped.topic, bumped.seq FROM guard LEFT JOIN bumped ON true"
+        "SELECT guard.ok AS applied, guard.status_now, guard.completed_at_now, guard.steps_now, guard.states_now,"
+        " bumped.topic, bumped.seq FROM guard LEFT JOIN bumped ON true"
         if guarded
         else "SELECT topic, seq FROM bumped"
     )
@@ -188,7 +221,9 @@ def _write_ending_pg(guarded: bool) -> TextClause:
         statement = statement.bindparams(
             bindparam("read_completed_at", type_=_submissions.c.completed_at.type),
             bindparam("read_steps", type_=ARRAY(String)),
-            bindparam("read_states", type_=ARRAY(String)),
+            bindparam("read_classes", type_=ARRAY(String)),
+            bindparam("read_any_pending", type_=Boolean),
+            bindparam("read_others_ended", type_=Boolean),
         )
     return statement
 
@@ -301,37 +336,52 @@ def _ending_parameters(facts: _Facts, ending: _Ending, now: datetime, staged: li
     }
 
 
+# Decided again from the facts a guarded write found, before the locked path takes over.
+END_ATTEMPTS = 3
+
+
 async def _end_if_unchanged(
     engine: AsyncEngine, submission_id: int, plan: Callable[[_Facts, StagedEvents], _Plan | None]
 ) -> tuple[list[Envelope], list[str]] | None:
     """PostgreSQL's usual end in two statements, each its own transaction, instead of BEGIN, a
     locking read, the write and COMMIT: the facts read unlocked, then written by a statement that
-    locks them and writes only if they are unchanged (``_WRITE_ENDING_IF_UNCHANGED_PG``).
+    locks them and writes only if they are unchanged (``_WRITE_ENDING_IF_UNCHANGED_PG``). When
+    another step of the submission ended in between, the write answers the latest facts and the
+    end is decided again from them: one more statement.
 
     The events published and the steps queued; None when the locked path must decide: the
-    facts changed in between (another step of the submission ended at the same moment), or
-    ``plan`` found nothing to do (which only the locked read may conclude).
+    facts kept changing, or ``plan`` found nothing to do (which only the locked read may conclude).
     """
     rows = await driver_rows(engine, _READ_PG, {"submission_id": submission_id})
     if not rows:
         return None
-    facts = _facts_of(submission_id, rows[0], rows)
-    read = {
-        "read_status": facts.status,
-        "read_completed_at": facts.completed_at,
-        "read_steps": list(facts.states),
-        "read_states": [state.value for state in facts.states.values()],
-    }
-    events = StagedEvents()
-    planned = plan(facts, events)
-    if planned is None:
-        return None
-    ending, now = planned
-    parameters = {**_ending_parameters(facts, ending, now, events.staged), **read}
-    written = await driver_rows(engine, _WRITE_ENDING_IF_UNCHANGED_PG, parameters)
-    if not written[0]["applied"]:
-        return None
-    return envelopes_of(events.staged, {row["topic"]: int(row["seq"]) for row in written}), ending.queue
+    read = _facts_of(submission_id, rows[0], rows)
+    for _ in range(END_ATTEMPTS):
+        facts = replace(read, states=dict(read.states))
+        events = StagedEvents()
+        planned = plan(facts, events)
+        if planned is None:
+            return None
+        ending, now = planned
+        parameters = {
+            **_ending_parameters(facts, ending, now, events.staged),
+            "read_status": read.status,
+            "read_completed_at": read.completed_at,
+            "read_steps": list(read.states),
+            "read_classes": [_plan_class(state) for state in read.states.values()],
+            "read_any_pending": StepState.pending in read.states.values(),
+            "read_others_ended": all(state.terminal for name, state in read.states.items() if name != ending.step),
+        }
+        written = await driver_rows(engine, _WRITE_ENDING_IF_UNCHANGED_PG, parameters)
+        answer = written[0]
+        if answer["applied"]:
+            return envelopes_of(events.staged, {row["topic"]: int(row["seq"]) for row in written}), ending.queue
+        latest = dict(zip(answer["steps_now"] or (), answer["states_now"] or (), strict=True))
+        if latest.keys() != read.states.keys():  # the submission is gone
+            return None
+        read.status, read.completed_at = answer["status_now"], answer["completed_at_now"]
+        read.states = {step: StepState(latest[step]) for step in read.states}  # in the pipeline's order
+    return None
 
 
 class _SessionLocked(_Locked):

@@ -2,8 +2,9 @@
 
 Two statements, each its own transaction, instead of BEGIN, a locking read, the write and
 COMMIT. What must hold: when another step of the submission ends between the read and the
-write, even one still holding its locks as the write starts, the write changes nothing and
-the locked path decides, so the submission still completes exactly once.
+write, even one still holding its locks as the write starts, the write changes nothing and the
+end is decided again (from the facts the write found, or under the lock), so the submission
+still completes exactly once; another step merely starting meanwhile is no conflict.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ pytestmark = pytest.mark.parametrize("database_url", ["postgres"], indirect=True
 FAN_OUT = ("similarity", "admin", "receipt", "thumbnail")
 
 
-async def _two_steps_left(factory: Factory, sessions: Any) -> int:
-    """A submission whose every step has succeeded but admin and receipt, both running."""
+async def _two_steps_left(factory: Factory, sessions: Any, running: tuple[str, ...] = ("admin", "receipt")) -> int:
+    """A submission whose every step has succeeded but ``running`` (admin and receipt)."""
     world = await factory.world()
     submission = await factory.submission(world, b"essay\n")
     async with sessions() as session, session.begin():
@@ -39,7 +40,7 @@ async def _two_steps_left(factory: Factory, sessions: Any) -> int:
         )
         await session.execute(
             update(SubmissionStep)
-            .where(SubmissionStep.submission_id == submission.id, SubmissionStep.step.in_(("admin", "receipt")))
+            .where(SubmissionStep.submission_id == submission.id, SubmissionStep.step.in_(running))
             .values(state=StepState.running.value)
         )
     return submission.id
@@ -91,50 +92,120 @@ async def test_an_uncontested_end_is_two_statements_without_begin_or_commit(
     assert types == ["step.succeeded"]
 
 
-async def test_an_end_racing_another_that_holds_its_locks_writes_nothing_and_the_locked_path_decides(
-    factory: Factory, sessions: Any, engine: AsyncEngine, redis: Any, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("attempts", [steps.END_ATTEMPTS, 1])
+async def test_an_end_racing_another_that_holds_its_locks_writes_nothing_and_is_decided_again(
+    factory: Factory,
+    sessions: Any,
+    engine: AsyncEngine,
+    redis: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    attempts: int,
 ) -> None:
     """admin's end reads receipt running; receipt's end (another transaction) locks the submission
     and commits only once admin's write is waiting for that lock. Written on what it read, admin's
-    end would leave the submission processing for ever, each end thinking the other still runs."""
+    end would leave the submission processing for ever, each end thinking the other still runs.
+    Decided again from the facts the write found (or, with no attempts left, under the lock), it
+    completes the submission."""
     submission_id = await _two_steps_left(factory, sessions)
-    real_driver_rows = steps.driver_rows
-    guarded_writes: list[bool] = []
-
-    async def receipt_ends_meanwhile(engine_: AsyncEngine, statement: Any, parameters: Any) -> list[Any]:
-        if statement is not steps._WRITE_ENDING_IF_UNCHANGED_PG:
-            return await real_driver_rows(engine_, statement, parameters)
-        async with engine.connect() as other:
-            await other.execute(text("SELECT 1 FROM submissions WHERE id = :id FOR UPDATE"), {"id": submission_id})
-            await other.execute(
-                update(SubmissionStep)
-                .where(SubmissionStep.submission_id == submission_id, SubmissionStep.step == "receipt")
-                .values(state=StepState.succeeded.value)
-            )
-            write = asyncio.ensure_future(real_driver_rows(engine_, statement, parameters))
-
-            async def waiting_for_the_lock() -> bool:
-                async with engine.connect() as watcher:
-                    waiting = await watcher.scalar(
-                        text(
-                            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                            " AND wait_event_type = 'Lock' AND query LIKE '%guard%'"
-                        )
-                    )
-                return bool(waiting) or write.done()
-
-            await until(waiting_for_the_lock, "admin's write waiting for receipt's lock", within=10)
-            await other.commit()
-            rows = await write
-        guarded_writes.append(bool(rows[0]["applied"]))
-        return rows
-
-    monkeypatch.setattr(steps, "driver_rows", receipt_ends_meanwhile)
+    guarded_writes = _race_first_guarded_write(monkeypatch, engine, submission_id, "receipt", StepState.succeeded)
+    monkeypatch.setattr(steps, "END_ATTEMPTS", attempts)
     assert await finish_step(sessions, redis, submission_id, "admin", StepState.succeeded, result={"ok": 1})
 
-    assert guarded_writes == [False]
+    assert guarded_writes == [False, True] if attempts > 1 else [False]
     status, states, types = await _outcome(sessions, submission_id)
     assert status == "complete"
     assert states["admin"] == states["receipt"] == "succeeded"
     # Only admin's end wrote events (receipt's was a bare UPDATE): its end, then the completion.
     assert types == ["step.succeeded", "submission.complete"]
+
+
+async def test_another_step_starting_meanwhile_is_no_conflict(
+    factory: Factory, sessions: Any, engine: AsyncEngine, redis: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """receipt, queued when admin's end read it, starts running before admin's end is written:
+    nothing admin's end decides depends on that, so its first write stands."""
+    submission_id = await _two_steps_left(factory, sessions)
+    async with sessions() as session, session.begin():
+        await session.execute(
+            update(SubmissionStep)
+            .where(SubmissionStep.submission_id == submission_id, SubmissionStep.step == "receipt")
+            .values(state=StepState.queued.value)
+        )
+    guarded_writes = _race_first_guarded_write(monkeypatch, engine, submission_id, "receipt", StepState.running)
+    assert await finish_step(sessions, redis, submission_id, "admin", StepState.succeeded, result={"ok": 1})
+
+    assert guarded_writes == [True]
+    status, states, types = await _outcome(sessions, submission_id)
+    assert status == "processing" and states["admin"] == "succeeded" and states["receipt"] == "running"
+    assert types == ["step.succeeded"]
+
+
+async def test_another_step_ending_meanwhile_is_no_conflict_while_a_third_is_still_to_end(
+    factory: Factory, sessions: Any, engine: AsyncEngine, redis: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """admin, receipt and thumbnail running: receipt ends before admin's end is written. With
+    thumbnail still to end, admin's end finishes nothing either way, so its first write stands;
+    thumbnail's end then completes the submission."""
+    submission_id = await _two_steps_left(factory, sessions, running=("admin", "receipt", "thumbnail"))
+    guarded_writes = _race_first_guarded_write(monkeypatch, engine, submission_id, "receipt", StepState.succeeded)
+    assert await finish_step(sessions, redis, submission_id, "admin", StepState.succeeded, result={"ok": 1})
+    assert guarded_writes == [True]
+    status, states, _ = await _outcome(sessions, submission_id)
+    assert status == "processing" and states["thumbnail"] == "running"
+
+    assert await finish_step(sessions, redis, submission_id, "thumbnail", StepState.succeeded, result={})
+    status, states, types = await _outcome(sessions, submission_id)
+    assert status == "complete" and set(states.values()) == {"succeeded"}
+    assert types == ["step.succeeded", "step.succeeded", "submission.complete"]
+
+
+def _race_first_guarded_write(
+    monkeypatch: pytest.MonkeyPatch, engine: AsyncEngine, submission_id: int, step: str, state: StepState
+) -> list[bool]:
+    """Before the first guarded write, another transaction locks the submission and moves ``step``
+    to ``state``, committing only once the write waits for its lock. Returns each guarded write's
+    ``applied``, as they happen."""
+    real_driver_rows = steps.driver_rows
+    applied: list[bool] = []
+
+    async def racing(engine_: AsyncEngine, statement: Any, parameters: Any) -> list[Any]:
+        if statement is not steps._WRITE_ENDING_IF_UNCHANGED_PG or applied:
+            rows = await real_driver_rows(engine_, statement, parameters)
+        else:
+            rows = await _write_while_another_commits(
+                engine, submission_id, step, state, real_driver_rows(engine_, statement, parameters)
+            )
+        if statement is steps._WRITE_ENDING_IF_UNCHANGED_PG:
+            applied.append(bool(rows[0]["applied"]))
+        return rows
+
+    monkeypatch.setattr(steps, "driver_rows", racing)
+    return applied
+
+
+async def _write_while_another_commits(
+    engine: AsyncEngine, submission_id: int, step: str, state: StepState, write: Any
+) -> list[Any]:
+    async with engine.connect() as other:
+        await other.execute(text("SELECT 1 FROM submissions WHERE id = :id FOR UPDATE"), {"id": submission_id})
+        await other.execute(
+            update(SubmissionStep)
+            .where(SubmissionStep.submission_id == submission_id, SubmissionStep.step == step)
+            .values(state=state.value)
+        )
+        writing = asyncio.ensure_future(write)
+
+        async def waiting_for_the_lock() -> bool:
+            async with engine.connect() as watcher:
+                waiting = await watcher.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND wait_event_type = 'Lock' AND query LIKE '%guard%'"
+                    )
+                )
+            return bool(waiting) or writing.done()
+
+        await until(waiting_for_the_lock, "the end's write waiting for the other transaction's lock", within=10)
+        await other.commit()
+        rows: list[Any] = await writing
+    return rows
