@@ -27,7 +27,7 @@ from core.similarity import index
 from core.similarity.passages import decode_kept_text, encode_text, passages_near, text_key
 from core.similarity.provider import NO_TEXT, CheckOutcome, CheckRequest
 from core.similarity.text import MAX_TEXT_CHARS, TEXT_KINDS, UnreadableDocument, extract_text
-from core.similarity.winnowing import Fingerprint, Report, containment, fingerprint, guarantee_threshold
+from core.similarity.winnowing import Fingerprint, Report, containment_in, fingerprint, guarantee_threshold
 from core.storage import ObjectMissing
 
 TOP_MATCHES = 5
@@ -75,11 +75,14 @@ class BuiltinProvider:
             (p.hash for p in prints),
             exclude_user_id=submission.user_id,
             max_holders=self.boilerplate_holders,
+            indexed_as=submission.id,
         )
         # The score is over the student's own text: what half the class shares (the question) is left out.
         own = [p for p in prints if p.hash not in hits.boilerplate]
         # Passages closer than one k-gram are one copied passage with an edit inside.
-        report = containment(own, hits.places, top=TOP_MATCHES, max_spans=SPANS_PER_MATCH, span_gap=self.k)
+        report = containment_in(
+            own, hits.submissions, hits.hashes, top=TOP_MATCHES, max_spans=SPANS_PER_MATCH, span_gap=self.k
+        )
         # Where the matched submissions' files are: one query for all of them.
         async with statement_sessions(self.sessions)() as session:
             files = await stored_files(session, [match.other for match in report.matches])
@@ -133,17 +136,15 @@ class BuiltinProvider:
 
 def shared_places(own: list[Fingerprint], hits: index.Hits, others: list[int]) -> dict[int, list[tuple[int, int]]]:
     """For each of ``others``: (offset here, offset there) of every fingerprint this text shares with it."""
+    places = {other: hits.places_of(other) for other in others}
+    wanted = {value for held in places.values() for value in held}
     starts: dict[int, list[int]] = {}
     for print_ in own:
-        starts.setdefault(print_.hash, []).append(print_.start)
+        if print_.hash in wanted:
+            starts.setdefault(print_.hash, []).append(print_.start)
     return {
-        other: [
-            (here, there)
-            for value, theres in hits.places.get(other, {}).items()
-            for here in starts.get(value, ())
-            for there in theres
-        ]
-        for other in others
+        other: [(here, there) for value, theres in held.items() for here in starts.get(value, ()) for there in theres]
+        for other, held in places.items()
     }
 
 

@@ -25,13 +25,14 @@ SQLite (one machine, few submissions) keeps plain batched statements.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any, NamedTuple
 
 import asyncpg
+import numpy as np
+import numpy.typing as npt
 from sqlalchemy import delete, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import TextClause
@@ -45,23 +46,31 @@ from core.similarity.winnowing import Fingerprint
 LOOKUP_BATCH = 500
 INSERT_BATCH = 2000
 
-LOOKUP_SQL = text(
-    """
-    WITH hits AS (
-        SELECT m.submission_id, array_agg(q.hash) AS hashes, array_agg(m.position) AS positions
-        FROM unnest(CAST(:hashes AS BIGINT[])) AS q(hash)
-        CROSS JOIN LATERAL (
-            SELECT f.submission_id, f.position
-            FROM fingerprints AS f
-            WHERE f.assignment_id = :assignment_id AND f.hash = q.hash
-            LIMIT :holders_limit
-        ) AS m
-        GROUP BY m.submission_id
+
+def _lookup_sql(probe: str) -> TextClause:
+    return text(
+        f"""
+        WITH hits AS (
+            SELECT m.submission_id, array_agg(q.hash) AS hashes, array_agg(m.position) AS positions
+            FROM {probe}
+            CROSS JOIN LATERAL (
+                SELECT f.submission_id, f.position
+                FROM fingerprints AS f
+                WHERE f.assignment_id = :assignment_id AND f.hash = q.hash
+                LIMIT :holders_limit
+            ) AS m
+            GROUP BY m.submission_id
+        )
+        SELECT hits.submission_id, s.user_id, hits.hashes, hits.positions
+        FROM hits JOIN submissions AS s ON s.id = hits.submission_id
+        """
     )
-    SELECT hits.submission_id, s.user_id, hits.hashes, hits.positions
-    FROM hits JOIN submissions AS s ON s.id = hits.submission_id
-    """
-)
+
+
+LOOKUP_SQL = _lookup_sql("unnest(CAST(:hashes AS BIGINT[])) AS q(hash)")
+# A submission's own hashes read where ``replace`` has just written them (its key's index), instead
+# of sent again: encoding an array costs the client about a microsecond per element.
+LOOKUP_INDEXED_SQL = _lookup_sql("(SELECT DISTINCT hash FROM fingerprints WHERE submission_id = :submission_id) AS q")
 
 # A re-run's earlier rows cannot be deleted in the INSERT's own statement: its key check still
 # sees them (the statement's snapshot), so a re-run deletes them first, in one transaction with it.
@@ -81,27 +90,43 @@ class Hits:
 
     ``boilerplate``: hashes held by more than ``max_holders`` submissions (the question text, a
     template, a much-quoted source). They have no holders here: they count for no match.
-    ``places``: each holder's hashes, and where it has each one, as character offsets in its
-    extracted text (what matched passages are aligned from).
+    ``submissions``, ``hashes``, ``offsets``: every place another student's submission holds a
+    looked-up hash (boilerplate left out), as three arrays of the same length: which submission,
+    which hash, and where, as a character offset in its extracted text (what matched passages
+    are aligned from). Arrays, as a common phrase has hundreds of holders.
     """
 
     owners: dict[int, int] = field(default_factory=dict)
     boilerplate: set[int] = field(default_factory=set)
-    places: dict[int, dict[int, list[int]]] = field(default_factory=dict)
+    submissions: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    hashes: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    offsets: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def holders(self) -> dict[int, set[int]]:
         """The holders of each hash."""
         holders: dict[int, set[int]] = {}
-        for submission_id, held in self.places.items():
-            for value in held:
-                holders.setdefault(value, set()).add(submission_id)
+        for submission_id, value in zip(self.submissions.tolist(), self.hashes.tolist(), strict=True):
+            holders.setdefault(value, set()).add(submission_id)
         return holders
 
+    def places_of(self, submission_id: int) -> dict[int, list[int]]:
+        """Where ``submission_id`` holds each of its hashes."""
+        held = self.submissions == submission_id
+        places: dict[int, list[int]] = {}
+        for value, offset in zip(self.hashes[held].tolist(), self.offsets[held].tolist(), strict=True):
+            places.setdefault(value, []).append(offset)
+        return places
 
-def lookup_statement(assignment_id: int, hashes: list[int], max_holders: int) -> tuple[TextClause, dict[str, Any]]:
+
+def lookup_statement(
+    assignment_id: int, hashes: list[int], max_holders: int, *, indexed_as: int | None = None
+) -> tuple[TextClause, dict[str, Any]]:
     """The PostgreSQL look-up and its parameters (also for EXPLAIN)."""
-    return LOOKUP_SQL, {"hashes": hashes, "assignment_id": assignment_id, "holders_limit": max_holders + 1}
+    parameters: dict[str, Any] = {"assignment_id": assignment_id, "holders_limit": max_holders + 1}
+    if indexed_as is not None:
+        return LOOKUP_INDEXED_SQL, {**parameters, "submission_id": indexed_as}
+    return LOOKUP_SQL, {**parameters, "hashes": hashes}
 
 
 async def lookup(
@@ -111,6 +136,7 @@ async def lookup(
     *,
     exclude_user_id: int,
     max_holders: int,
+    indexed_as: int | None = None,
 ) -> Hits:
     """Other students' submissions to this assignment that share any of ``hashes``.
 
@@ -119,6 +145,8 @@ async def lookup(
     ``max_holders`` submissions (the student's own included) is boilerplate: at
     most ``max_holders + 1`` holders of any hash are read, so the cost of a
     look-up stays bounded however many submissions the assignment has.
+    ``indexed_as``: the submission ``hashes`` are indexed for (``replace``), whose rows a
+    look-up on PostgreSQL reads them from instead of receiving them.
     """
     unique = sorted(set(hashes))
     if not unique:
@@ -128,7 +156,7 @@ async def lookup(
         # One row per holding submission with the hashes it holds: tens of thousands of hits arrive
         # as a few hundred arrays, and submissions is joined once per holder, not once per hit.
         # On the driver's own connection, as its own transaction: the arrays are most of the client's work.
-        statement, parameters = lookup_statement(assignment_id, unique, max_holders)
+        statement, parameters = lookup_statement(assignment_id, unique, max_holders, indexed_as=indexed_as)
         held = [Held(*row) for row in await driver_rows(engine, statement, parameters)]
     else:
         async with sessions() as session:
@@ -164,21 +192,26 @@ class Held(NamedTuple):
 
 
 def _hits(held: list[Held], exclude_user_id: int, max_holders: int) -> Hits:
+    if not held:
+        return Hits()
+    lengths = np.array([len(holder.hashes) for holder in held], dtype=np.int64)
+    count = int(lengths.sum())
+    hashes = np.fromiter(chain.from_iterable(holder.hashes for holder in held), np.int64, count)
+    offsets = np.fromiter(chain.from_iterable(holder.positions for holder in held), np.int64, count)
+    submissions = np.repeat(np.array([holder.submission_id for holder in held], dtype=np.int64), lengths)
+    others = np.repeat(np.array([holder.user_id != exclude_user_id for holder in held]), lengths)
     # Per row read, as the look-up's LIMIT counts them.
-    counts = Counter(chain.from_iterable(holder.hashes for holder in held))
-    boilerplate = {value for value, count in counts.items() if count > max_holders}
-    hits = Hits(boilerplate=boilerplate)
-    for holder in held:
-        if holder.user_id == exclude_user_id:
-            continue
-        places: dict[int, list[int]] = {}
-        for value, position in zip(holder.hashes, holder.positions, strict=True):
-            if value not in boilerplate:
-                places.setdefault(value, []).append(position)
-        if places:
-            hits.places[holder.submission_id] = places
-            hits.owners[holder.submission_id] = holder.user_id
-    return hits
+    values, holders = np.unique(hashes, return_counts=True)
+    boilerplate = values[holders > max_holders]
+    useful = others & ~np.isin(hashes, boilerplate)
+    owners = {holder.submission_id: holder.user_id for holder in held}
+    return Hits(
+        owners={submission_id: owners[submission_id] for submission_id in np.unique(submissions[useful]).tolist()},
+        boilerplate=set(boilerplate.tolist()),
+        submissions=submissions[useful],
+        hashes=hashes[useful],
+        offsets=offsets[useful],
+    )
 
 
 async def replace(

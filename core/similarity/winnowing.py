@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
+from itertools import chain
 from typing import NamedTuple
 
 import numpy as np
@@ -346,28 +347,51 @@ def containment(
     gets its own percent and the longest passages it shares, as character ranges in this
     document.
     """
+    holders = np.fromiter(chain.from_iterable([other] * len(hashes) for other, hashes in held_by.items()), np.int64)
+    hashes = np.fromiter(chain.from_iterable(held_by.values()), np.int64)
+    return containment_in(fingerprints, holders, hashes, top=top, max_spans=max_spans, span_gap=span_gap)
+
+
+def containment_in(
+    fingerprints: list[Fingerprint],
+    holders: npt.NDArray[np.int64],
+    hashes: npt.NDArray[np.int64],
+    *,
+    top: int = 5,
+    max_spans: int = 5,
+    span_gap: int = 0,
+) -> Report:
+    """``containment`` with what the others hold as two arrays: document ``holders[i]`` holds
+    ``hashes[i]`` (in any order, repeats allowed), as the index's look-up answers them.
+
+    Array operations over the hits, however many documents share a common phrase or two; Python
+    looks only at the ``top`` matches.
+    """
     total = len(fingerprints)
     if total == 0:
         return Report(0.0, 0, [])
-    # Grouped by hash once, then each other document's hashes are looked up: the work follows the
-    # hits, not fingerprints times documents.
-    by_hash: dict[int, list[Fingerprint]] = {}
-    for print_ in fingerprints:
-        by_hash.setdefault(print_.hash, []).append(print_)
-    shared_with: dict[int, list[Fingerprint]] = {}
-    found: set[int] = set()
-    for other, hashes in held_by.items():
-        mine = [value for value in hashes if value in by_hash]
-        if mine:
-            shared_with[other] = [print_ for value in mine for print_ in by_hash[value]]
-            found.update(mine)
-    matched = sum(len(by_hash[value]) for value in found)
-    ranked = sorted(shared_with.items(), key=lambda item: (-len(item[1]), item[0]))[:top]
+    own = np.fromiter((print_.hash for print_ in fingerprints), np.int64, total)
+    values, multiplicity = np.unique(own, return_counts=True)
+    at = np.minimum(np.searchsorted(values, hashes), values.size - 1)
+    ours = values[at] == hashes
+    # Each (document, hash) once, sorted by document.
+    pair_holders, pair_at = holders[ours], at[ours]
+    order = np.lexsort((pair_at, pair_holders))
+    pair_holders, pair_at = pair_holders[order], pair_at[order]
+    first = np.ones(pair_at.size, dtype=bool)
+    first[1:] = (pair_holders[1:] != pair_holders[:-1]) | (pair_at[1:] != pair_at[:-1])
+    pair_holders, pair_at = pair_holders[first], pair_at[first]
+    matched = int(multiplicity[np.unique(pair_at)].sum())
+    others, which = np.unique(pair_holders, return_inverse=True)
+    # Each document's share: every one of this document's fingerprints whose hash it holds.
+    shared = np.bincount(which, weights=multiplicity[pair_at], minlength=others.size).astype(np.int64)
     matches = []
-    for other, prints in ranked:
-        passages = merge_spans(((p.start, p.end) for p in prints), gap=span_gap)
+    for rank in np.lexsort((others, -shared))[:top].tolist():
+        chosen = [fingerprints[at] for at in np.flatnonzero(np.isin(own, values[pair_at[which == rank]])).tolist()]
+        passages = merge_spans(((print_.start, print_.end) for print_ in chosen), gap=span_gap)
         longest = sorted(passages, key=lambda span: span[0] - span[1])[:max_spans]
-        matches.append(MatchSummary(other, len(prints), _percent(len(prints), total), sorted(longest)))
+        count = int(shared[rank])
+        matches.append(MatchSummary(int(others[rank]), count, _percent(count, total), sorted(longest)))
     return Report(_percent(matched, total), total, matches)
 
 

@@ -165,3 +165,64 @@ async def test_a_hash_every_earlier_submission_holds_is_boilerplate_and_read_no_
     hits = await index.lookup(sessions, ids["assignment"], wanted, exclude_user_id=ids["checker"], max_holders=20)
     assert hits.boilerplate == {question}
     assert hits.holders == {first_submission * 1000 + 3: {first_submission}}
+
+
+async def test_a_look_up_of_an_indexed_submission_reads_its_hashes_by_key_and_finds_the_same(
+    never_analysed: tuple[async_sessionmaker[AsyncSession], dict[str, int]],
+) -> None:
+    """The check's own look-up reads the hashes it has just indexed from the table, not from the
+    client: through the submission's key, on a table never analysed, with the same answer."""
+    sessions, ids = never_analysed
+    async with sessions() as session:
+        first_submission = (await session.execute(text("SELECT min(id) FROM submissions"))).scalar_one()
+    essay = " ".join(f"word{i} and then some more words {i * 7}" for i in range(1500))
+    prints = fingerprint(essay, 25, 20)
+    checked = await _checked_submission(sessions, ids)
+    # The essay holds two of the first earlier submission's hashes.
+    shared = [
+        prints[0]._replace(hash=first_submission * 1000 + 3),
+        prints[1]._replace(hash=first_submission * 1000 + 5),
+    ]
+    await index.replace(sessions, ids["assignment"], checked, [*shared, *prints[2:]])
+    wanted = [p.hash for p in [*shared, *prints[2:]]]
+
+    statement, parameters = index.lookup_statement(ids["assignment"], [], 20, indexed_as=checked)
+    async with sessions() as session:
+        raw = (await session.execute(text(f"EXPLAIN (FORMAT JSON) {statement.text}"), parameters)).scalar_one()
+    nodes = scans((json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"])
+    on_fingerprints = [node for node in nodes if node.get("Relation Name") == "fingerprints"]
+    assert all(node["Node Type"] in ("Index Scan", "Index Only Scan", "Bitmap Heap Scan") for node in on_fingerprints)
+    assert {node.get("Index Name") for node in nodes} >= {"fingerprints_pkey", "ix_fingerprints_lookup"}, nodes
+    assert not [node for node in nodes if node["Node Type"] == "Seq Scan"], nodes
+
+    sent = await index.lookup(sessions, ids["assignment"], wanted, exclude_user_id=ids["checker"], max_holders=20)
+    read = await index.lookup(
+        sessions, ids["assignment"], wanted, exclude_user_id=ids["checker"], max_holders=20, indexed_as=checked
+    )
+    assert (
+        read.holders
+        == sent.holders
+        == {
+            first_submission * 1000 + 3: {first_submission},
+            first_submission * 1000 + 5: {first_submission},
+        }
+    )
+    assert read.owners == sent.owners == {first_submission: ids["earlier"]}
+
+
+async def _checked_submission(sessions: async_sessionmaker[AsyncSession], ids: dict[str, int]) -> int:
+    async with sessions() as session, session.begin():
+        return int(
+            (
+                await session.execute(
+                    text(
+                        "INSERT INTO submissions (assignment_id, user_id, attempt, late, sha256, size,"
+                        " original_filename, content_type, kind, storage_key, status, received_at)"
+                        " VALUES (:a, :u, 1, false, '', 1, 'c.txt', 'text/plain', 'text', 'checked', 'processing',"
+                        " now())"
+                        " RETURNING id"
+                    ),
+                    {"a": ids["assignment"], "u": ids["checker"]},
+                )
+            ).scalar_one()
+        )

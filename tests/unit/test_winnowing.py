@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,6 +13,7 @@ from core.similarity.winnowing import (
     MatchSummary,
     Report,
     containment,
+    containment_in,
     fingerprint,
     guarantee_threshold,
     kgram_hashes,
@@ -179,6 +181,25 @@ def test_containment_counts_each_fingerprint_as_the_definition_does(
     # Repeated hashes, holders sharing hashes, ties in shared counts: the ranking and every figure agree.
     prints = [Fingerprint(value, at, at * 10, at * 10 + 25) for at, value in enumerate(hashes)]
     assert containment(prints, held_by, top=top) == containment_by_definition(prints, held_by, top)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 30), min_size=1, max_size=60),
+    st.lists(st.tuples(st.integers(1, 12), st.integers(0, 40)), max_size=80),
+    st.integers(1, 6),
+)
+def test_a_document_holding_a_hash_in_several_places_counts_it_once(
+    hashes: list[int], hits: list[tuple[int, int]], top: int
+) -> None:
+    # As the look-up answers: (document, hash) per place, in any order, the same pair repeated.
+    prints = [Fingerprint(value, at, at * 10, at * 10 + 25) for at, value in enumerate(hashes)]
+    holders = np.array([other for other, _ in hits], dtype=np.int64)
+    values = np.array([value for _, value in hits], dtype=np.int64)
+    held_by: dict[int, set[int]] = {}
+    for other, value in hits:
+        held_by.setdefault(other, set()).add(value)
+    assert containment_in(prints, holders, values, top=top) == containment_by_definition(prints, held_by, top)
 
 
 def test_empty_and_tiny_texts_have_no_fingerprints_and_score_0() -> None:
