@@ -246,8 +246,9 @@ class _Ending:
 
 
 @dataclass
-class _Facts:
-    """What a transition needs of a submission and its steps, read under its lock."""
+class SubmissionFacts:
+    """What a transition needs of a submission and its steps, read under its lock (or, for the
+    optimistic end, read unlocked: by the end itself or by its step's start, see ``finish_step``)."""
 
     id: int
     status: str
@@ -260,9 +261,9 @@ class _Facts:
     changed: bool = False  # status or completed_at to be written
 
 
-def _facts_of(submission_id: int, locked: Mapping[Any, Any], steps: Sequence[Mapping[Any, Any]]) -> _Facts:
+def _facts_of(submission_id: int, locked: Mapping[Any, Any], steps: Sequence[Mapping[Any, Any]]) -> SubmissionFacts:
     """From the submission's row and its steps' (SQLAlchemy row mappings or asyncpg records)."""
-    facts = _Facts(
+    facts = SubmissionFacts(
         submission_id, locked["status"], locked["completed_at"], locked["assignment_id"], locked["course_id"]
     )
     for row in steps:
@@ -275,14 +276,14 @@ def _facts_of(submission_id: int, locked: Mapping[Any, Any], steps: Sequence[Map
 class _Locked:
     """A submission locked for a transition: what it is, the events staged, and the writes."""
 
-    def __init__(self, facts: _Facts | None, events: StagedEvents) -> None:
+    def __init__(self, facts: SubmissionFacts | None, events: StagedEvents) -> None:
         self.facts = facts
         self.events = events
 
     async def set_submission(self, values: Mapping[str, Any]) -> None:
         raise NotImplementedError
 
-    async def write(self, facts: _Facts, ending: _Ending, now: datetime) -> None:
+    async def write(self, facts: SubmissionFacts, ending: _Ending, now: datetime) -> None:
         raise NotImplementedError
 
 
@@ -290,7 +291,7 @@ class _DriverLocked(_Locked):
     """PostgreSQL, on the pool's asyncpg connection (core.db.driver_connection): the lock and read
     in one statement, the writes and events in one more, inside BEGIN and COMMIT."""
 
-    def __init__(self, engine: AsyncEngine, connection: Any, facts: _Facts | None) -> None:
+    def __init__(self, engine: AsyncEngine, connection: Any, facts: SubmissionFacts | None) -> None:
         super().__init__(facts, StagedEvents())
         self.engine = engine
         self.connection = connection
@@ -305,7 +306,7 @@ class _DriverLocked(_Locked):
         statement = _submission_update(tuple(sorted(values)))
         await driver_statement(statement, self.engine).fetch(self.connection, {"sid": self.facts.id, **values})
 
-    async def write(self, facts: _Facts, ending: _Ending, now: datetime) -> None:
+    async def write(self, facts: SubmissionFacts, ending: _Ending, now: datetime) -> None:
         staged, self.events.staged = self.events.staged, []
         parameters = _ending_parameters(facts, ending, now, staged)
         rows = await driver_statement(_WRITE_ENDING_PG, self.engine).fetch(self.connection, parameters)
@@ -316,7 +317,9 @@ class _DriverLocked(_Locked):
 _Plan = tuple[_Ending, datetime]
 
 
-def _ending_parameters(facts: _Facts, ending: _Ending, now: datetime, staged: list[PendingEvent]) -> dict[str, Any]:
+def _ending_parameters(
+    facts: SubmissionFacts, ending: _Ending, now: datetime, staged: list[PendingEvent]
+) -> dict[str, Any]:
     return {
         "sid": facts.id,
         "name": ending.step,
@@ -341,21 +344,28 @@ END_ATTEMPTS = 3
 
 
 async def _end_if_unchanged(
-    engine: AsyncEngine, submission_id: int, plan: Callable[[_Facts, StagedEvents], _Plan | None]
+    engine: AsyncEngine,
+    submission_id: int,
+    plan: Callable[[SubmissionFacts, StagedEvents], _Plan | None],
+    known: SubmissionFacts | None,
 ) -> tuple[list[Envelope], list[str]] | None:
     """PostgreSQL's usual end in two statements, each its own transaction, instead of BEGIN, a
     locking read, the write and COMMIT: the facts read unlocked, then written by a statement that
-    locks them and writes only if they are unchanged (``_WRITE_ENDING_IF_UNCHANGED_PG``). When
+    locks them and writes only if they are unchanged (``_WRITE_ENDING_IF_UNCHANGED_PG``); with
+    ``known`` facts (read as the step started) the write is the only statement. When
     another step of the submission ended in between, the write answers the latest facts and the
     end is decided again from them: one more statement.
 
     The events published and the steps queued; None when the locked path must decide: the
     facts kept changing, or ``plan`` found nothing to do (which only the locked read may conclude).
     """
-    rows = await driver_rows(engine, _READ_PG, {"submission_id": submission_id})
-    if not rows:
-        return None
-    read = _facts_of(submission_id, rows[0], rows)
+    if known is not None:
+        read = replace(known, states=dict(known.states))
+    else:
+        rows = await driver_rows(engine, _READ_PG, {"submission_id": submission_id})
+        if not rows:
+            return None
+        read = _facts_of(submission_id, rows[0], rows)
     for _ in range(END_ATTEMPTS):
         facts = replace(read, states=dict(read.states))
         events = StagedEvents()
@@ -388,7 +398,7 @@ class _SessionLocked(_Locked):
     """Any database through a session (SQLite's path): the submission locked, then its steps read;
     the writes a statement each, the events written as the unit of work commits."""
 
-    def __init__(self, work: EventBatch, facts: _Facts | None) -> None:
+    def __init__(self, work: EventBatch, facts: SubmissionFacts | None) -> None:
         super().__init__(facts, work)
         self.session = work.session
 
@@ -405,7 +415,7 @@ class _SessionLocked(_Locked):
         assert self.facts is not None
         await self.session.execute(_submission_update(tuple(sorted(values))), {"sid": self.facts.id, **values})
 
-    async def write(self, facts: _Facts, ending: _Ending, now: datetime) -> None:
+    async def write(self, facts: SubmissionFacts, ending: _Ending, now: datetime) -> None:
         session = self.session
         if ending.step is not None:
             await session.execute(
@@ -471,6 +481,7 @@ async def finish_step(
     actor: str | None = None,
     submission_values: Mapping[str, Any] | None = None,
     carried: list[Delivery] | None = None,
+    known: SubmissionFacts | None = None,
 ) -> bool:
     """Move a step to a terminal state, start what follows, finish the submission.
 
@@ -480,11 +491,14 @@ async def finish_step(
     ``carried``: the events to publish and steps to queue are added there for the caller to send
     (a worker's job: in the MULTI/EXEC that finishes it, core.queues.CARRIED_TO_FINISH) instead of
     sent here after the commit.
+    ``known``: the submission as the step's start read it (``workers.runner``), to decide the end
+    from on PostgreSQL without reading it again; its write still checks that nothing it depends
+    on has changed since.
     """
     topic = keys.submission_topic(submission_id)
     who = actor or f"worker:{step}"
 
-    def plan(facts: _Facts, events: StagedEvents) -> _Plan | None:
+    def plan(facts: SubmissionFacts, events: StagedEvents) -> _Plan | None:
         """What the end writes and publishes, given the facts; None when the step has already ended."""
         if step not in facts.states or facts.states[step].terminal:
             return None
@@ -508,7 +522,9 @@ async def finish_step(
     engine = postgres_engine(sessions)
     ended = None
     if engine is not None and not submission_values:
-        ended = await _end_if_unchanged(engine, submission_id, plan)
+        # An end that keeps the step's result needs it as it is now: the step may have written it
+        # since it started (the admin step's refusal, say), which its start could not read.
+        ended = await _end_if_unchanged(engine, submission_id, plan, known if result is not None else None)
     if ended is None:
         async with _locked(sessions, submission_id) as locked:
             facts = locked.facts
@@ -552,7 +568,7 @@ async def settle_submission(
     return ending.queue, finished
 
 
-def _advance(batch: StagedEvents, topic: str, facts: _Facts, ending: _Ending) -> None:
+def _advance(batch: StagedEvents, topic: str, facts: SubmissionFacts, ending: _Ending) -> None:
     """Decide which steps are now ready (queued) and which can never run (skipped)."""
     states = facts.states
     quarantined = facts.status == SubmissionStatus.quarantined.value
@@ -570,7 +586,7 @@ def _advance(batch: StagedEvents, topic: str, facts: _Facts, ending: _Ending) ->
         batch.stage(topic, "step.queued", {"step": name})
 
 
-def _finish_submission_if_done(batch: StagedEvents, facts: _Facts, now: datetime) -> None:
+def _finish_submission_if_done(batch: StagedEvents, facts: SubmissionFacts, now: datetime) -> None:
     quarantined = facts.status == SubmissionStatus.quarantined.value
     status = overall_status(facts.states, quarantined=quarantined)
     if status == SubmissionStatus.processing or facts.completed_at is not None:

@@ -29,10 +29,10 @@ from core.clock import isoformat, utcnow
 from core.db import driver_rows, postgres_engine
 from core.events import Envelope, emit_on_its_own, events_ctes, publish
 from core.models import Submission, SubmissionStep
-from core.pipeline import StepState
+from core.pipeline import STEP_NAMES, StepState
 from core.queues import CARRIED_TO_FINISH
 from core.settings import Settings
-from core.steps import finish_step
+from core.steps import SubmissionFacts, finish_step
 from core.unit_of_work import unit_of_work
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ async def run_step(ctx: dict[str, Any], step: str, submission_id: int, handler: 
         return "failed"
     if isinstance(started, str):
         return started
-    row, submission = started
+    row, submission, known = started
     step_ctx = StepContext(
         settings, sessions, redis, ctx.get("storage"), submission, step, row.attempts, dict(row.result or {})
     )
@@ -144,7 +144,9 @@ async def run_step(ctx: dict[str, Any], step: str, submission_id: int, handler: 
             await asyncio.shield(_mark_retrying(sessions, redis, submission_id, step, "worker stopped mid-step", 0))
         raise
     except PermanentStepError as error:
-        await finish_step(sessions, redis, submission_id, step, StepState.failed, error=str(error), carried=carried)
+        await finish_step(
+            sessions, redis, submission_id, step, StepState.failed, error=str(error), carried=carried, known=known
+        )
         return "failed"
     except (TransientStepError, TimeoutError, Exception) as error:
         reason = "timed out" if isinstance(error, TimeoutError) else str(error) or type(error).__name__
@@ -159,6 +161,7 @@ async def run_step(ctx: dict[str, Any], step: str, submission_id: int, handler: 
                 StepState.failed,
                 error=f"{reason} (gave up after {row.attempts} attempts)",
                 carried=carried,
+                known=known,
             )
             return "failed"
         delay = policy.delay(row.attempts)
@@ -178,6 +181,7 @@ async def run_step(ctx: dict[str, Any], step: str, submission_id: int, handler: 
         quarantine=outcome.quarantine,
         submission_values=outcome.submission_values,
         carried=carried,
+        known=known,
     )
     return state.value
 
@@ -215,7 +219,9 @@ _START_WAITING = (
 _READ_SUBMISSION = select(_submissions).where(_submissions.c.id == bindparam("sid"))
 # PostgreSQL, the usual start in one statement run on its own (autocommit): mark the step running,
 # write its step.running event with the topic's next seq (core.events' writer, the one event read
-# from the step row marked), and read the submission. One round trip instead of BEGIN, two
+# from the step row marked), and read the submission, its course and its steps' states (what the
+# step's end is decided from: core.steps.finish_step's ``known``; the step itself as it was
+# before this statement, which marks it running). One round trip instead of BEGIN, two
 # statements and COMMIT. Nothing is written when the step is not waiting to run. The step row is
 # locked before the topic's seq row, the order every transaction ending or starting a step takes.
 _RUNNING_EVENT = """SELECT CAST(:topic AS text) AS topic, 'step.running' AS type, CAST(:now AS timestamptz) AS at,
@@ -231,8 +237,15 @@ _START_RUNNING_PG = text(
         RETURNING attempts, result, submission_id
     ), {events_ctes(staged_from=_RUNNING_EVENT)}
     SELECT started.attempts AS step_attempts, started.result AS step_result, bumped.seq AS event_seq,
+           assignments.course_id AS course_id, steps.names AS step_names, steps.states AS step_states,
            {", ".join(f"submissions.{column.name}" for column in _submissions.c)}
-    FROM started JOIN submissions ON submissions.id = started.submission_id CROSS JOIN bumped
+    FROM started JOIN submissions ON submissions.id = started.submission_id
+    JOIN assignments ON assignments.id = submissions.assignment_id
+    CROSS JOIN LATERAL (
+        SELECT array_agg(step ORDER BY step) AS names, array_agg(state ORDER BY step) AS states
+        FROM submission_steps WHERE submission_id = started.submission_id
+    ) AS steps
+    CROSS JOIN bumped
     """
 ).bindparams(
     bindparam("now", type_=_steps.c.started_at.type),
@@ -242,7 +255,7 @@ _START_RUNNING_PG = text(
 
 async def _start_in_one_statement(
     engine: AsyncEngine, step: str, submission_id: int, now: datetime
-) -> tuple[SubmissionStep, Submission, Envelope] | None:
+) -> tuple[SubmissionStep, Submission, Envelope, SubmissionFacts] | None:
     """PostgreSQL's usual start (see _START_RUNNING_PG); None when the step is in any other state."""
     topic = keys.submission_topic(submission_id)
     parameters = {
@@ -263,7 +276,19 @@ async def _start_in_one_statement(
     row = SubmissionStep(submission_id=submission_id, step=step, attempts=attempts, result=both["step_result"])
     data = {"step": step, "attempt": attempts}
     envelope = Envelope(seq=both["event_seq"], topic=topic, type="step.running", at=isoformat(now), data=data)
-    return row, Submission(**columns), envelope
+    states = dict(zip(both["step_names"], both["step_states"], strict=True))
+    facts = SubmissionFacts(
+        submission_id,
+        both["status"],
+        both["completed_at"],
+        both["assignment_id"],
+        both["course_id"],
+        # In the pipeline's order, as a locked read gives them.
+        states={name: StepState(states[name]) for name in STEP_NAMES if name in states} | {step: StepState.running},
+        started_at={step: now},
+        results={step: dict(both["step_result"] or {})},
+    )
+    return row, Submission(**columns), envelope, facts
 
 
 async def _start_waiting_step(
@@ -294,14 +319,16 @@ async def _start(
     submission_id: int,
     time_limit: float,
     max_tries: int,
-) -> str | _Abandoned | tuple[SubmissionStep, Submission]:
+) -> str | _Abandoned | tuple[SubmissionStep, Submission, SubmissionFacts | None]:
+    """The step marked running and its submission, and what its end may be decided from
+    (PostgreSQL's usual start, else None); or why it does not run now."""
     now = utcnow()
     engine = postgres_engine(sessions)
     if engine is not None:
         fast_pg = await _start_in_one_statement(engine, step, submission_id, now)
         if fast_pg is not None:
             await publish(redis, [fast_pg[2]])
-            return fast_pg[0], fast_pg[1]
+            return fast_pg[0], fast_pg[1], fast_pg[3]
     else:
         async with unit_of_work(sessions, redis) as work:
             fast = await _start_waiting_step(work.session, step, submission_id, now)
@@ -313,7 +340,7 @@ async def _start(
                     actor=f"worker:{step}",
                 )
         if fast is not None:
-            return fast
+            return fast[0], fast[1], None
     async with unit_of_work(sessions, redis) as work:
         session = work.session
         row = await _lock_step(session, submission_id, step)
@@ -349,7 +376,7 @@ async def _start(
             {"step": step, "attempt": row.attempts},
             actor=f"worker:{step}",
         )
-    return row, submission
+    return row, submission, None
 
 
 async def _mark_retrying(

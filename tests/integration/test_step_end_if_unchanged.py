@@ -10,6 +10,8 @@ still completes exactly once; another step merely starting meanwhile is no confl
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -66,10 +68,10 @@ async def _outcome(sessions: Any, submission_id: int) -> tuple[str, dict[str, st
     return str(status), states, types
 
 
-async def test_an_uncontested_end_is_two_statements_without_begin_or_commit(
-    factory: Factory, sessions: Any, engine: AsyncEngine, redis: Any
-) -> None:
-    warm_up, submission_id = await _two_steps_left(factory, sessions), await _two_steps_left(factory, sessions)
+@asynccontextmanager
+async def _statements_sent(engine: AsyncEngine, sessions: Any, redis: Any, warm_up: int) -> AsyncIterator[list[str]]:
+    """The statements sent to PostgreSQL in the block, once a connection has ended ``warm_up``'s
+    admin step (a new connection's first statements also ask the server about types)."""
     queries: list[str] = []
     await engine.dispose()  # every connection from here on is a new one, logged
 
@@ -77,19 +79,60 @@ async def test_an_uncontested_end_is_two_statements_without_begin_or_commit(
         dbapi_connection.driver_connection.add_query_logger(lambda query: queries.append(query.query))
 
     event.listen(engine.sync_engine, "connect", log_driver)
-    # A new connection's first statements also ask the server about types: not the end's own.
-    await finish_step(sessions, redis, warm_up, "admin", StepState.succeeded, result={"ok": 1})
-    await asyncio.sleep(0)  # asyncpg hands each logged query to the loop's next turn
-    queries.clear()
-    await finish_step(sessions, redis, submission_id, "admin", StepState.succeeded, result={"ok": 1})
-    await asyncio.sleep(0)
-    event.remove(engine.sync_engine, "connect", log_driver)
+    try:
+        await finish_step(sessions, redis, warm_up, "admin", StepState.succeeded, result={"ok": 1})
+        await asyncio.sleep(0)  # asyncpg hands each logged query to the loop's next turn
+        queries.clear()
+        yield queries
+        await asyncio.sleep(0)
+    finally:
+        event.remove(engine.sync_engine, "connect", log_driver)
 
-    assert len(queries) == 2, [" ".join(query.split())[:70] for query in queries]
+
+def _summary(queries: list[str]) -> list[str]:
+    return [" ".join(query.split())[:70] for query in queries]
+
+
+async def test_an_uncontested_end_is_two_statements_without_begin_or_commit(
+    factory: Factory, sessions: Any, engine: AsyncEngine, redis: Any
+) -> None:
+    warm_up, submission_id = await _two_steps_left(factory, sessions), await _two_steps_left(factory, sessions)
+    async with _statements_sent(engine, sessions, redis, warm_up) as queries:
+        await finish_step(sessions, redis, submission_id, "admin", StepState.succeeded, result={"ok": 1})
+
+    assert len(queries) == 2, _summary(queries)
     assert not [query for query in queries if query.strip().upper() in ("BEGIN;", "BEGIN", "COMMIT;", "COMMIT")]
     status, states, types = await _outcome(sessions, submission_id)
     assert status == "processing" and states["admin"] == "succeeded" and states["receipt"] == "running"
     assert types == ["step.succeeded"]
+
+
+async def test_an_end_decided_from_what_its_start_read_is_one_statement_and_still_sees_changes_since(
+    factory: Factory, sessions: Any, engine: AsyncEngine, redis: Any
+) -> None:
+    """As the worker's end: the facts its step's start read are known. Uncontested, the end is its
+    write alone; when receipt ended since (the known facts say it runs), the write finds that and
+    the end, decided again, completes the submission."""
+    warm_up, warm_up_again, fresh, stale = [await _two_steps_left(factory, sessions) for _ in range(4)]
+    known = {submission_id: await _facts(engine, submission_id) for submission_id in (fresh, stale)}
+    await finish_step(sessions, redis, stale, "receipt", StepState.succeeded, result={})
+
+    async with _statements_sent(engine, sessions, redis, warm_up) as uncontested:
+        await finish_step(sessions, redis, fresh, "admin", StepState.succeeded, result={"ok": 1}, known=known[fresh])
+    async with _statements_sent(engine, sessions, redis, warm_up_again) as changed_since:
+        await finish_step(sessions, redis, stale, "admin", StepState.succeeded, result={"ok": 1}, known=known[stale])
+
+    assert len(uncontested) == 1 and "guard" in uncontested[0], _summary(uncontested)
+    assert len(changed_since) == 2 and all("guard" in query for query in changed_since), _summary(changed_since)
+    assert (await _outcome(sessions, fresh))[0] == "processing"
+    status, states, types = await _outcome(sessions, stale)
+    assert status == "complete" and states["admin"] == states["receipt"] == "succeeded"
+    assert types == ["step.succeeded", "step.succeeded", "submission.complete"]
+
+
+async def _facts(engine: AsyncEngine, submission_id: int) -> steps.SubmissionFacts:
+    rows = await steps.driver_rows(engine, steps._READ_PG, {"submission_id": submission_id})
+    return steps._facts_of(submission_id, rows[0], rows)
 
 
 @pytest.mark.parametrize("attempts", [steps.END_ATTEMPTS, 1])
