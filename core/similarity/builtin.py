@@ -75,7 +75,6 @@ class BuiltinProvider:
             (p.hash for p in prints),
             exclude_user_id=submission.user_id,
             max_holders=self.boilerplate_holders,
-            indexed_as=submission.id,
         )
         # The score is over the student's own text: what half the class shares (the question) is left out.
         own = [p for p in prints if p.hash not in hits.boilerplate]

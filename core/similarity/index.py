@@ -46,31 +46,23 @@ from core.similarity.winnowing import Fingerprint
 LOOKUP_BATCH = 500
 INSERT_BATCH = 2000
 
-
-def _lookup_sql(probe: str) -> TextClause:
-    return text(
-        f"""
-        WITH hits AS (
-            SELECT m.submission_id, array_agg(q.hash) AS hashes, array_agg(m.position) AS positions
-            FROM {probe}
-            CROSS JOIN LATERAL (
-                SELECT f.submission_id, f.position
-                FROM fingerprints AS f
-                WHERE f.assignment_id = :assignment_id AND f.hash = q.hash
-                LIMIT :holders_limit
-            ) AS m
-            GROUP BY m.submission_id
-        )
-        SELECT hits.submission_id, s.user_id, hits.hashes, hits.positions
-        FROM hits JOIN submissions AS s ON s.id = hits.submission_id
-        """
+LOOKUP_SQL = text(
+    """
+    WITH hits AS (
+        SELECT m.submission_id, array_agg(q.hash) AS hashes, array_agg(m.position) AS positions
+        FROM unnest(CAST(:hashes AS BIGINT[])) AS q(hash)
+        CROSS JOIN LATERAL (
+            SELECT f.submission_id, f.position
+            FROM fingerprints AS f
+            WHERE f.assignment_id = :assignment_id AND f.hash = q.hash
+            LIMIT :holders_limit
+        ) AS m
+        GROUP BY m.submission_id
     )
-
-
-LOOKUP_SQL = _lookup_sql("unnest(CAST(:hashes AS BIGINT[])) AS q(hash)")
-# A submission's own hashes read where ``replace`` has just written them (its key's index), instead
-# of sent again: encoding an array costs the client about a microsecond per element.
-LOOKUP_INDEXED_SQL = _lookup_sql("(SELECT DISTINCT hash FROM fingerprints WHERE submission_id = :submission_id) AS q")
+    SELECT hits.submission_id, s.user_id, hits.hashes, hits.positions
+    FROM hits JOIN submissions AS s ON s.id = hits.submission_id
+    """
+)
 
 # A re-run's earlier rows cannot be deleted in the INSERT's own statement: its key check still
 # sees them (the statement's snapshot), so a re-run deletes them first, in one transaction with it.
@@ -119,14 +111,9 @@ class Hits:
         return places
 
 
-def lookup_statement(
-    assignment_id: int, hashes: list[int], max_holders: int, *, indexed_as: int | None = None
-) -> tuple[TextClause, dict[str, Any]]:
+def lookup_statement(assignment_id: int, hashes: list[int], max_holders: int) -> tuple[TextClause, dict[str, Any]]:
     """The PostgreSQL look-up and its parameters (also for EXPLAIN)."""
-    parameters: dict[str, Any] = {"assignment_id": assignment_id, "holders_limit": max_holders + 1}
-    if indexed_as is not None:
-        return LOOKUP_INDEXED_SQL, {**parameters, "submission_id": indexed_as}
-    return LOOKUP_SQL, {**parameters, "hashes": hashes}
+    return LOOKUP_SQL, {"hashes": hashes, "assignment_id": assignment_id, "holders_limit": max_holders + 1}
 
 
 async def lookup(
@@ -136,7 +123,6 @@ async def lookup(
     *,
     exclude_user_id: int,
     max_holders: int,
-    indexed_as: int | None = None,
 ) -> Hits:
     """Other students' submissions to this assignment that share any of ``hashes``.
 
@@ -145,8 +131,6 @@ async def lookup(
     ``max_holders`` submissions (the student's own included) is boilerplate: at
     most ``max_holders + 1`` holders of any hash are read, so the cost of a
     look-up stays bounded however many submissions the assignment has.
-    ``indexed_as``: the submission ``hashes`` are indexed for (``replace``), whose rows a
-    look-up on PostgreSQL reads them from instead of receiving them.
     """
     unique = sorted(set(hashes))
     if not unique:
@@ -156,7 +140,7 @@ async def lookup(
         # One row per holding submission with the hashes it holds: tens of thousands of hits arrive
         # as a few hundred arrays, and submissions is joined once per holder, not once per hit.
         # On the driver's own connection, as its own transaction: the arrays are most of the client's work.
-        statement, parameters = lookup_statement(assignment_id, unique, max_holders, indexed_as=indexed_as)
+        statement, parameters = lookup_statement(assignment_id, unique, max_holders)
         held = [Held(*row) for row in await driver_rows(engine, statement, parameters)]
     else:
         async with sessions() as session:
