@@ -171,7 +171,9 @@ def _plan_class(state: StepState) -> str:
     return "active" if state in _ACTIVE_STATES else state.value
 
 
-def _write_ending_pg(guarded: bool) -> TextClause:
+def _write_ending_pg(guarded: bool, columns: tuple[str, ...] = ()) -> TextClause:
+    """The end's write; ``columns``: the submission's columns the step also sets (one UPDATE of the
+    row with its status: a statement updates a row once), each from ``:value_<column>``."""
     guard = _GUARD_PG if guarded else ""
     check = " AND (SELECT ok FROM guard)" if guarded else ""
     answer = (
@@ -195,10 +197,7 @@ def _write_ending_pg(guarded: bool) -> TextClause:
             UPDATE submission_steps SET state = :queued_state, queued_at = :now
             WHERE submission_id = :sid AND step = ANY(:queue){check}
             RETURNING 1
-        ), finished AS (
-            UPDATE submissions SET status = :status, completed_at = :completed_at
-            WHERE id = :sid AND :set_submission{check}
-            RETURNING 1
+        ), finished AS ({_finish_submission_sql(columns, check)}
         ), steps_written AS (
             SELECT (SELECT count(*) FROM ended) + (SELECT count(*) FROM skipped)
                  + (SELECT count(*) FROM queued) + (SELECT count(*) FROM finished) AS n
@@ -217,6 +216,9 @@ def _write_ending_pg(guarded: bool) -> TextClause:
         bindparam("set_submission", type_=Boolean),
         *EVENT_ARRAYS,
     )
+    statement = statement.bindparams(
+        *(bindparam(f"value_{column}", type_=_submissions.c[column].type) for column in columns)
+    )
     if guarded:
         statement = statement.bindparams(
             bindparam("read_completed_at", type_=_submissions.c.completed_at.type),
@@ -228,8 +230,32 @@ def _write_ending_pg(guarded: bool) -> TextClause:
     return statement
 
 
+def _finish_submission_sql(columns: tuple[str, ...], check: str) -> str:
+    if not columns:
+        return f"""
+            UPDATE submissions SET status = :status, completed_at = :completed_at
+            WHERE id = :sid AND :set_submission{check}
+            RETURNING 1"""
+    values = "".join(f", {column} = :value_{column}" for column in columns)
+    return f"""
+            UPDATE submissions
+            SET status = CASE WHEN :set_submission THEN :status ELSE status END,
+                completed_at = CASE WHEN :set_submission THEN :completed_at ELSE completed_at END{values}
+            WHERE id = :sid{check}
+            RETURNING 1"""
+
+
 _WRITE_ENDING_PG = _write_ending_pg(guarded=False)
 _WRITE_ENDING_IF_UNCHANGED_PG = _write_ending_pg(guarded=True)
+_guarded_writes: dict[tuple[str, ...], TextClause] = {(): _WRITE_ENDING_IF_UNCHANGED_PG}
+
+
+def _write_ending_if_unchanged(columns: tuple[str, ...]) -> TextClause:
+    """The guarded write that also sets these submission columns, built once per set of columns."""
+    made = _guarded_writes.get(columns)
+    if made is None:
+        made = _guarded_writes[columns] = _write_ending_pg(guarded=True, columns=columns)
+    return made
 
 
 @dataclass
@@ -348,11 +374,13 @@ async def _end_if_unchanged(
     submission_id: int,
     plan: Callable[[SubmissionFacts, StagedEvents], _Plan | None],
     known: SubmissionFacts | None,
+    values: Mapping[str, Any],
 ) -> tuple[list[Envelope], list[str]] | None:
     """PostgreSQL's usual end in two statements, each its own transaction, instead of BEGIN, a
     locking read, the write and COMMIT: the facts read unlocked, then written by a statement that
     locks them and writes only if they are unchanged (``_WRITE_ENDING_IF_UNCHANGED_PG``); with
-    ``known`` facts (read as the step started) the write is the only statement. When
+    ``known`` facts (read as the step started) the write is the only statement. ``values``: the
+    submission's columns the step also sets, written by the same statement. When
     another step of the submission ended in between, the write answers the latest facts and the
     end is decided again from them: one more statement.
 
@@ -381,8 +409,9 @@ async def _end_if_unchanged(
             "read_classes": [_plan_class(state) for state in read.states.values()],
             "read_any_pending": StepState.pending in read.states.values(),
             "read_others_ended": all(state.terminal for name, state in read.states.items() if name != ending.step),
+            **{f"value_{column}": value for column, value in values.items()},
         }
-        written = await driver_rows(engine, _WRITE_ENDING_IF_UNCHANGED_PG, parameters)
+        written = await driver_rows(engine, _write_ending_if_unchanged(tuple(sorted(values))), parameters)
         answer = written[0]
         if answer["applied"]:
             return envelopes_of(events.staged, {row["topic"]: int(row["seq"]) for row in written}), ending.queue
@@ -521,10 +550,12 @@ async def finish_step(
 
     engine = postgres_engine(sessions)
     ended = None
-    if engine is not None and not submission_values:
+    if engine is not None:
         # An end that keeps the step's result needs it as it is now: the step may have written it
         # since it started (the admin step's refusal, say), which its start could not read.
-        ended = await _end_if_unchanged(engine, submission_id, plan, known if result is not None else None)
+        ended = await _end_if_unchanged(
+            engine, submission_id, plan, known if result is not None else None, submission_values or {}
+        )
     if ended is None:
         async with _locked(sessions, submission_id) as locked:
             facts = locked.facts

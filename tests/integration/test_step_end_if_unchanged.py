@@ -69,9 +69,11 @@ async def _outcome(sessions: Any, submission_id: int) -> tuple[str, dict[str, st
 
 
 @asynccontextmanager
-async def _statements_sent(engine: AsyncEngine, sessions: Any, redis: Any, warm_up: int) -> AsyncIterator[list[str]]:
+async def _statements_sent(
+    engine: AsyncEngine, sessions: Any, redis: Any, warm_up: int, step: str = "admin"
+) -> AsyncIterator[list[str]]:
     """The statements sent to PostgreSQL in the block, once a connection has ended ``warm_up``'s
-    admin step (a new connection's first statements also ask the server about types)."""
+    ``step`` (a new connection's first statements also ask the server about types)."""
     queries: list[str] = []
     await engine.dispose()  # every connection from here on is a new one, logged
 
@@ -80,7 +82,11 @@ async def _statements_sent(engine: AsyncEngine, sessions: Any, redis: Any, warm_
 
     event.listen(engine.sync_engine, "connect", log_driver)
     try:
-        await finish_step(sessions, redis, warm_up, "admin", StepState.succeeded, result={"ok": 1})
+        values = {"thumbnail_key": "warm-up.png"} if step == "thumbnail" else None
+        known = await _facts(engine, warm_up)
+        await finish_step(
+            sessions, redis, warm_up, step, StepState.succeeded, result={}, submission_values=values, known=known
+        )
         await asyncio.sleep(0)  # asyncpg hands each logged query to the loop's next turn
         queries.clear()
         yield queries
@@ -128,6 +134,34 @@ async def test_an_end_decided_from_what_its_start_read_is_one_statement_and_stil
     status, states, types = await _outcome(sessions, stale)
     assert status == "complete" and states["admin"] == states["receipt"] == "succeeded"
     assert types == ["step.succeeded", "step.succeeded", "submission.complete"]
+
+
+async def test_an_end_that_also_sets_a_column_of_the_submission_is_the_same_one_statement(
+    factory: Factory, sessions: Any, engine: AsyncEngine, redis: Any
+) -> None:
+    """The thumbnail's end records the preview's key with the submission: in the end's own write,
+    also when it is the end that completes the submission."""
+    warm_up, submission_id = [await _two_steps_left(factory, sessions, running=("thumbnail",)) for _ in range(2)]
+    known = await _facts(engine, submission_id)
+
+    async with _statements_sent(engine, sessions, redis, warm_up, step="thumbnail") as queries:
+        await finish_step(
+            sessions,
+            redis,
+            submission_id,
+            "thumbnail",
+            StepState.succeeded,
+            result={},
+            submission_values={"thumbnail_key": "previews/essay.png"},
+            known=known,
+        )
+
+    assert len(queries) == 1 and "guard" in queries[0], _summary(queries)
+    async with sessions() as session:
+        key = await session.scalar(select(Submission.thumbnail_key).where(Submission.id == submission_id))
+    status, _, types = await _outcome(sessions, submission_id)
+    assert key == "previews/essay.png"
+    assert status == "complete" and types == ["step.succeeded", "submission.complete"]
 
 
 async def _facts(engine: AsyncEngine, submission_id: int) -> steps.SubmissionFacts:
