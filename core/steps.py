@@ -376,13 +376,13 @@ async def _end_if_unchanged(
     known: SubmissionFacts | None,
     values: Mapping[str, Any],
 ) -> tuple[list[Envelope], list[str]] | None:
-    """PostgreSQL's usual end in two statements, each its own transaction, instead of BEGIN, a
-    locking read, the write and COMMIT: the facts read unlocked, then written by a statement that
-    locks them and writes only if they are unchanged (``_WRITE_ENDING_IF_UNCHANGED_PG``); with
-    ``known`` facts (read as the step started) the write is the only statement. ``values``: the
-    submission's columns the step also sets, written by the same statement. When
-    another step of the submission ended in between, the write answers the latest facts and the
-    end is decided again from them: one more statement.
+    """PostgreSQL's usual end without BEGIN, a locking read and COMMIT: the facts read unlocked
+    (or ``known``, as the step's start read them: then the write is the only statement), and
+    written by a statement of its own that locks them and writes only if nothing the end depends
+    on has changed (``_WRITE_ENDING_IF_UNCHANGED_PG``). ``values``: the submission's columns the
+    step also sets, written by the same statement. When another step of the submission ended in
+    between, the write answers the latest facts and the end is decided again from them: one more
+    statement.
 
     The events published and the steps queued; None when the locked path must decide: the
     facts kept changing, or ``plan`` found nothing to do (which only the locked read may conclude).
