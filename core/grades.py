@@ -265,7 +265,8 @@ async def _drop_release_job(arq: ArqRedis, assignment_id: int) -> None:
 
 async def schedule_release(
     source: SessionSource, arq: ArqRedis, assignment_id: int, staff_id: int, at: datetime
-) -> datetime:
+) -> tuple[datetime, int]:
+    """Schedule the release at ``at``; returns it and the seq of its event on the assignment's topic."""
     if at.tzinfo is None:
         raise GradeRefused(422, "Give the release time with a time zone.")
     if at <= utcnow():
@@ -274,7 +275,7 @@ async def schedule_release(
     async with unit_of_work(source, None) as work:
         assignment = await staff_assignment(work.session, assignment_id, staff_id)
         assignment.release_scheduled_at = at
-        await work.emit(
+        scheduled = await work.emit(
             keys.assignment_topic(assignment_id),
             "grades.release_scheduled",
             {"assignment_id": assignment_id, "at": isoformat(at)},
@@ -292,17 +293,18 @@ async def schedule_release(
         _defer_until=at,
     )
     await work.publish(arq)
-    return at
+    return at, scheduled.seq
 
 
-async def cancel_release(source: SessionSource, arq: ArqRedis, assignment_id: int, staff_id: int) -> bool:
-    """Cancel a scheduled release; False if none was scheduled."""
+async def cancel_release(source: SessionSource, arq: ArqRedis, assignment_id: int, staff_id: int) -> int | None:
+    """Cancel a scheduled release; the seq of its event on the assignment's topic, None if none was
+    scheduled."""
     # Published after the job is gone, as for scheduling.
     async with unit_of_work(source, None) as work:
         assignment = await staff_assignment(work.session, assignment_id, staff_id)
         if assignment.release_scheduled_at is None:
-            return False
-        await work.emit(
+            return None
+        cancelled = await work.emit(
             keys.assignment_topic(assignment_id),
             "grades.release_cancelled",
             {"assignment_id": assignment_id, "was_at": isoformat(assignment.release_scheduled_at)},
@@ -312,7 +314,7 @@ async def cancel_release(source: SessionSource, arq: ArqRedis, assignment_id: in
         assignment.release_scheduled_at = None
     await _drop_release_job(arq, assignment_id)
     await work.publish(arq)
-    return True
+    return cancelled.seq
 
 
 async def release_now(source: SessionSource, arq: ArqRedis, assignment_id: int, staff_id: int) -> ReleaseSummary:

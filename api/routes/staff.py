@@ -77,14 +77,18 @@ async def release(
             "detail": summary.detail,
         }
     at = body.at if body.at is not None else utcnow() + timedelta(seconds=body.undo_seconds or 0)
-    at = await schedule_release(session, redis, assignment_id, user.id, at)
-    return {"scheduled_at": isoformat(at), "detail": f"Release scheduled for {isoformat(at)}."}
+    at, seq = await schedule_release(session, redis, assignment_id, user.id, at)
+    # seq: the event this change published on the assignment's topic, so the page that asked can
+    # tell its echo (and anything older) from a later change by someone else.
+    return {"scheduled_at": isoformat(at), "detail": f"Release scheduled for {isoformat(at)}.", "seq": seq}
 
 
 @router.delete("/assignments/{assignment_id}/release")
 async def cancel(assignment_id: int, user: CurrentUser, session: SessionDep, redis: RedisDep) -> dict[str, Any]:
-    cancelled = await cancel_release(session, redis, assignment_id, user.id)
-    return {"cancelled": cancelled, "detail": "Scheduled release cancelled." if cancelled else "Nothing was scheduled."}
+    seq = await cancel_release(session, redis, assignment_id, user.id)
+    if seq is None:
+        return {"cancelled": False, "detail": "Nothing was scheduled."}
+    return {"cancelled": True, "detail": "Scheduled release cancelled.", "seq": seq}
 
 
 def similarity_score(steps: dict[str, SubmissionStep]) -> float | None:

@@ -149,7 +149,7 @@ async def test_a_scheduled_release_fires_at_its_time_and_can_be_moved_or_cancell
     # Scheduled far ahead, then cancelled: the job is gone and nothing is released.
     await schedule_release(sessions, arq_redis, assignment_id, world.staff.id, utcnow() + timedelta(hours=1))
     assert await arq_redis.zscore(queue, keys.release_job_id(assignment_id)) is not None
-    assert await cancel_release(sessions, arq_redis, assignment_id, world.staff.id) is True
+    assert await cancel_release(sessions, arq_redis, assignment_id, world.staff.id) is not None
     assert await arq_redis.zcard(queue) == 0
 
     # Scheduled far ahead, then moved to a second from now: one job, it fires once.

@@ -262,9 +262,15 @@ async def test_schedule_and_cancel_a_release_while_a_student_uploads(
             upload(student, world.assignment_id),
         )
         assert cancelled.status_code == 200, cancelled.text
-        assert cancelled.json() == {"cancelled": True, "detail": "Scheduled release cancelled."}
+        answer = cancelled.json()
+        assert {key: answer[key] for key in ("cancelled", "detail")} == {
+            "cancelled": True,
+            "detail": "Scheduled release cancelled.",
+        }
         event = await topic.next("grades.release_cancelled")
     assert event["data"]["was_at"] == isoformat(at)
+    # The answer names its event, so the page that cancelled knows the echo for its own.
+    assert answer["seq"] == event["seq"]
     table = (await staff.get(f"/api/staff/assignments/{world.assignment_id}/submissions")).json()
     assert table["release_scheduled_at"] is None and table["released_at"] is None
     assert await redis.zscore(keys.queue_name(keys.MAINTENANCE_TASK), keys.release_job_id(world.assignment_id)) is None

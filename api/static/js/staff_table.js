@@ -114,6 +114,14 @@ function setReleaseText(text) {
   releaseState.textContent = text;
 }
 
+// The seq of the latest release change this page made itself (its answer says which event it
+// published): that event's echo, and any older one still arriving, must not replace what the
+// answer already shows.
+let ownReleaseSeq = 0;
+function madeHere(answer) {
+  ownReleaseSeq = Math.max(ownReleaseSeq, Number(answer.seq) || 0);
+}
+
 // "Release grades now" asks first, then schedules the release a few seconds ahead (the same
 // deferred job as a scheduled release), so a slip of the mouse can still be undone.
 function askToRelease() {
@@ -132,6 +140,7 @@ releaseButton.addEventListener('click', async () => {
   try {
     const undoSeconds = Number(releaseButton.dataset.undoSeconds) || 30;
     const answer = await api('POST', `/api/assignments/${assignmentId}/release`, { undo_seconds: undoSeconds });
+    madeHere(answer);
     setReleaseText(`Releasing grades at ${clockTime(answer.scheduled_at)}: you can undo until then.`);
     undoButton.hidden = false;
     undoButton.focus();
@@ -144,6 +153,7 @@ undoButton.addEventListener('click', async () => {
   showError(releaseError, '');
   try {
     const answer = await api('DELETE', `/api/assignments/${assignmentId}/release`);
+    madeHere(answer);
     setReleaseText(answer.cancelled ? 'Release undone. Grades not released.' : 'Too late to undo: the grades were released.');
     undoButton.hidden = true;
   } catch (failure) {
@@ -162,6 +172,7 @@ document.getElementById('schedule-form').addEventListener('submit', async (event
   }
   try {
     const answer = await api('POST', `/api/assignments/${assignmentId}/release`, { at: when.toISOString() });
+    madeHere(answer);
     setReleaseText(`Release scheduled for ${localTime(answer.scheduled_at)}.`);
     cancelButton.hidden = false;
   } catch (failure) {
@@ -173,6 +184,7 @@ cancelButton.addEventListener('click', async () => {
   showError(releaseError, '');
   try {
     const answer = await api('DELETE', `/api/assignments/${assignmentId}/release`);
+    madeHere(answer);
     setReleaseText(answer.cancelled ? 'Scheduled release cancelled. Grades not released.' : answer.detail);
     cancelButton.hidden = true;
   } catch (failure) {
@@ -191,9 +203,9 @@ follow(root.dataset.topic, Number(root.dataset.seq), (envelope) => {
     cancelButton.hidden = true;
     announce('Grades released.');
   } else if (envelope.type === 'grades.release_scheduled') {
-    if (undoButton.hidden) setReleaseText(`Release scheduled for ${localTime(data.at)}.`);
+    if (undoButton.hidden && envelope.seq > ownReleaseSeq) setReleaseText(`Release scheduled for ${localTime(data.at)}.`);
   } else if (envelope.type === 'grades.release_cancelled') {
-    if (undoButton.hidden) setReleaseText('Scheduled release cancelled. Grades not released.');
+    if (undoButton.hidden && envelope.seq > ownReleaseSeq) setReleaseText('Scheduled release cancelled. Grades not released.');
     undoButton.hidden = true;
   }
   refreshSoon();
