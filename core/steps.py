@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -245,17 +246,14 @@ def _finish_submission_sql(columns: tuple[str, ...], check: str) -> str:
             RETURNING 1"""
 
 
-_WRITE_ENDING_PG = _write_ending_pg(guarded=False)
-_WRITE_ENDING_IF_UNCHANGED_PG = _write_ending_pg(guarded=True)
-_guarded_writes: dict[tuple[str, ...], TextClause] = {(): _WRITE_ENDING_IF_UNCHANGED_PG}
-
-
+@cache
 def _write_ending_if_unchanged(columns: tuple[str, ...]) -> TextClause:
     """The guarded write that also sets these submission columns, built once per set of columns."""
-    made = _guarded_writes.get(columns)
-    if made is None:
-        made = _guarded_writes[columns] = _write_ending_pg(guarded=True, columns=columns)
-    return made
+    return _write_ending_pg(guarded=True, columns=columns)
+
+
+_WRITE_ENDING_PG = _write_ending_pg(guarded=False)
+_WRITE_ENDING_IF_UNCHANGED_PG = _write_ending_if_unchanged(())
 
 
 @dataclass
@@ -388,7 +386,7 @@ async def _end_if_unchanged(
     facts kept changing, or ``plan`` found nothing to do (which only the locked read may conclude).
     """
     if known is not None:
-        read = replace(known, states=dict(known.states))
+        read = replace(known)  # its fields are reassigned below, never changed in place
     else:
         rows = await driver_rows(engine, _READ_PG, {"submission_id": submission_id})
         if not rows:
@@ -483,18 +481,11 @@ async def _locked(sessions: async_sessionmaker[AsyncSession], submission_id: int
         yield await _SessionLocked.read(work, submission_id)
 
 
-_submission_updates: dict[tuple[str, ...], Any] = {}
-
-
+@cache
 def _submission_update(columns: tuple[str, ...]) -> Any:
     """UPDATE of these submission columns, built once per set of columns."""
-    made = _submission_updates.get(columns)
-    if made is None:
-        values = {name: bindparam(name, type_=_submissions.c[name].type) for name in columns}
-        made = _submission_updates[columns] = (
-            update(_submissions).where(_submissions.c.id == bindparam("sid")).values(values)
-        )
-    return made
+    values = {name: bindparam(name, type_=_submissions.c[name].type) for name in columns}
+    return update(_submissions).where(_submissions.c.id == bindparam("sid")).values(values)
 
 
 async def finish_step(

@@ -144,9 +144,7 @@ async def run_step(ctx: dict[str, Any], step: str, submission_id: int, handler: 
             await asyncio.shield(_mark_retrying(sessions, redis, submission_id, step, "worker stopped mid-step", 0))
         raise
     except PermanentStepError as error:
-        await finish_step(
-            sessions, redis, submission_id, step, StepState.failed, error=str(error), carried=carried, known=known
-        )
+        await finish_step(sessions, redis, submission_id, step, StepState.failed, error=str(error), carried=carried)
         return "failed"
     except (TransientStepError, TimeoutError, Exception) as error:
         reason = "timed out" if isinstance(error, TimeoutError) else str(error) or type(error).__name__
@@ -161,7 +159,6 @@ async def run_step(ctx: dict[str, Any], step: str, submission_id: int, handler: 
                 StepState.failed,
                 error=f"{reason} (gave up after {row.attempts} attempts)",
                 carried=carried,
-                known=known,
             )
             return "failed"
         delay = policy.delay(row.attempts)
