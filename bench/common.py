@@ -27,7 +27,7 @@ import httpx
 from core.auth import hash_password, sign
 from core.clock import utcnow
 from core.db import make_engine, make_sessionmaker, transaction
-from core.models import Assignment, Base, Course, Enrolment, User, WebSession
+from core.models import Assignment, Course, Enrolment, User, WebSession
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,19 +53,15 @@ async def bench_database(source: Path | None = None) -> AsyncIterator[str]:
     await admin.execute(f'CREATE DATABASE "{name}"')
     await admin.close()
     url = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + f"/{name}"
-    if source is None:
-        engine = make_engine(url)
-        async with engine.begin() as connection:
-            await connection.run_sync(Base.metadata.create_all)
-        await engine.dispose()
-    else:
-        await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-c", CREATE_SCHEMA, url],
-            env=source_env(dict(os.environ), source),
-            cwd=source,
-            check=True,
-        )
+    # Built by a process importing the models of the code measured: a baseline's schema may differ.
+    tree = source or REPO_ROOT
+    await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", CREATE_SCHEMA, url],
+        env=source_env(dict(os.environ), tree),
+        cwd=tree,
+        check=True,
+    )
     try:
         yield url
     finally:
