@@ -280,7 +280,7 @@ async def _start_in_one_statement(
         both["completed_at"],
         both["assignment_id"],
         both["course_id"],
-        # In the pipeline's order, as a locked read gives them.
+        # In the pipeline's order (the order a step's skipped followers are announced in).
         states={name: StepState(states[name]) for name in STEP_NAMES if name in states} | {step: StepState.running},
         started_at={step: now},
         results={step: dict(both["step_result"] or {})},
