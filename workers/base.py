@@ -117,7 +117,20 @@ def step_function(task: str, handler: Handler, settings: Settings) -> Function:
     policy = settings.retry_policy(task)
 
     async def job(ctx: dict[str, Any], submission_id: int) -> str:
-        return await run_step(ctx, task, submission_id, handler)
+        started = time.monotonic()
+        outcome = await run_step(ctx, task, submission_id, handler)
+        # The job's one log line (arq's own start and success lines are filtered: workers.run).
+        log.info(
+            "step ran",
+            extra={
+                "task": task,
+                "submission_id": submission_id,
+                "outcome": outcome,
+                "seconds": round(time.monotonic() - started, 3),
+                "job_try": ctx.get("job_try"),
+            },
+        )
+        return outcome
 
     # arq's own timeout backs up the runner's: the runner times out first and retries.
     timeout = policy.timeout_seconds + settings.worker.job_timeout_margin_seconds

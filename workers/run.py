@@ -283,6 +283,22 @@ class HandinWorker(Worker):
             await tr.execute()
 
 
+# arq logs every job twice at INFO, its start and its success, as free text: a step's end is logged
+# once instead, with its fields (workers.base, "step ran"). arq's other lines (retries, failures) stay.
+_ARQ_ROUTINE_LINES = frozenset({"%6.2fs → %s(%s)%s", "%6.2fs ← %s ● %s"})
+
+
+def _not_routine(record: logging.LogRecord) -> bool:
+    return record.msg not in _ARQ_ROUTINE_LINES
+
+
+def quiet_arq_routine_lines() -> None:
+    """Drop arq's per-job start and success lines (once per process, however often called)."""
+    arq_log = logging.getLogger("arq.worker")
+    if _not_routine not in arq_log.filters:
+        arq_log.addFilter(_not_routine)
+
+
 def load_worker_settings(task: str) -> type:
     if task not in WORKER_TASKS:
         raise SystemExit(f"unknown task {task!r}; choose one of: {', '.join(WORKER_TASKS)}")
@@ -299,6 +315,7 @@ def run_worker(task: str, burst: bool = False) -> None:
 def serve(task: str, settings_cls: type, burst: bool = False) -> None:
     """Run the worker described by `settings_cls` until SIGTERM (or, in burst mode, an empty queue)."""
     section = get_settings().worker
+    quiet_arq_routine_lines()
     health = None
     if section.http_port and not burst:
         health = WorkerHealth(section.health_stale_seconds)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import time
 from datetime import timedelta
@@ -26,6 +27,7 @@ from tests.fixtures.conditions import subscribed
 from tests.fixtures.pipeline import events, quick_retries, step_events, step_row, step_states, submission_row
 from tests.fixtures.workers import burst_worker
 from workers import scan
+from workers.run import quiet_arq_routine_lines
 from workers.runner import Outcome, PermanentStepError, StepContext, TransientStepError
 
 FAN_OUT = ("similarity", "admin", "receipt", "thumbnail")
@@ -174,6 +176,31 @@ async def test_an_unexpected_exception_counts_as_transient(
 
     row = await step_row(sessions, submission.id, "store")
     assert (row.state, row.attempts) == ("succeeded", 2)
+
+
+async def test_each_job_is_one_log_line_with_its_fields_and_a_retry_is_still_logged(
+    factory: Any, settings: Settings, arq_redis: Any, run_burst: Any, caplog: Any
+) -> None:
+    """A worker logs a job once, when its step ends, with fields to search by; arq's own start and
+    success lines (free text, two a job) are left out, its retry line is kept."""
+    quick_retries(settings, "store")
+    submission = await _at_store(factory, arq_redis, run_burst)
+    quiet_arq_routine_lines()
+    caplog.set_level(logging.INFO)
+
+    async def unavailable_once(ctx: StepContext) -> Outcome:
+        if ctx.attempt == 1:
+            raise TransientStepError("upstream said 503")
+        return Outcome()
+
+    await run_burst("store", unavailable_once)
+
+    ran = [record for record in caplog.records if record.getMessage() == "step ran"]
+    assert [(r.task, r.submission_id, r.outcome, r.job_try) for r in ran] == [("store", submission.id, "succeeded", 2)]
+    assert ran[0].seconds >= 0
+    arq_lines = [record.getMessage() for record in caplog.records if record.name == "arq.worker"]
+    assert any("↻" in line and "retrying" in line for line in arq_lines), arq_lines
+    assert not [line for line in arq_lines if "→" in line or "←" in line]
 
 
 async def test_a_permanent_failure_is_not_retried(
