@@ -161,7 +161,6 @@ def bench_env(database_url: str, var_dir: Path, **extra: str) -> dict[str, str]:
         HANDIN_STORAGE__THUMBNAILS_DIR=str(var_dir / "thumbnails"),
         HANDIN_SMTP__OUTBOX_DIR=str(var_dir / "outbox"),
         HANDIN_WORKER__HTTP_PORT="0",
-        HANDIN_LOG_LEVEL="WARNING",
     )
     env.update(extra)
     return env
