@@ -20,11 +20,22 @@ from api.middleware.internal import internal_listener
 from api.routes import routers
 from api.routes.health import metrics_router
 from core.db import make_engine, make_sessionmaker
+from core.garbage import collect_garbage_rarely
 from core.queues import connect_lazily
 from core.settings import Settings, get_settings
 from core.storage import make_storage
 
 STATIC_DIR = Path(__file__).parent / "static"
+# A young collection pauses a request: smaller than the workers' and the router's (50,000).
+API_YOUNG_THRESHOLD = 10_000
+
+
+def create_served_app() -> FastAPI:
+    """What ``handin api`` serves (in each uvicorn process): the app, in a process whose start-up
+    heap the garbage collector leaves alone from then on."""
+    app = create_app()
+    collect_garbage_rarely(API_YOUNG_THRESHOLD)
+    return app
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -16,7 +16,7 @@ def _api(args: argparse.Namespace) -> None:
 
     configure_logging()
     uvicorn.run(
-        "api.main:create_app",
+        "api.main:create_served_app",
         factory=True,
         host=args.host,
         port=args.port,

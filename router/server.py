@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import random
@@ -44,6 +43,7 @@ from core.audience import Audience
 from core.auth import Ticket
 from core.db import make_engine, make_sessionmaker
 from core.event_loop import event_loop_factory
+from core.garbage import collect_garbage_rarely
 from core.settings import Settings, get_settings
 from core.unit_of_work import unit_of_work
 from router import wamp
@@ -86,9 +86,6 @@ RIGHTS_CHANGED = "handin.close.rights_changed"
 # The event type a client PUBLISH is stored under in the audit trail.
 CLIENT_MESSAGE_TYPE = chat.MESSAGE_TYPE
 K = TypeVar("K")
-# Net allocations (allocations less deallocations) between collections of the youngest generation
-# (CPython's default: 700).
-GC_YOUNG_THRESHOLD = 50_000
 
 
 class Peer:
@@ -755,19 +752,9 @@ def main(host: str = "127.0.0.1", port: int = 8080, health_port: int | None = No
 
     configure_logging()
     settings = get_settings()
+    # A session's objects are mostly freed by reference counting: with CPython's thresholds the
+    # collector ran about once per session opened, 12 % of the router's CPU opening sessions and
+    # 25 % in a reconnect storm (docs/performance.md).
     collect_garbage_rarely()
     with asyncio.Runner(loop_factory=event_loop_factory(settings.router.event_loop)) as runner:
         runner.run(run(host, port, settings, health_port))
-
-
-def collect_garbage_rarely() -> None:
-    """Fewer, larger collections, over what is created after start-up only.
-
-    With the default thresholds the collector ran about once per session opened and re-walked the
-    whole heap, imports included: 12 % of the router's CPU opening sessions, 25 % in a reconnect
-    storm (docs/performance.md). A session's objects are mostly freed by reference counting, so a
-    larger first generation costs a few MB at most; each collection then pauses for tens of
-    milliseconds instead of a millisecond, far less in all.
-    """
-    gc.freeze()  # modules, settings, the engine: never garbage, never walked again
-    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 10)
