@@ -59,7 +59,7 @@ LOOKUP_SQL = text(
         ) AS m
         GROUP BY m.submission_id
     )
-    SELECT hits.submission_id, s.user_id, hits.hashes, hits.positions
+    SELECT hits.submission_id, s.user_id, s.storage_key, s.kind, hits.hashes, hits.positions
     FROM hits JOIN submissions AS s ON s.id = hits.submission_id
     """
 )
@@ -76,9 +76,14 @@ INSERT_SQL = text(
 )
 
 
+class StoredFile(NamedTuple):
+    storage_key: str
+    kind: str
+
+
 @dataclass
 class Hits:
-    """Which other submissions hold the looked-up hashes, and whose they are.
+    """Which other submissions hold the looked-up hashes, whose they are and where their files are.
 
     ``boilerplate``: hashes held by more than ``max_holders`` submissions (the question text, a
     template, a much-quoted source). They have no holders here: they count for no match.
@@ -89,6 +94,7 @@ class Hits:
     """
 
     owners: dict[int, int] = field(default_factory=dict)
+    files: dict[int, StoredFile] = field(default_factory=dict)
     boilerplate: set[int] = field(default_factory=set)
     submissions: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     hashes: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -152,15 +158,24 @@ async def _lookup_in_batches(session: AsyncSession, assignment_id: int, unique: 
     by_submission: dict[tuple[int, int], Held] = {}
     for start in range(0, len(unique), LOOKUP_BATCH):
         rows = await session.execute(
-            select(FingerprintRow.hash, FingerprintRow.position, FingerprintRow.submission_id, Submission.user_id)
+            select(
+                FingerprintRow.hash,
+                FingerprintRow.position,
+                FingerprintRow.submission_id,
+                Submission.user_id,
+                Submission.storage_key,
+                Submission.kind,
+            )
             .join(Submission, Submission.id == FingerprintRow.submission_id)
             .where(
                 FingerprintRow.assignment_id == assignment_id,
                 FingerprintRow.hash.in_(unique[start : start + LOOKUP_BATCH]),
             )
         )
-        for value, position, submission_id, user_id in rows:
-            holder = by_submission.setdefault((submission_id, user_id), Held(submission_id, user_id, [], []))
+        for value, position, submission_id, user_id, storage_key, kind in rows:
+            holder = by_submission.setdefault(
+                (submission_id, user_id), Held(submission_id, user_id, storage_key, kind, [], [])
+            )
             holder.hashes.append(value)
             holder.positions.append(position)
     return list(by_submission.values())
@@ -171,6 +186,8 @@ class Held(NamedTuple):
 
     submission_id: int
     user_id: int
+    storage_key: str
+    kind: str
     hashes: list[int]
     positions: list[int]
 
@@ -188,9 +205,11 @@ def _hits(held: list[Held], exclude_user_id: int, max_holders: int) -> Hits:
     values, holders = np.unique(hashes, return_counts=True)
     boilerplate = values[holders > max_holders]
     useful = others & ~np.isin(hashes, boilerplate)
-    owners = {holder.submission_id: holder.user_id for holder in held}
+    matched = {holder.submission_id: holder for holder in held}
+    matched = {submission_id: matched[submission_id] for submission_id in np.unique(submissions[useful]).tolist()}
     return Hits(
-        owners={submission_id: owners[submission_id] for submission_id in np.unique(submissions[useful]).tolist()},
+        owners={submission_id: holder.user_id for submission_id, holder in matched.items()},
+        files={submission_id: StoredFile(holder.storage_key, holder.kind) for submission_id, holder in matched.items()},
         boilerplate=set(boilerplate.tolist()),
         submissions=submissions[useful],
         hashes=hashes[useful],

@@ -132,6 +132,8 @@ async def test_lookup_probes_the_index_per_hash_on_a_never_analysed_table(
         first_submission * 1000 + 5: {first_submission},
     }
     assert hits.owners == {first_submission: ids["earlier"]}
+    # Where each match's file is comes with the hits: its passages are read without another query.
+    assert hits.files == {first_submission: index.StoredFile("k1", "text")}
     # The student's own earlier submissions never count.
     mine = await index.lookup(sessions, ids["assignment"], wanted, exclude_user_id=ids["earlier"], max_holders=20)
     assert mine.holders == {}
