@@ -15,29 +15,31 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 from arq.connections import ArqRedis
 from fastapi import HTTPException, Request, status
 from redis.exceptions import RedisError
 from sqlalchemy import Table, and_, bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import ClientDisconnect
 
 from api import metrics
 from api.multipart_stream import BodyTooLarge, MalformedUpload, MultipartStream, boundary_of
+from api.record_upload import record_upload, reserve_submission_id
 from core import keys
 from core.access import STUDENT
 from core.clock import isoformat, utcnow
-from core.db import entities_from, entity_columns, rows_of
+from core.db import entities_from, entity_columns, postgres_engine, rows_of
 from core.deadlines import WindowState, student_window
-from core.events import EventBatch
+from core.events import Envelope, StagedEvents, publish
 from core.models import Assignment, Enrolment, Extension, Submission, SubmissionStep, User
 from core.pipeline import FIRST_STEPS, STEPS, StepState, SubmissionStatus
 from core.queues import enqueue_step
 from core.settings import Settings
 from core.sniff import SNIFF_BYTES, TEXT, Sniffed, TextCheck, accepts, sanitise_filename, sniff
 from core.storage import Area, Storage, TooLarge, new_key
-from core.unit_of_work import UnitOfWork, unit_of_work
+from core.unit_of_work import unit_of_work
 
 log = logging.getLogger(__name__)
 
@@ -131,14 +133,14 @@ class Intake:
         file is removed if recording fails or an earlier upload with the key won.
         """
         try:
-            accepted, batch = await self._record(user, window, landed, idempotency_key, started)
+            accepted, envelopes = await self._record(user, window, landed, idempotency_key, started)
         except BaseException:
             await self.storage.delete(Area.incoming, landed.key)
             raise
         if accepted.replayed:
             await self.storage.delete(Area.incoming, landed.key)
             return accepted
-        await batch.publish(self.redis)
+        await publish(self.redis, envelopes)
         await self._enqueue_first_steps(accepted.submission_id)
         metrics.upload_accepted(landed.size)
         return accepted
@@ -190,14 +192,23 @@ class Intake:
 
     async def _record(
         self, user: User, window: Window, landed: Landed, idempotency_key: str | None, now: datetime
-    ) -> tuple[Accepted, UnitOfWork]:
-        """One transaction: submission + step rows + events. Retried if a concurrent upload took the attempt no.
+    ) -> tuple[Accepted, list[Envelope]]:
+        """Submission + step rows + events, all or nothing; the events' envelopes, to publish.
 
-        The first try takes the attempt number the window check counted; the unique
-        (assignment, user, attempt) constraint catches a concurrent upload that took
-        it meanwhile, and only then are the attempts counted again.
+        The first try takes the attempt number the window check counted: on PostgreSQL in
+        one statement (api.record_upload). The unique (assignment, user, attempt) constraint
+        catches a concurrent upload that took it meanwhile, as the idempotency key's catches
+        one with the same key: then a transaction looks again (the earlier upload with the
+        key, the attempts counted again), retried while other uploads keep winning.
         """
         attempt: int | None = window.attempt
+        engine = postgres_engine(self.sessions)
+        if engine is not None and attempt is not None:
+            try:
+                return await self._record_at_once(engine, user, window, landed, idempotency_key, attempt, now)
+            except asyncpg.UniqueViolationError:
+                log.info("intake raced another upload; retrying", extra={"user_id": user.id})
+                attempt = None
         for _ in range(5):
             try:
                 # Published by the caller: a publish cut short must not look like a failed record,
@@ -207,17 +218,34 @@ class Intake:
                     if idempotency_key and (
                         earlier := await _by_idempotency_key(session, user, window.assignment.id, idempotency_key)
                     ):
-                        return Accepted(earlier, replayed=True), work
+                        return Accepted(earlier, replayed=True), []
                     if attempt is None:
                         attempt = await _check_attempts(session, user, window.assignment)
                     submission_id = await _insert(session, user, window, landed, idempotency_key, attempt, now)
                     _stage_received(work, user, window, landed, submission_id, attempt)
-                return Accepted(submission_id, replayed=False), work
+                return Accepted(submission_id, replayed=False), work.envelopes
             except IntegrityError:
                 # Same idempotency key or same attempt number committed first: look again.
                 log.info("intake raced another upload; retrying", extra={"user_id": user.id})
                 attempt = None
         raise Refused(409, "conflict", "Too many uploads at once for this assignment; try again.")
+
+    async def _record_at_once(
+        self,
+        engine: AsyncEngine,
+        user: User,
+        window: Window,
+        landed: Landed,
+        idempotency_key: str | None,
+        attempt: int,
+        now: datetime,
+    ) -> tuple[Accepted, list[Envelope]]:
+        submission_id = await reserve_submission_id(engine)
+        values = {"id": submission_id, **_submission_values(user, window, landed, idempotency_key, attempt, now)}
+        events = StagedEvents()
+        _stage_received(events, user, window, landed, submission_id, attempt)
+        envelopes = await record_upload(engine, values, _first_step_states(now), events.staged)
+        return Accepted(submission_id, replayed=False), envelopes
 
     async def _enqueue_first_steps(self, submission_id: int) -> None:
         for step in FIRST_STEPS:
@@ -345,7 +373,22 @@ async def _insert(
     now: datetime,
 ) -> int:
     """The submission and its step rows in two statements (Core, no unit-of-work bookkeeping)."""
-    values = {
+    values = _submission_values(user, window, landed, idempotency_key, attempt, now)
+    submission_id: int = (await session.execute(_INSERT_SUBMISSION, values)).scalar_one()
+    await session.execute(
+        _INSERT_STEPS,
+        [
+            {"submission_id": submission_id, "step": name, "state": state, "queued_at": queued_at}
+            for name, state, queued_at in _first_step_states(now)
+        ],
+    )
+    return submission_id
+
+
+def _submission_values(
+    user: User, window: Window, landed: Landed, idempotency_key: str | None, attempt: int, now: datetime
+) -> dict[str, Any]:
+    return {
         "assignment_id": window.assignment.id,
         "user_id": user.id,
         "attempt": attempt,
@@ -359,22 +402,14 @@ async def _insert(
         "status": SubmissionStatus.processing.value,
         "idempotency_key": idempotency_key,
         "upload_started_at": now,
-        "received_at": utcnow(),  # accepted: the file has landed and this transaction records it
+        "received_at": utcnow(),  # accepted: the file has landed and this records it
     }
-    submission_id: int = (await session.execute(_INSERT_SUBMISSION, values)).scalar_one()
-    await session.execute(
-        _INSERT_STEPS,
-        [
-            {
-                "submission_id": submission_id,
-                "step": step.name,
-                "state": (StepState.queued if step.name in FIRST_STEPS else StepState.pending).value,
-                "queued_at": now if step.name in FIRST_STEPS else None,
-            }
-            for step in STEPS
-        ],
-    )
-    return submission_id
+
+
+def _first_step_states(now: datetime) -> list[tuple[str, str, datetime | None]]:
+    """Each step of a new submission, in order: (name, state, queued at)."""
+    queued, pending = StepState.queued.value, StepState.pending.value
+    return [(step.name, queued, now) if step.name in FIRST_STEPS else (step.name, pending, None) for step in STEPS]
 
 
 async def _by_idempotency_key(session: AsyncSession, user: User, assignment_id: int, key: str) -> int | None:
@@ -407,7 +442,7 @@ def _next_attempt(assignment: Assignment, used: int) -> int:
 
 
 def _stage_received(
-    batch: EventBatch, user: User, window: Window, landed: Landed, submission_id: int, attempt: int
+    batch: StagedEvents, user: User, window: Window, landed: Landed, submission_id: int, attempt: int
 ) -> None:
     """Both events are written in one statement when the unit of work commits (its flush), the course
     staff topic's seq row locked only from then to the commit."""

@@ -20,9 +20,11 @@ from redis.asyncio.client import PubSub
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from api import record_upload
 from core import keys
 from core.clock import utcnow
 from core.db import make_engine, make_sessionmaker, transaction
+from core.events import event_arrays
 from core.models import Event, Extension, Submission, SubmissionStep
 from core.pipeline import STEP_NAMES
 from core.settings import Settings
@@ -141,11 +143,21 @@ async def test_a_failure_while_recording_leaves_nothing_behind(
 ) -> None:
     """The submission, its steps and its events are one transaction; the landed file is removed too."""
 
-    async def broken(*args: Any, **kwargs: Any) -> None:
-        raise RuntimeError("event store unavailable")
+    if settings.database_url.startswith("postgresql"):
+        # One statement writes all three: an event the database refuses (its data is not JSON)
+        # fails it after the submission and step rows were inserted.
+        def unreadable(staged: Any) -> dict[str, list[Any]]:
+            arrays = event_arrays(staged)
+            return {**arrays, "datas": ["{not json" for _ in arrays["datas"]]}
 
-    # The events are written last, as the transaction commits: failing there must undo the rest.
-    monkeypatch.setattr("core.events.write_events", broken)
+        monkeypatch.setattr("api.record_upload.event_arrays", unreadable)
+    else:
+
+        async def broken(*args: Any, **kwargs: Any) -> None:
+            raise RuntimeError("event store unavailable")
+
+        # The events are written last, as the transaction commits: failing there must undo the rest.
+        monkeypatch.setattr("core.events.write_events", broken)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(
         transport=transport, base_url="http://handin.test", event_hooks=same_origin(settings)
@@ -437,6 +449,47 @@ async def test_concurrent_uploads_with_one_idempotency_key_make_one_submission(
     assert len({a.json()["id"] for a in answers}) == 1
     assert await count(sessions, Submission) == 1
     assert len(incoming_files(settings)) == 1
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_an_attempt_number_taken_while_recording_is_counted_again(
+    as_user: Login, world: World, sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL records an upload in one statement with the attempt number its window check
+    counted. Another upload that took the number meanwhile makes that statement write nothing;
+    the upload is recorded as the next attempt, with its steps and events."""
+    reserve = record_upload.reserve_submission_id
+
+    async def reserve_after_another_upload(engine: Any) -> int:
+        async with transaction(sessions) as session:
+            session.add(
+                Submission(
+                    assignment_id=world.assignment_id,
+                    user_id=world.users["student"],
+                    attempt=1,
+                    sha256="0" * 64,
+                    size=1,
+                    original_filename="other.pdf",
+                    content_type="application/pdf",
+                    kind="pdf",
+                    storage_key="other",
+                )
+            )
+        monkeypatch.setattr("api.intake.reserve_submission_id", reserve)
+        return await reserve(engine)
+
+    monkeypatch.setattr("api.intake.reserve_submission_id", reserve_after_another_upload)
+    answer = await (await as_user("student")).post(upload_url(world.assignment_id), files={"file": ("a.pdf", PDF)})
+
+    assert answer.status_code == 202, answer.text
+    submission_id = answer.json()["id"]
+    async with sessions() as session:
+        attempts = dict((await session.execute(select(Submission.storage_key, Submission.attempt))).tuples().all())
+        steps = (await session.scalars(select(SubmissionStep.submission_id))).all()
+        received = (await session.scalars(select(Event).where(Event.type == "submission.received"))).all()
+    assert sorted(attempts.values()) == [1, 2] and attempts["other"] == 1
+    assert steps == [submission_id] * len(STEP_NAMES)  # none left by the statement that lost
+    assert [(event.topic, event.data["attempt"]) for event in received] == [(f"submission.{submission_id}", 2)]
 
 
 async def test_upload_metrics(as_user: Login, world: World, client: httpx.AsyncClient) -> None:
