@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.settings import Settings
@@ -24,7 +25,7 @@ from core.similarity import index
 from core.similarity.passages import decode_kept_text, encode_text, passages_near, text_key
 from core.similarity.provider import NO_TEXT, CheckOutcome, CheckRequest
 from core.similarity.text import MAX_TEXT_CHARS, TEXT_KINDS, UnreadableDocument, extract_text
-from core.similarity.winnowing import Fingerprint, Report, containment_in, fingerprint, guarantee_threshold
+from core.similarity.winnowing import Fingerprints, Report, containment_in, fingerprint_columns, guarantee_threshold
 from core.storage import ObjectMissing
 
 TOP_MATCHES = 5
@@ -57,8 +58,8 @@ class BuiltinProvider:
             return skipped(f"{NO_TEXT}: {error}")
         if text is None:
             return skipped(NO_TEXT)
-        prints = await asyncio.to_thread(fingerprint, text, self.k, self.window)
-        if not prints:
+        prints = await asyncio.to_thread(fingerprint_columns, text, self.k, self.window)
+        if not len(prints):
             return skipped(f"{NO_TEXT}: shorter than {self.k} characters")
         # Kept for matched passages: later checks pair their text with it, the staff page shows it.
         await request.storage.put_bytes(Area.store, text_key(submission.storage_key), encode_text(text))
@@ -69,12 +70,13 @@ class BuiltinProvider:
         hits = await index.lookup(
             self.sessions,
             submission.assignment_id,
-            (p.hash for p in prints),
+            prints.hashes,
             exclude_user_id=submission.user_id,
             max_holders=self.boilerplate_holders,
         )
         # The score is over the student's own text: what half the class shares (the question) is left out.
-        own = [p for p in prints if p.hash not in hits.boilerplate]
+        boilerplate = np.fromiter(hits.boilerplate, np.int64, len(hits.boilerplate))
+        own = prints.where(~np.isin(prints.hashes, boilerplate))
         # Passages closer than one k-gram are one copied passage with an edit inside.
         report = containment_in(
             own, hits.submissions, hits.hashes, top=TOP_MATCHES, max_spans=SPANS_PER_MATCH, span_gap=self.k
@@ -128,14 +130,14 @@ class BuiltinProvider:
         return None
 
 
-def shared_places(own: list[Fingerprint], hits: index.Hits, others: list[int]) -> dict[int, list[tuple[int, int]]]:
+def shared_places(own: Fingerprints, hits: index.Hits, others: list[int]) -> dict[int, list[tuple[int, int]]]:
     """For each of ``others``: (offset here, offset there) of every fingerprint this text shares with it."""
     places = {other: hits.places_of(other) for other in others}
     wanted = {value for held in places.values() for value in held}
     starts: dict[int, list[int]] = {}
-    for print_ in own:
-        if print_.hash in wanted:
-            starts.setdefault(print_.hash, []).append(print_.start)
+    for value, start in zip(own.hashes.tolist(), own.starts.tolist(), strict=True):
+        if value in wanted:
+            starts.setdefault(value, []).append(start)
     return {
         other: [(here, there) for value, theres in held.items() for here in starts.get(value, ()) for there in theres]
         for other, held in places.items()

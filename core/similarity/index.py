@@ -40,7 +40,7 @@ from sqlalchemy.sql.elements import TextClause
 from core.db import driver_connection, driver_rows, driver_statement, postgres_engine
 from core.models import Fingerprint as FingerprintRow
 from core.models import Submission
-from core.similarity.winnowing import Fingerprint
+from core.similarity.winnowing import Fingerprint, Fingerprints
 
 # Bind parameters per IN list on SQLite: well inside its limit.
 LOOKUP_BATCH = 500
@@ -125,7 +125,7 @@ def lookup_statement(assignment_id: int, hashes: list[int], max_holders: int) ->
 async def lookup(
     sessions: async_sessionmaker[AsyncSession],
     assignment_id: int,
-    hashes: Iterable[int],
+    hashes: Iterable[int] | npt.NDArray[np.int64],
     *,
     exclude_user_id: int,
     max_holders: int,
@@ -138,7 +138,8 @@ async def lookup(
     most ``max_holders + 1`` holders of any hash are read, so the cost of a
     look-up stays bounded however many submissions the assignment has.
     """
-    unique = sorted(set(hashes))
+    values = hashes if isinstance(hashes, np.ndarray) else np.fromiter(hashes, np.int64)
+    unique = np.unique(values).tolist()
     if not unique:
         return Hits()
     engine = postgres_engine(sessions)
@@ -221,16 +222,17 @@ async def replace(
     sessions: async_sessionmaker[AsyncSession],
     assignment_id: int,
     submission_id: int,
-    fingerprints: Sequence[Fingerprint],
+    fingerprints: Fingerprints | Sequence[Fingerprint],
 ) -> None:
     """Index a submission's fingerprints; a re-run replaces its earlier rows. Committed on return."""
+    prints = Fingerprints.of(fingerprints)
     engine = postgres_engine(sessions)
     if engine is not None:
         parameters = {
             "assignment_id": assignment_id,
             "submission_id": submission_id,
-            "hashes": [fp.hash for fp in fingerprints],
-            "positions": [fp.start for fp in fingerprints],
+            "hashes": prints.hashes.tolist(),
+            "positions": prints.starts.tolist(),
         }
         try:
             await driver_rows(engine, INSERT_SQL, parameters)  # one statement: its own transaction
@@ -242,9 +244,9 @@ async def replace(
     async with sessions() as session, session.begin():
         await session.execute(delete(FingerprintRow).where(FingerprintRow.submission_id == submission_id))
         rows = [
-            {"submission_id": submission_id, "ordinal": n, "assignment_id": assignment_id, "hash": fp.hash,
-             "position": fp.start}
-            for n, fp in enumerate(fingerprints)
+            {"submission_id": submission_id, "ordinal": n, "assignment_id": assignment_id, "hash": value,
+             "position": start}
+            for n, (value, start) in enumerate(zip(prints.hashes.tolist(), prints.starts.tolist(), strict=True))
         ]  # fmt: skip
         for start in range(0, len(rows), INSERT_BATCH):
             await session.execute(insert(FingerprintRow), rows[start : start + INSERT_BATCH])

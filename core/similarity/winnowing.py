@@ -25,7 +25,7 @@ k-gram. A 64 KB essay takes about a fifth of the time the per-k-gram loops took.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from typing import NamedTuple
@@ -51,6 +51,36 @@ class Fingerprint(NamedTuple):
     position: int  # index of the k-gram in the normalised text
     start: int  # character range of the k-gram in the original text
     end: int
+
+
+@dataclass(frozen=True)
+class Fingerprints:
+    """A text's fingerprints as columns (``Fingerprint``'s fields, one array each): a 64 KB text has
+    thousands, which the index writes and the check scores as arrays, never one tuple at a time."""
+
+    hashes: npt.NDArray[np.int64]
+    positions: npt.NDArray[np.int64]
+    starts: npt.NDArray[np.int64]
+    ends: npt.NDArray[np.int64]
+
+    @classmethod
+    def of(cls, prints: Fingerprints | Sequence[Fingerprint]) -> Fingerprints:
+        if isinstance(prints, Fingerprints):
+            return prints
+        if not prints:
+            return cls(*(np.zeros(0, np.int64) for _ in Fingerprint._fields))
+        return cls(*(np.array(column, dtype=np.int64) for column in zip(*prints, strict=True)))
+
+    def __len__(self) -> int:
+        return int(self.hashes.size)
+
+    def where(self, keep: npt.NDArray[np.bool_]) -> Fingerprints:
+        return Fingerprints(self.hashes[keep], self.positions[keep], self.starts[keep], self.ends[keep])
+
+    def rows(self) -> list[Fingerprint]:
+        columns = self.hashes.tolist(), self.positions.tolist(), self.starts.tolist(), self.ends.tolist()
+        # Built from the columns' tuples by tuple.__new__ (_make), not field by field: a third less.
+        return list(map(Fingerprint._make, zip(*columns, strict=True)))
 
 
 @dataclass(frozen=True)
@@ -306,13 +336,16 @@ def winnow(hashes: list[int], window: int) -> list[tuple[int, int]]:
 
 def fingerprint(text: str, k: int, window: int) -> list[Fingerprint]:
     """The winnowed fingerprints of ``text``, with positions in the original text."""
+    return fingerprint_columns(text, k, window).rows()
+
+
+def fingerprint_columns(text: str, k: int, window: int) -> Fingerprints:
+    """``fingerprint`` as columns."""
     origin, hashes = kgrams(text, k)
     picked = _winnow(hashes, window)
     if picked.size == 0:
-        return []
-    # Built from the columns' tuples by tuple.__new__ (_make), not field by field: a third less.
-    columns = hashes[picked].tolist(), picked.tolist(), origin[picked].tolist(), (origin[picked + k - 1] + 1).tolist()
-    return list(map(Fingerprint._make, zip(*columns, strict=True)))
+        return Fingerprints.of([])
+    return Fingerprints(hashes[picked], picked, origin[picked], origin[picked + k - 1] + 1)
 
 
 def kgrams(text: str, k: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
@@ -353,7 +386,7 @@ def containment(
 
 
 def containment_in(
-    fingerprints: list[Fingerprint],
+    fingerprints: Fingerprints | Sequence[Fingerprint],
     holders: npt.NDArray[np.int64],
     hashes: npt.NDArray[np.int64],
     *,
@@ -367,10 +400,11 @@ def containment_in(
     Array operations over the hits, however many documents share a common phrase or two; Python
     looks only at the ``top`` matches.
     """
-    total = len(fingerprints)
+    prints = Fingerprints.of(fingerprints)
+    total = len(prints)
     if total == 0:
         return Report(0.0, 0, [])
-    own = np.fromiter((print_.hash for print_ in fingerprints), np.int64, total)
+    own = prints.hashes
     values, multiplicity = np.unique(own, return_counts=True)
     at = np.minimum(np.searchsorted(values, hashes), values.size - 1)
     ours = values[at] == hashes
@@ -387,8 +421,9 @@ def containment_in(
     shared = np.bincount(which, weights=multiplicity[pair_at], minlength=others.size).astype(np.int64)
     matches = []
     for rank in np.lexsort((others, -shared))[:top].tolist():
-        chosen = [fingerprints[at] for at in np.flatnonzero(np.isin(own, values[pair_at[which == rank]])).tolist()]
-        passages = merge_spans(((print_.start, print_.end) for print_ in chosen), gap=span_gap)
+        chosen = np.flatnonzero(np.isin(own, values[pair_at[which == rank]]))
+        spans = zip(prints.starts[chosen].tolist(), prints.ends[chosen].tolist(), strict=True)
+        passages = merge_spans(spans, gap=span_gap)
         longest = sorted(passages, key=lambda span: span[0] - span[1])[:max_spans]
         count = int(shared[rank])
         matches.append(MatchSummary(int(others[rank]), count, _percent(count, total), sorted(longest)))

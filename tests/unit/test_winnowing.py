@@ -10,11 +10,13 @@ from hypothesis import strategies as st
 
 from core.similarity.winnowing import (
     Fingerprint,
+    Fingerprints,
     MatchSummary,
     Report,
     containment,
     containment_in,
     fingerprint,
+    fingerprint_columns,
     guarantee_threshold,
     kgram_hashes,
     merge_spans,
@@ -206,3 +208,15 @@ def test_empty_and_tiny_texts_have_no_fingerprints_and_score_0() -> None:
     assert fingerprint("", K, W) == []
     assert fingerprint("too short", K, W) == []
     assert containment([], {}).score == 0.0
+
+
+def test_the_columns_a_check_scores_are_the_fingerprints_and_keep_them_together() -> None:
+    text = " ".join(random.Random(5).choices(WORDS, k=400))
+    prints = fingerprint(text, K, W)
+    columns = fingerprint_columns(text, K, W)
+    assert len(columns) == len(prints) > 0
+    assert columns.rows() == prints == Fingerprints.of(prints).rows()
+    # Leaving some out (boilerplate) keeps each one's hash with its own place in the text.
+    keep = np.array([value % 3 != 0 for value in columns.hashes.tolist()])
+    assert columns.where(keep).rows() == [p for p, kept in zip(prints, keep.tolist(), strict=True) if kept]
+    assert len(fingerprint_columns("too short", K, W)) == 0
