@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -233,15 +234,55 @@ async def write_events(session: AsyncSession, staged: list[PendingEvent]) -> lis
     return envelopes
 
 
+class HeldBack:
+    """Committed events a worker's job holds back (a quick step's start, workers.runner): sent
+    before anything else the job publishes, or with its finish (workers.run). Its publishes take
+    turns (the lock), so the page gets the job's events in the order they were committed."""
+
+    def __init__(self) -> None:
+        self.envelopes: list[Envelope] = []
+        self.turn = asyncio.Lock()
+
+    def take(self) -> list[Envelope]:
+        taken, self.envelopes = self.envelopes, []
+        return taken
+
+
+# Set per job by the worker; None elsewhere, where everything is published at once.
+HELD_BACK: ContextVar[HeldBack | None] = ContextVar("held_back_events", default=None)
+
+
+def hold_back(envelopes: list[Envelope]) -> bool:
+    """Keep committed ``envelopes`` for this job's next publish; False when nothing holds them."""
+    held = HELD_BACK.get()
+    if held is None:
+        return False
+    held.envelopes.extend(envelopes)
+    return True
+
+
+def take_held_back() -> list[Envelope]:
+    """The events this job held back so far (in order), no longer held."""
+    held = HELD_BACK.get()
+    return held.take() if held is not None else []
+
+
 async def publish(redis: Redis, envelopes: list[Envelope]) -> None:
-    """Publish committed events; a Redis failure is logged, never raised.
+    """Publish committed events, after any this job held back; a Redis failure is logged, never raised.
 
     Shielded: the events are committed, so a caller cancelled meanwhile (a
     worker shutting down) must not leave them half sent or the pipeline's
     connection checked out.
     """
-    if envelopes:
-        await asyncio.shield(_publish(redis, envelopes))
+    held = HELD_BACK.get()
+    if held is None:
+        if envelopes:
+            await asyncio.shield(_publish(redis, envelopes))
+        return
+    async with held.turn:
+        envelopes = held.take() + envelopes
+        if envelopes:
+            await asyncio.shield(_publish(redis, envelopes))
 
 
 def queue_publishes(pipe: Pipeline, envelopes: Iterable[Envelope]) -> None:

@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 
 from core import keys
 from core.event_loop import event_loop_factory
+from core.events import HELD_BACK, HeldBack, queue_publishes, take_held_back
 from core.garbage import collect_garbage_rarely
 from core.logs import configure_logging
 from core.queues import CARRIED_TO_FINISH, queue_delivery
@@ -244,6 +245,7 @@ class HandinWorker(Worker):
         # Set in the job's own task (a context of its own): its first read of the pool is run_job's.
         _CLAIMED_READ.set(read)
         CARRIED_TO_FINISH.set([])  # filled by the step's end (workers.runner), sent by finish_job
+        HELD_BACK.set(HeldBack())  # a quick step's start, sent by finish_job before its end (workers.runner)
         await self.run_job(job_id, score)
 
     async def finish_job(
@@ -257,9 +259,10 @@ class HandinWorker(Worker):
         keep_in_progress: float | None,
     ) -> None:
         """arq's finish_job with the job's counts for the autoscaler in the same MULTI/EXEC
-        (count_finished_job), and what the step's end publishes and queues (CARRIED_TO_FINISH):
-        two round trips fewer per job, and a job leaves its queue, is counted as finished and
-        queues the steps it made ready at one instant."""
+        (count_finished_job), the events it held back (a quick step's start, HELD_BACK) and what
+        the step's end publishes and queues (CARRIED_TO_FINISH): three round trips fewer per job,
+        and a job leaves its queue, is counted as finished and queues the steps it made ready at
+        one instant."""
         async with self.pool.pipeline(transaction=True) as tr:
             delete_keys = []
             in_progress_key = in_progress_key_prefix + job_id
@@ -279,6 +282,7 @@ class HandinWorker(Worker):
             if delete_keys:
                 tr.delete(*delete_keys)
             count_finished_job(tr, self.ctx, job_id)
+            queue_publishes(tr, take_held_back())
             for delivery in CARRIED_TO_FINISH.get() or ():
                 queue_delivery(tr, cast(ArqRedis, self._pool), delivery)
             await tr.execute()

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from core import keys
 from core.clock import isoformat, utcnow
 from core.db import driver_rows, postgres_engine
-from core.events import Envelope, emit_on_its_own, events_ctes, publish
+from core.events import Envelope, emit_on_its_own, events_ctes, hold_back, publish
 from core.models import Submission, SubmissionStep
 from core.pipeline import STEP_NAMES, StepState
 from core.queues import CARRIED_TO_FINISH
@@ -104,6 +104,23 @@ class StepContext:
 Handler = Callable[[StepContext], Awaitable[Outcome]]
 
 
+@contextlib.asynccontextmanager
+async def _announced_if_slow(redis: ArqRedis, after: float = SLOW_WORK_SECONDS) -> AsyncIterator[None]:
+    """Publish what the job holds back (its start: core.events.HELD_BACK) once the work inside has
+    taken ``after`` seconds. A step that ends sooner sends its start with its end, in the job's
+    finishing transaction (workers.run): a round trip fewer, and the page still sees both, in
+    order. Sent before the block ends, so before anything the step's end publishes."""
+    loop = asyncio.get_running_loop()
+    sent: list[asyncio.Task[None]] = []
+    timer = loop.call_later(after, lambda: sent.append(loop.create_task(publish(redis, []))))
+    try:
+        yield
+    finally:
+        timer.cancel()
+        for task in sent:
+            await task  # publish never raises
+
+
 async def run_step(ctx: dict[str, Any], step: str, submission_id: int, handler: Handler) -> str:
     """The body of every step job; returns what happened, for arq's log."""
     settings: Settings = ctx["settings"]
@@ -135,7 +152,7 @@ async def run_step(ctx: dict[str, Any], step: str, submission_id: int, handler: 
     )
     try:
         # A timeout scope, not wait_for: no second task per job beside the one arq runs it in.
-        async with asyncio.timeout(policy.timeout_seconds):
+        async with asyncio.timeout(policy.timeout_seconds), _announced_if_slow(redis):
             outcome = await handler(step_ctx)
     except asyncio.CancelledError:
         # The worker is shutting down (or arq's backstop timeout fired). Say so in the
@@ -324,10 +341,12 @@ async def _start(
     if engine is not None:
         fast_pg = await _start_in_one_statement(engine, step, submission_id, now)
         if fast_pg is not None:
-            await publish(redis, [fast_pg[2]])
+            # In a worker's job the start is held back (_announced_if_slow: sent with a quick end).
+            if not hold_back([fast_pg[2]]):
+                await publish(redis, [fast_pg[2]])
             return fast_pg[0], fast_pg[1], fast_pg[3]
     else:
-        async with unit_of_work(sessions, redis) as work:
+        async with unit_of_work(sessions, None) as work:
             fast = await _start_waiting_step(work.session, step, submission_id, now)
             if fast is not None:
                 work.stage(
@@ -337,6 +356,8 @@ async def _start(
                     actor=f"worker:{step}",
                 )
         if fast is not None:
+            if not hold_back(work.envelopes):
+                await work.publish(redis)
             return fast[0], fast[1], None
     async with unit_of_work(sessions, redis) as work:
         session = work.session
