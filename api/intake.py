@@ -32,10 +32,10 @@ from core.access import STUDENT
 from core.clock import isoformat, utcnow
 from core.db import entities_from, entity_columns, postgres_engine, rows_of
 from core.deadlines import WindowState, student_window
-from core.events import Envelope, StagedEvents, publish
+from core.events import Envelope, StagedEvents
 from core.models import Assignment, Enrolment, Extension, Submission, SubmissionStep, User
 from core.pipeline import FIRST_STEPS, STEPS, StepState, SubmissionStatus
-from core.queues import enqueue_step
+from core.queues import publish_and_enqueue
 from core.settings import Settings
 from core.sniff import SNIFF_BYTES, TEXT, Sniffed, TextCheck, accepts, sanitise_filename, sniff
 from core.storage import Area, Storage, TooLarge, new_key
@@ -140,8 +140,7 @@ class Intake:
         if accepted.replayed:
             await self.storage.delete(Area.incoming, landed.key)
             return accepted
-        await publish(self.redis, envelopes)
-        await self._enqueue_first_steps(accepted.submission_id)
+        await self._publish_and_enqueue(accepted.submission_id, envelopes)
         metrics.upload_accepted(landed.size)
         return accepted
 
@@ -247,16 +246,16 @@ class Intake:
         envelopes = await record_upload(engine, values, _first_step_states(now), events.staged)
         return Accepted(submission_id, replayed=False), envelopes
 
-    async def _enqueue_first_steps(self, submission_id: int) -> None:
-        for step in FIRST_STEPS:
-            try:
-                await enqueue_step(self.redis, step, submission_id)
-            except (RedisError, OSError) as error:
-                # The step row says "queued"; the reconciler re-enqueues it when Redis is back.
-                log.warning(
-                    "enqueue failed; reconciler will retry",
-                    extra={"submission_id": submission_id, "step": step, "error": str(error)},
-                )
+    async def _publish_and_enqueue(self, submission_id: int, envelopes: list[Envelope]) -> None:
+        """The upload's events, then its first steps' jobs, in one round trip."""
+        try:
+            await publish_and_enqueue(self.redis, envelopes, FIRST_STEPS, submission_id)
+        except (RedisError, OSError) as error:
+            # The step rows say "queued"; the reconciler re-enqueues them when Redis is back.
+            log.warning(
+                "enqueue failed; reconciler will retry",
+                extra={"submission_id": submission_id, "steps": list(FIRST_STEPS), "error": str(error)},
+            )
 
 
 # One round trip: the assignment, the student's role on its course, any extension, attempts used.
