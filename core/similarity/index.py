@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import Any, NamedTuple
 
 import asyncpg
@@ -49,7 +48,8 @@ INSERT_BATCH = 2000
 LOOKUP_SQL = text(
     """
     WITH hits AS (
-        SELECT m.submission_id, array_agg(q.hash) AS hashes, array_agg(m.position) AS positions
+        SELECT m.submission_id, string_agg(int8send(q.hash), '') AS hashes,
+               string_agg(int4send(m.position), '') AS positions
         FROM unnest(CAST(:hashes AS BIGINT[])) AS q(hash)
         CROSS JOIN LATERAL (
             SELECT f.submission_id, f.position
@@ -148,7 +148,18 @@ async def lookup(
         # as a few hundred arrays, and submissions is joined once per holder, not once per hit.
         # On the driver's own connection, as its own transaction: the arrays are most of the client's work.
         statement, parameters = lookup_statement(assignment_id, unique, max_holders)
-        held = [Held(*row) for row in await driver_rows(engine, statement, parameters)]
+        rows = await driver_rows(engine, statement, parameters)
+        held = [
+            Held(
+                row["submission_id"],
+                row["user_id"],
+                row["storage_key"],
+                row["kind"],
+                np.frombuffer(row["hashes"], ">i8"),
+                np.frombuffer(row["positions"], ">i4"),
+            )
+            for row in rows
+        ]
     else:
         async with sessions() as session:
             held = await _lookup_in_batches(session, assignment_id, unique)
@@ -156,7 +167,7 @@ async def lookup(
 
 
 async def _lookup_in_batches(session: AsyncSession, assignment_id: int, unique: list[int]) -> list[Held]:
-    by_submission: dict[tuple[int, int], Held] = {}
+    by_submission: dict[tuple[int, int], tuple[Any, ...]] = {}
     for start in range(0, len(unique), LOOKUP_BATCH):
         rows = await session.execute(
             select(
@@ -174,32 +185,37 @@ async def _lookup_in_batches(session: AsyncSession, assignment_id: int, unique: 
             )
         )
         for value, position, submission_id, user_id, storage_key, kind in rows:
-            holder = by_submission.setdefault(
-                (submission_id, user_id), Held(submission_id, user_id, storage_key, kind, [], [])
-            )
-            holder.hashes.append(value)
-            holder.positions.append(position)
-    return list(by_submission.values())
+            holder = by_submission.setdefault((submission_id, user_id), (storage_key, kind, [], []))
+            holder[2].append(value)
+            holder[3].append(position)
+    return [
+        Held(submission_id, user_id, storage_key, kind, np.array(hashes, np.int64), np.array(positions, np.int64))
+        for (submission_id, user_id), (storage_key, kind, hashes, positions) in by_submission.items()
+    ]
 
 
 class Held(NamedTuple):
-    """One holding submission's hits: the hashes it holds and where (in the same order)."""
+    """One holding submission's hits: the hashes it holds and where (in the same order).
+
+    On PostgreSQL the look-up answers them as each value's binary form, joined (``int8send``,
+    ``int4send``): read as arrays in one go, not thousands of integers decoded one by one (a
+    check's hits cost the client and the server about a millisecond less each, measured on
+    5,400 hits)."""
 
     submission_id: int
     user_id: int
     storage_key: str
     kind: str
-    hashes: list[int]
-    positions: list[int]
+    hashes: npt.NDArray[Any]
+    positions: npt.NDArray[Any]
 
 
 def _hits(held: list[Held], exclude_user_id: int, max_holders: int) -> Hits:
     if not held:
         return Hits()
-    lengths = np.array([len(holder.hashes) for holder in held], dtype=np.int64)
-    count = int(lengths.sum())
-    hashes = np.fromiter(chain.from_iterable(holder.hashes for holder in held), np.int64, count)
-    offsets = np.fromiter(chain.from_iterable(holder.positions for holder in held), np.int64, count)
+    lengths = np.array([holder.hashes.size for holder in held], dtype=np.int64)
+    hashes = np.concatenate([holder.hashes for holder in held]).astype(np.int64)
+    offsets = np.concatenate([holder.positions for holder in held]).astype(np.int64)
     submissions = np.repeat(np.array([holder.submission_id for holder in held], dtype=np.int64), lengths)
     others = np.repeat(np.array([holder.user_id != exclude_user_id for holder in held]), lengths)
     # Per row read, as the look-up's LIMIT counts them.
