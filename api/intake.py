@@ -21,7 +21,7 @@ from fastapi import HTTPException, Request, status
 from redis.exceptions import RedisError
 from sqlalchemy import Table, and_, bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import ClientDisconnect
 
 from api import metrics
@@ -203,8 +203,15 @@ class Intake:
         attempt: int | None = window.attempt
         engine = postgres_engine(self.sessions)
         if engine is not None and attempt is not None:
+            values = _submission_values(user, window, landed, idempotency_key, attempt, now)
             try:
-                return await self._record_at_once(engine, user, window, landed, idempotency_key, attempt, now)
+                submission_id = await reserve_submission_id(engine)
+                events = StagedEvents()
+                _stage_received(events, user, window, landed, submission_id, attempt)
+                envelopes = await record_upload(
+                    engine, {"id": submission_id, **values}, _first_step_states(now), events.staged
+                )
+                return Accepted(submission_id, replayed=False), envelopes
             except asyncpg.UniqueViolationError:
                 log.info("intake raced another upload; retrying", extra={"user_id": user.id})
                 attempt = None
@@ -228,23 +235,6 @@ class Intake:
                 log.info("intake raced another upload; retrying", extra={"user_id": user.id})
                 attempt = None
         raise Refused(409, "conflict", "Too many uploads at once for this assignment; try again.")
-
-    async def _record_at_once(
-        self,
-        engine: AsyncEngine,
-        user: User,
-        window: Window,
-        landed: Landed,
-        idempotency_key: str | None,
-        attempt: int,
-        now: datetime,
-    ) -> tuple[Accepted, list[Envelope]]:
-        submission_id = await reserve_submission_id(engine)
-        values = {"id": submission_id, **_submission_values(user, window, landed, idempotency_key, attempt, now)}
-        events = StagedEvents()
-        _stage_received(events, user, window, landed, submission_id, attempt)
-        envelopes = await record_upload(engine, values, _first_step_states(now), events.staged)
-        return Accepted(submission_id, replayed=False), envelopes
 
     async def _publish_and_enqueue(self, submission_id: int, envelopes: list[Envelope]) -> None:
         """The upload's events, then its first steps' jobs, in one round trip."""
