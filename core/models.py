@@ -213,10 +213,8 @@ class Event(Base):
     """The audit trail: every state change, with its actor and context."""
 
     __tablename__ = "events"
-    __table_args__ = (
-        UniqueConstraint("topic", "seq"),
-        Index("ix_events_topic_seq", "topic", "seq"),
-    )
+    # Its index serves every read by topic and seq (a second one on the same columns was dropped: 0007).
+    __table_args__ = (UniqueConstraint("topic", "seq"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     topic: Mapped[str] = mapped_column(String(100))

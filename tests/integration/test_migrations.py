@@ -10,6 +10,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from core.db import make_engine
 from core.migrate import alembic_config, upgrade
@@ -74,3 +75,33 @@ async def test_fingerprints_keep_their_rows_and_order_when_keyed_by_submission(k
     assert triggers == 1
     assert [tuple(row) for row in by_id] == [(11, 1000), (11, 1001), (11, 1002), (12, 2000), (12, 2001)]
     assert triggers_after_downgrade == 1
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_events_keep_one_index_on_topic_and_seq_and_it_stays_unique(kind: str, tmp_path: Path) -> None:
+    """0007 drops the second, identical index on events (topic, seq); the unique one stays, so a
+    topic still cannot hold one seq twice. Downgrading restores the dropped index."""
+    indexes = (
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' ORDER BY name"
+        if kind == "sqlite"
+        else "SELECT indexname FROM pg_indexes WHERE tablename = 'events' AND indexname <> 'events_pkey' ORDER BY 1"
+    )
+    insert = text(
+        "INSERT INTO events (topic, seq, type, at, data, actor) VALUES ('t', 1, 'x', CURRENT_TIMESTAMP, '{}', 'a')"
+    )
+    async with empty_database(kind, tmp_path) as url:
+        await asyncio.to_thread(upgrade, url)
+        engine = make_engine(url)
+        async with engine.connect() as connection:
+            now = [row[0] for row in (await connection.execute(text(indexes))).all()]
+        async with engine.begin() as connection:
+            await connection.execute(insert)
+        with pytest.raises(IntegrityError):
+            async with engine.begin() as connection:
+                await connection.execute(insert)
+        await asyncio.to_thread(command.downgrade, alembic_config(url), "0006_fingerprint_key")
+        async with engine.connect() as connection:
+            before = [row[0] for row in (await connection.execute(text(indexes))).all()]
+        await engine.dispose()
+    assert len(now) == 1 and "ix_events_topic_seq" not in now
+    assert "ix_events_topic_seq" in before and len(before) == 2
