@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -87,38 +87,41 @@ class StepContext:
         ends sooner is gone from the page before the message could be read, and would cost a
         statement and a publish for nothing. A message said is recorded before the block ends,
         so it comes before the step's end."""
-        loop = asyncio.get_running_loop()
-        said: list[asyncio.Task[None]] = []
-        timer = loop.call_later(after, lambda: said.append(loop.create_task(self.progress(message))))
-        try:
+
+        async def say() -> None:
+            try:
+                await self.progress(message)
+            except Exception as error:  # the message is lost; the work it described is not
+                log.warning("progress event not recorded", extra={"step": self.step, "error": str(error)})
+
+        async with _once_slow(after, say):
             yield
-        finally:
-            timer.cancel()
-            for task in said:
-                try:
-                    await task
-                except Exception as error:  # the message is lost; the work it described is not
-                    log.warning("progress event not recorded", extra={"step": self.step, "error": str(error)})
+
+
+@contextlib.asynccontextmanager
+async def _once_slow(after: float, work: Callable[[], Coroutine[Any, Any, None]]) -> AsyncIterator[None]:
+    """Start ``work`` once the block inside has taken ``after`` seconds; started, it has finished
+    when the block ends (so what it records comes before anything the step does next)."""
+    loop = asyncio.get_running_loop()
+    started: list[asyncio.Task[None]] = []
+    timer = loop.call_later(after, lambda: started.append(loop.create_task(work())))
+    try:
+        yield
+    finally:
+        timer.cancel()
+        for task in started:
+            await task
 
 
 Handler = Callable[[StepContext], Awaitable[Outcome]]
 
 
-@contextlib.asynccontextmanager
-async def _announced_if_slow(redis: ArqRedis, after: float = SLOW_WORK_SECONDS) -> AsyncIterator[None]:
+def _announced_if_slow(redis: ArqRedis) -> contextlib.AbstractAsyncContextManager[None]:
     """Publish what the job holds back (its start: core.events.HELD_BACK) once the work inside has
-    taken ``after`` seconds. A step that ends sooner sends its start with its end, in the job's
+    taken SLOW_WORK_SECONDS. A step that ends sooner sends its start with its end, in the job's
     finishing transaction (workers.run): a round trip fewer, and the page still sees both, in
     order. Sent before the block ends, so before anything the step's end publishes."""
-    loop = asyncio.get_running_loop()
-    sent: list[asyncio.Task[None]] = []
-    timer = loop.call_later(after, lambda: sent.append(loop.create_task(publish(redis, []))))
-    try:
-        yield
-    finally:
-        timer.cancel()
-        for task in sent:
-            await task  # publish never raises
+    return _once_slow(SLOW_WORK_SECONDS, lambda: publish(redis, []))
 
 
 async def run_step(ctx: dict[str, Any], step: str, submission_id: int, handler: Handler) -> str:
