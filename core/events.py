@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -262,9 +263,22 @@ def hold_back(envelopes: list[Envelope]) -> bool:
 
 
 def take_held_back() -> list[Envelope]:
-    """The events this job held back so far (in order), no longer held."""
+    """The events this job held back so far (in order), no longer held (when nothing else of the
+    job can be publishing: its finish)."""
     held = HELD_BACK.get()
     return held.take() if held is not None else []
+
+
+@asynccontextmanager
+async def publishing_turn() -> AsyncIterator[list[Envelope]]:
+    """This job's turn to publish, the turns taken in order, and the events it held back, which go
+    first; outside a worker's job no turn is waited for and nothing is held."""
+    held = HELD_BACK.get()
+    if held is None:
+        yield []
+        return
+    async with held.turn:
+        yield held.take()
 
 
 async def publish(redis: Redis, envelopes: list[Envelope]) -> None:
@@ -274,15 +288,9 @@ async def publish(redis: Redis, envelopes: list[Envelope]) -> None:
     worker shutting down) must not leave them half sent or the pipeline's
     connection checked out.
     """
-    held = HELD_BACK.get()
-    if held is None:
-        if envelopes:
-            await asyncio.shield(_publish(redis, envelopes))
-        return
-    async with held.turn:
-        envelopes = held.take() + envelopes
-        if envelopes:
-            await asyncio.shield(_publish(redis, envelopes))
+    async with publishing_turn() as first:
+        if first or envelopes:
+            await asyncio.shield(_publish(redis, first + envelopes))
 
 
 def queue_publishes(pipe: Pipeline, envelopes: Iterable[Envelope]) -> None:

@@ -19,7 +19,7 @@ from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
 from core import keys
-from core.events import Envelope, publish, queue_publishes, take_held_back
+from core.events import Envelope, publish, publishing_turn, queue_publishes
 
 # arq's enqueue_job in one round trip instead of three (WATCH, EXISTS, MULTI/EXEC): the same keys,
 # job encoding, score and expiry, and the same refusal of a job id whose job or result still exists.
@@ -123,8 +123,8 @@ async def publish_and_enqueue(
 async def _publish_and_enqueue(
     redis: ArqRedis, envelopes: Sequence[Envelope], steps: Sequence[str], submission_id: int
 ) -> None:
-    async with redis.pipeline(transaction=False) as pipe:
-        queue_delivery(pipe, redis, Delivery((*take_held_back(), *envelopes), tuple(steps), submission_id))
+    async with publishing_turn() as first, redis.pipeline(transaction=False) as pipe:
+        queue_delivery(pipe, redis, Delivery((*first, *envelopes), tuple(steps), submission_id))
         await pipe.execute()
 
 
