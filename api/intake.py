@@ -395,10 +395,15 @@ def _submission_values(
     }
 
 
+def _first_states() -> dict[str, str]:
+    """Each step of a new submission, in order, and its state: the first steps queued, the rest pending."""
+    return {step.name: (StepState.queued if step.name in FIRST_STEPS else StepState.pending).value for step in STEPS}
+
+
 def _first_step_states(now: datetime) -> list[tuple[str, str, datetime | None]]:
     """Each step of a new submission, in order: (name, state, queued at)."""
-    queued, pending = StepState.queued.value, StepState.pending.value
-    return [(step.name, queued, now) if step.name in FIRST_STEPS else (step.name, pending, None) for step in STEPS]
+    queued = StepState.queued.value
+    return [(name, state, now if state == queued else None) for name, state in _first_states().items()]
 
 
 async def _by_idempotency_key(session: AsyncSession, user: User, assignment_id: int, key: str) -> int | None:
@@ -433,9 +438,10 @@ def _next_attempt(assignment: Assignment, used: int) -> int:
 def _stage_received(
     batch: StagedEvents, user: User, window: Window, landed: Landed, submission_id: int, attempt: int
 ) -> None:
-    """Both events are written in one statement when the unit of work commits (its flush), the course
-    staff topic's seq row locked only from then to the commit."""
-    steps = {step.name: (StepState.queued if step.name in FIRST_STEPS else StepState.pending).value for step in STEPS}
+    """The upload's two events, staged: written in one statement with the submission (PostgreSQL,
+    api.record_upload) or when the unit of work commits (its flush), the course staff topic's seq
+    row locked only from then to the commit."""
+    steps = _first_states()
     batch.stage(
         keys.submission_topic(submission_id),
         "submission.received",

@@ -23,10 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.db import driver_connection, driver_statement
 from core.events import EVENT_ARRAYS, Envelope, PendingEvent, envelopes_of, event_arrays, events_ctes
-from core.models import Submission, SubmissionStep, UTCDateTime
+from core.models import Submission, UTCDateTime
 
 _submissions: Table = Submission.__table__  # type: ignore[assignment]
-_steps: Table = SubmissionStep.__table__  # type: ignore[assignment]
 # Every column the upload sets; the others keep their defaults (NULL).
 RECORDED_COLUMNS = (
     "id",
