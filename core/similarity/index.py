@@ -222,8 +222,8 @@ def _hits(held: list[Held], exclude_user_id: int, max_holders: int) -> Hits:
     values, holders = np.unique(hashes, return_counts=True)
     boilerplate = values[holders > max_holders]
     useful = others & ~np.isin(hashes, boilerplate)
-    matched = {holder.submission_id: holder for holder in held}
-    matched = {submission_id: matched[submission_id] for submission_id in np.unique(submissions[useful]).tolist()}
+    by_id = {holder.submission_id: holder for holder in held}
+    matched = {submission_id: by_id[submission_id] for submission_id in np.unique(submissions[useful]).tolist()}
     return Hits(
         owners={submission_id: holder.user_id for submission_id, holder in matched.items()},
         files={submission_id: StoredFile(holder.storage_key, holder.kind) for submission_id, holder in matched.items()},
