@@ -279,10 +279,20 @@ FINGERPRINT_CLEANUP: dict[str, tuple[str, ...]] = {
 }
 
 
+# A bigint[] under a name of its own, for the parameters core.int8_vectors sends from numpy.
+# PostgreSQL has no CREATE DOMAIN IF NOT EXISTS.
+INT8_VECTOR = "int8_vector"
+CREATE_INT8_VECTOR = (
+    f"DO $$ BEGIN CREATE DOMAIN {INT8_VECTOR} AS bigint[]; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+)
+
+
 @event.listens_for(Base.metadata, "after_create")
 def _create_fingerprint_cleanup(target: Any, connection: Any, **_: Any) -> None:
     for statement in FINGERPRINT_CLEANUP.get(connection.dialect.name, ()):
         connection.exec_driver_sql(statement)
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(CREATE_INT8_VECTOR)
 
 
 class Flash(Base):

@@ -20,12 +20,16 @@ On PostgreSQL a check is one statement each way:
   in order for their key (submission, ordinal); a re-run, whose rows are
   already there, deletes them first in the same transaction.
 
+Both send their arrays as ``int8_vector``, straight from numpy
+(core.int8_vectors), not element by element.
+
 SQLite (one machine, few submissions) keeps plain batched statements.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -36,7 +40,8 @@ from sqlalchemy import delete, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import TextClause
 
-from core.db import driver_connection, driver_rows, driver_statement, postgres_engine
+from core import int8_vectors
+from core.db import driver_connection, driver_statement, postgres_engine
 from core.models import Fingerprint as FingerprintRow
 from core.models import Submission
 from core.similarity.winnowing import Fingerprint, Fingerprints
@@ -50,7 +55,7 @@ LOOKUP_SQL = text(
     WITH hits AS (
         SELECT m.submission_id, string_agg(int8send(q.hash), '') AS hashes,
                string_agg(int4send(m.position), '') AS positions
-        FROM unnest(CAST(:hashes AS BIGINT[])) AS q(hash)
+        FROM unnest(CAST(:hashes AS int8_vector)) AS q(hash)
         CROSS JOIN LATERAL (
             SELECT f.submission_id, f.position
             FROM fingerprints AS f
@@ -71,7 +76,8 @@ INSERT_SQL = text(
     """
     INSERT INTO fingerprints (submission_id, ordinal, assignment_id, hash, position)
     SELECT :submission_id, t.ordinal - 1, :assignment_id, t.hash, t.position
-    FROM unnest(CAST(:hashes AS BIGINT[]), CAST(:positions AS INTEGER[])) WITH ORDINALITY AS t(hash, position, ordinal)
+    FROM unnest(CAST(:hashes AS int8_vector), CAST(:positions AS int8_vector))
+         WITH ORDINALITY AS t(hash, position, ordinal)
     """
 )
 
@@ -117,7 +123,9 @@ class Hits:
         return places
 
 
-def lookup_statement(assignment_id: int, hashes: list[int], max_holders: int) -> tuple[TextClause, dict[str, Any]]:
+def lookup_statement(
+    assignment_id: int, hashes: Sequence[int] | npt.NDArray[np.int64], max_holders: int
+) -> tuple[TextClause, dict[str, Any]]:
     """The PostgreSQL look-up and its parameters (also for EXPLAIN)."""
     return LOOKUP_SQL, {"hashes": hashes, "assignment_id": assignment_id, "holders_limit": max_holders + 1}
 
@@ -139,8 +147,8 @@ async def lookup(
     look-up stays bounded however many submissions the assignment has.
     """
     values = hashes if isinstance(hashes, np.ndarray) else np.fromiter(hashes, np.int64)
-    unique = np.unique(values).tolist()
-    if not unique:
+    unique = np.unique(values)
+    if not unique.size:
         return Hits()
     engine = postgres_engine(sessions)
     if engine is not None:
@@ -148,7 +156,7 @@ async def lookup(
         # as a few hundred arrays, and submissions is joined once per holder, not once per hit.
         # On the driver's own connection, as its own transaction: the arrays are most of the client's work.
         statement, parameters = lookup_statement(assignment_id, unique, max_holders)
-        rows = await driver_rows(engine, statement, parameters)
+        rows = await _rows_sending_vectors(engine, statement, parameters)
         held = [
             Held(
                 row["submission_id"],
@@ -162,7 +170,7 @@ async def lookup(
         ]
     else:
         async with sessions() as session:
-            held = await _lookup_in_batches(session, assignment_id, unique)
+            held = await _lookup_in_batches(session, assignment_id, unique.tolist())
     return _hits(held, exclude_user_id, max_holders)
 
 
@@ -234,6 +242,20 @@ def _hits(held: list[Held], exclude_user_id: int, max_holders: int) -> Hits:
     )
 
 
+@asynccontextmanager
+async def _sending_vectors(engine: Any) -> AsyncIterator[Any]:
+    """A pooled asyncpg connection (``driver_connection``) that sends numpy arrays as they are (core.int8_vectors)."""
+    async with driver_connection(engine) as connection:
+        await int8_vectors.prepare(connection)
+        yield connection
+
+
+async def _rows_sending_vectors(engine: Any, statement: TextClause, parameters: dict[str, Any]) -> list[Any]:
+    """``statement`` on its own (its own transaction); its rows."""
+    async with _sending_vectors(engine) as connection:
+        return await driver_statement(statement, engine).fetch(connection, parameters)
+
+
 async def replace(
     sessions: async_sessionmaker[AsyncSession],
     assignment_id: int,
@@ -247,13 +269,13 @@ async def replace(
         parameters = {
             "assignment_id": assignment_id,
             "submission_id": submission_id,
-            "hashes": prints.hashes.tolist(),
-            "positions": prints.starts.tolist(),
+            "hashes": prints.hashes,
+            "positions": prints.starts,
         }
         try:
-            await driver_rows(engine, INSERT_SQL, parameters)  # one statement: its own transaction
+            await _rows_sending_vectors(engine, INSERT_SQL, parameters)  # one statement: its own transaction
         except asyncpg.UniqueViolationError:  # a re-run
-            async with driver_connection(engine) as connection, connection.transaction():
+            async with _sending_vectors(engine) as connection, connection.transaction():
                 await driver_statement(DELETE_SQL, engine).fetch(connection, parameters)
                 await driver_statement(INSERT_SQL, engine).fetch(connection, parameters)
         return
