@@ -31,6 +31,9 @@ PAGE_MARGIN = 12
 # zlib level 3, not Pillow's 6: a text preview's PNG costs 2.3 ms instead of 3.5 ms to write,
 # for 10 KB instead of 8 KB; a preview is written once per submission and read a few times.
 PNG_COMPRESS_LEVEL = 3
+# A grey page's 256 levels to 16 (in_greys), and those 16 from black to white.
+_TO_GREY_LEVEL = [round(value * 15 / 255) for value in range(256)]
+_GREY_PALETTE = [round(level * 255 / 15) for level in range(16) for _ in range(3)]
 # Refuse to decode images above this many pixels (a 40 MP photo still passes).
 MAX_SOURCE_PIXELS = 50_000_000
 # Pillow's own guard as a backstop: it errors above twice this.
@@ -259,6 +262,15 @@ def render_icon(filename: str) -> Image.Image:
     return page
 
 
+def in_greys(image: Image.Image) -> Image.Image:
+    """A grey page in 16 levels, as a 4-bit palette: a text preview's antialiased glyphs look the same at
+    320 px, and its PNG is a third smaller and takes a third less CPU to compress (Pillow filters a grey
+    image's rows, not a palette's)."""
+    levels = Image.frombytes("P", image.size, image.point(_TO_GREY_LEVEL).tobytes())
+    levels.putpalette(_GREY_PALETTE)
+    return levels
+
+
 def render_thumbnail(kind: str, filename: str, path: Path) -> Thumbnail:
     """The preview of one stored file, as PNG bytes no wider than 320 px."""
     note: str | None = None
@@ -279,5 +291,8 @@ def render_thumbnail(kind: str, filename: str, path: Path) -> Thumbnail:
         source, image, note = "icon", render_icon(filename), f"no preview for {kind!r} files"
     image = fit(image)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    if image.mode == "L":
+        in_greys(image).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL, bits=4)
+    else:
+        image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return Thumbnail(buffer.getvalue(), image.width, image.height, source, note)

@@ -51,7 +51,11 @@ def test_a_text_file_preview_is_a_grey_page_with_its_first_lines(tmp_path: Path)
     path.write_text("\n".join(f"line {n} of the essay, long enough to be wrapped " * 2 for n in range(200)))
     thumbnail = documents.render_thumbnail("text", "essay.txt", path)
     image = Image.open(io.BytesIO(thumbnail.png))
-    assert (image.mode, image.size) == ("L", documents.PAGE_SIZE)
+    assert (image.mode, image.size) == ("P", documents.PAGE_SIZE)
+    # Sixteen greys from black to white, four bits a pixel: what a text page needs, a smaller PNG.
+    assert image.getpalette()[:48:3] == [round(level * 255 / 15) for level in range(16)]
+    assert thumbnail.png[24] == 4  # the bit depth in the PNG's header
+    image = image.convert("L")
     inked_rows = [y for y in range(image.height) if image.crop((0, y, image.width, y + 1)).getextrema()[0] < 128]
     # Lines drawn from the top margin down to near the bottom: a page full of text, not one line.
     assert inked_rows[0] < 30 and inked_rows[-1] > image.height - 40
