@@ -53,12 +53,11 @@ class BuiltinProvider:
             return skipped(NO_TEXT)
         try:
             async with readable_path(request.storage, Area.store, submission.storage_key) as path:
-                text = await asyncio.to_thread(extract_text, path, submission.kind)
+                text, prints = await asyncio.to_thread(self.text_and_prints, path, submission.kind)
         except UnreadableDocument as error:
             return skipped(f"{NO_TEXT}: {error}")
         if text is None:
             return skipped(NO_TEXT)
-        prints = await asyncio.to_thread(fingerprint_columns, text, self.k, self.window)
         if not len(prints):
             return skipped(f"{NO_TEXT}: shorter than {self.k} characters")
         # Kept for matched passages: later checks pair their text with it, the staff page shows it.
@@ -84,13 +83,32 @@ class BuiltinProvider:
         result = self.result(report, hits.owners)
         result["boilerplate_fingerprints"] = len(prints) - len(own)
         places = shared_places(own, hits, [match["submission_id"] for match in result["matches"]])
+        others = {}
         for match in result["matches"]:
             other = await self.other_text(request.storage, hits.files.get(match["submission_id"]))
             if other is not None:
-                pairs = places[match["submission_id"]]
-                found = await asyncio.to_thread(passages_near, text, other, pairs, self.k, margin=self.margin)
-                match["passages"] = [list(passage) for passage in found]
+                others[match["submission_id"]] = other
+        found = await asyncio.to_thread(self.passages_with, text, others, places)
+        for match in result["matches"]:
+            if match["submission_id"] in found:
+                match["passages"] = found[match["submission_id"]]
         return CheckOutcome("done", result)
+
+    def text_and_prints(self, path: Path, kind: str) -> tuple[str | None, Fingerprints]:
+        """The file's text and its fingerprints: one thread hop, not two."""
+        text = extract_text(path, kind)
+        return text, fingerprint_columns(text or "", self.k, self.window)
+
+    def passages_with(
+        self, text: str, others: dict[int, str], places: dict[int, list[tuple[int, int]]]
+    ) -> dict[int, list[list[int]]]:
+        """The passages ``text`` shares with each of ``others`` (by submission), in one thread hop."""
+        return {
+            other_id: [
+                list(passage) for passage in passages_near(text, other, places[other_id], self.k, margin=self.margin)
+            ]
+            for other_id, other in others.items()
+        }
 
     async def other_text(self, storage: Any, other: index.StoredFile | None) -> str | None:
         """The extracted text of an earlier submission: as its check kept it, else read from its file again."""
