@@ -444,6 +444,7 @@ async def lookup_cost(database_url: str, earlier: int, prints_each: int, repeats
             sessions,
             seeded.assignment_id,
             [p.hash for p in prints],
+            submission_id=0,  # the probe: no submission, none of its rows in the index
             exclude_user_id=user_ids[1],
             max_holders=shipped.boilerplate_holders,
         )

@@ -70,6 +70,7 @@ class BuiltinProvider:
             self.sessions,
             submission.assignment_id,
             prints.hashes,
+            submission_id=submission.id,
             exclude_user_id=submission.user_id,
             max_holders=self.boilerplate_holders,
         )

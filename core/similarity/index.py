@@ -8,8 +8,9 @@ On PostgreSQL a check is one statement each way:
 
 - the look-up sends all its hashes as one array and probes the index once per
   hash (a LATERAL subquery per array element, fenced by its ``LIMIT``); the
-  hits come back grouped, one row per holding submission with its hashes. No
-  hash is read for more than ``max_holders + 1`` holders: one held that widely
+  hits come back grouped, one row per holding submission with its hashes; the
+  checked submission's own rows, written just before, are passed over. No
+  hash is read for more than ``max_holders`` other holders: one held that widely
   is boilerplate, so a look-up's cost does not grow with the assignment even
   when every earlier submission shares the question's text. The
   plan does not depend on planner statistics: with an ``IN (…)`` list of 500
@@ -59,8 +60,8 @@ LOOKUP_SQL = text(
         CROSS JOIN LATERAL (
             SELECT f.submission_id, f.position
             FROM fingerprints AS f
-            WHERE f.assignment_id = :assignment_id AND f.hash = q.hash
-            LIMIT :holders_limit
+            WHERE f.assignment_id = :assignment_id AND f.hash = q.hash AND f.submission_id <> :submission_id
+            LIMIT :max_holders
         ) AS m
         GROUP BY m.submission_id
     )
@@ -124,10 +125,11 @@ class Hits:
 
 
 def lookup_statement(
-    assignment_id: int, hashes: Sequence[int] | npt.NDArray[np.int64], max_holders: int
+    assignment_id: int, submission_id: int, hashes: Sequence[int] | npt.NDArray[np.int64], max_holders: int
 ) -> tuple[TextClause, dict[str, Any]]:
     """The PostgreSQL look-up and its parameters (also for EXPLAIN)."""
-    return LOOKUP_SQL, {"hashes": hashes, "assignment_id": assignment_id, "holders_limit": max_holders + 1}
+    parameters = {"hashes": hashes, "assignment_id": assignment_id, "submission_id": submission_id}
+    return LOOKUP_SQL, parameters | {"max_holders": max_holders}
 
 
 async def lookup(
@@ -135,16 +137,20 @@ async def lookup(
     assignment_id: int,
     hashes: Iterable[int] | npt.NDArray[np.int64],
     *,
+    submission_id: int,
     exclude_user_id: int,
     max_holders: int,
 ) -> Hits:
-    """Other students' submissions to this assignment that share any of ``hashes``.
+    """Other students' submissions to this assignment that share any of ``hashes``, those of
+    submission ``submission_id`` (the one checked).
 
-    The same student's own attempts are left out: a resubmission that reuses
-    the student's earlier draft is not copying. A hash held by more than
-    ``max_holders`` submissions (the student's own included) is boilerplate: at
-    most ``max_holders + 1`` holders of any hash are read, so the cost of a
-    look-up stays bounded however many submissions the assignment has.
+    Its own rows are not read back (every check writes them before it looks up: a third of a
+    look-up's rows, read and sent only to be dropped) and it counts as one holder of each of
+    its hashes. The same student's other attempts are left out: a resubmission that reuses the
+    student's earlier draft is not copying. A hash held by more than ``max_holders``
+    submissions (the one checked and the student's other attempts included) is boilerplate: at
+    most ``max_holders`` holders of any hash besides the one checked are read, so the cost of
+    a look-up stays bounded however many submissions the assignment has.
     """
     values = hashes if isinstance(hashes, np.ndarray) else np.fromiter(hashes, np.int64)
     unique = np.unique(values)
@@ -155,7 +161,7 @@ async def lookup(
         # One row per holding submission with the hashes it holds: tens of thousands of hits arrive
         # as a few hundred arrays, and submissions is joined once per holder, not once per hit.
         # On the driver's own connection, as its own transaction: the arrays are most of the client's work.
-        statement, parameters = lookup_statement(assignment_id, unique, max_holders)
+        statement, parameters = lookup_statement(assignment_id, submission_id, unique, max_holders)
         rows = await _rows_sending_vectors(engine, statement, parameters)
         held = [
             Held(
@@ -170,11 +176,13 @@ async def lookup(
         ]
     else:
         async with sessions() as session:
-            held = await _lookup_in_batches(session, assignment_id, unique.tolist())
+            held = await _lookup_in_batches(session, assignment_id, submission_id, unique.tolist())
     return _hits(held, exclude_user_id, max_holders)
 
 
-async def _lookup_in_batches(session: AsyncSession, assignment_id: int, unique: list[int]) -> list[Held]:
+async def _lookup_in_batches(
+    session: AsyncSession, assignment_id: int, submission_id: int, unique: list[int]
+) -> list[Held]:
     by_submission: dict[tuple[int, int], tuple[Any, ...]] = {}
     for start in range(0, len(unique), LOOKUP_BATCH):
         rows = await session.execute(
@@ -189,6 +197,7 @@ async def _lookup_in_batches(session: AsyncSession, assignment_id: int, unique: 
             .join(Submission, Submission.id == FingerprintRow.submission_id)
             .where(
                 FingerprintRow.assignment_id == assignment_id,
+                FingerprintRow.submission_id != submission_id,
                 FingerprintRow.hash.in_(unique[start : start + LOOKUP_BATCH]),
             )
         )
@@ -226,9 +235,9 @@ def _hits(held: list[Held], exclude_user_id: int, max_holders: int) -> Hits:
     offsets = np.concatenate([holder.positions for holder in held]).astype(np.int64)
     submissions = np.repeat(np.array([holder.submission_id for holder in held], dtype=np.int64), lengths)
     others = np.repeat(np.array([holder.user_id != exclude_user_id for holder in held]), lengths)
-    # Per row read, as the look-up's LIMIT counts them.
+    # Per row read, as the look-up's LIMIT counts them; the submission checked is one holder more.
     values, holders = np.unique(hashes, return_counts=True)
-    boilerplate = values[holders > max_holders]
+    boilerplate = values[holders >= max_holders]
     useful = others & ~np.isin(hashes, boilerplate)
     by_id = {holder.submission_id: holder for holder in held}
     matched = {submission_id: by_id[submission_id] for submission_id in np.unique(submissions[useful]).tolist()}

@@ -181,6 +181,7 @@ async def test_a_look_up_costs_the_same_however_many_submissions_came_before(
     world = await factory.world()
     text = essay(40, 20_000)
     prints = fingerprint(text, 25, 20)
+    checked = await factory.submission(world, b"x", user=world.student)
     statements: list[str] = []
 
     def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
@@ -203,7 +204,12 @@ async def test_a_look_up_costs_the_same_however_many_submissions_came_before(
         await asyncio.sleep(0)
         statements.clear()
         hits = await index.lookup(
-            sessions, world.assignment.id, (p.hash for p in prints), exclude_user_id=world.student.id, max_holders=20
+            sessions,
+            world.assignment.id,
+            (p.hash for p in prints),
+            submission_id=checked.id,
+            exclude_user_id=world.student.id,
+            max_holders=20,
         )
         await asyncio.sleep(0)
         return len(statements), hits
@@ -261,3 +267,6 @@ async def test_text_most_of_the_class_shares_is_boilerplate_and_copying_is_still
     # Below the cap the same question is an ordinary match: the second essay matched the first on it.
     second = (await similarity_row(sessions, earlier[1].id)).result
     assert second["boilerplate_fingerprints"] == 0 and second["matches"][0]["submission_id"] == earlier[0].id
+    # At the cap, the essay checked among its holders, it still is; one holder more and it is boilerplate.
+    third, fourth = [(await similarity_row(sessions, row.id)).result for row in earlier[2:]]
+    assert third["boilerplate_fingerprints"] == 0 and fourth["boilerplate_fingerprints"] > 0, (third, fourth)

@@ -27,6 +27,8 @@ from tests.conftest import create_pg_database, drop_pg_database, pg_url
 
 EARLIER = 10_000
 PRINTS_EACH = 20
+# The submission being checked: not among the earlier ones, so none of its rows are in the index.
+CHECKED = EARLIER + 1
 
 
 @pytest.fixture
@@ -110,7 +112,7 @@ async def test_lookup_probes_the_index_per_hash_on_a_never_analysed_table(
     # Two hashes the first earlier submission holds, among the essay's own.
     wanted = [*hashes, first_submission * 1000 + 3, first_submission * 1000 + 5]
 
-    statement, parameters = index.lookup_statement(ids["assignment"], sorted(set(wanted)), 20)
+    statement, parameters = index.lookup_statement(ids["assignment"], CHECKED, sorted(set(wanted)), 20)
     async with sessions() as session:
         raw = (await session.execute(text(f"EXPLAIN (FORMAT JSON) {statement.text}"), parameters)).scalar_one()
     plan = (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]
@@ -126,7 +128,9 @@ async def test_lookup_probes_the_index_per_hash_on_a_never_analysed_table(
     # Holders' owners come by primary key: no table is read whole, however many submissions it holds.
     assert not [node for node in nodes if node["Node Type"] == "Seq Scan"], nodes
 
-    hits = await index.lookup(sessions, ids["assignment"], wanted, exclude_user_id=ids["checker"], max_holders=20)
+    hits = await index.lookup(
+        sessions, ids["assignment"], wanted, submission_id=CHECKED, exclude_user_id=ids["checker"], max_holders=20
+    )
     assert hits.holders == {
         first_submission * 1000 + 3: {first_submission},
         first_submission * 1000 + 5: {first_submission},
@@ -135,8 +139,20 @@ async def test_lookup_probes_the_index_per_hash_on_a_never_analysed_table(
     # Where each match's file is comes with the hits: its passages are read without another query.
     assert hits.files == {first_submission: index.StoredFile("k1", "text")}
     # The student's own earlier submissions never count.
-    mine = await index.lookup(sessions, ids["assignment"], wanted, exclude_user_id=ids["earlier"], max_holders=20)
+    mine = await index.lookup(
+        sessions, ids["assignment"], wanted, submission_id=CHECKED, exclude_user_id=ids["earlier"], max_holders=20
+    )
     assert mine.holders == {}
+    # Nor are the checked submission's own rows read back (its check wrote them just before).
+    itself = await index.lookup(
+        sessions,
+        ids["assignment"],
+        wanted,
+        submission_id=first_submission,
+        exclude_user_id=ids["checker"],
+        max_holders=20,
+    )
+    assert itself.holders == {} and itself.owners == {}
 
 
 async def test_a_hash_every_earlier_submission_holds_is_boilerplate_and_read_no_further(
@@ -156,7 +172,7 @@ async def test_a_hash_every_earlier_submission_holds_is_boilerplate_and_read_no_
         first_submission = (await session.execute(text("SELECT min(id) FROM submissions"))).scalar_one()
     wanted = [question, first_submission * 1000 + 3]
 
-    statement, parameters = index.lookup_statement(ids["assignment"], wanted, 20)
+    statement, parameters = index.lookup_statement(ids["assignment"], CHECKED, wanted, 20)
     async with sessions() as session:
         explained = await session.execute(text(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement.text}"), parameters)
         raw = explained.scalar_one()
@@ -164,6 +180,8 @@ async def test_a_hash_every_earlier_submission_holds_is_boilerplate_and_read_no_
     limits = [node for node in nodes if node["Node Type"] == "Limit"]
     assert limits and sum(node["Actual Rows"] * node["Actual Loops"] for node in limits) <= 22, limits
 
-    hits = await index.lookup(sessions, ids["assignment"], wanted, exclude_user_id=ids["checker"], max_holders=20)
+    hits = await index.lookup(
+        sessions, ids["assignment"], wanted, submission_id=CHECKED, exclude_user_id=ids["checker"], max_holders=20
+    )
     assert hits.boilerplate == {question}
     assert hits.holders == {first_submission * 1000 + 3: {first_submission}}
