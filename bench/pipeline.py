@@ -21,6 +21,14 @@ earlier submissions in a never-analysed table, wall time and PostgreSQL CPU
 per look-up, and the ratio.
 
     python -m bench.pipeline [--rate 10] [--seconds 60] [--noop-seconds 20] [--size-kb 64]
+                             [--baseline-ref REF [--rounds 2]]
+
+With ``--baseline-ref`` each phase runs again with the api and workers of
+commit REF; ``--rounds N`` runs each such pair N times, the order swapped
+every round (this checkout first, then REF first, ...), and reports each
+component's mean over the rounds beside every round's totals: this machine
+drifts by 10-20 % within minutes, and a fixed order charges the drift to
+whichever side runs second.
 
 Writes the measured per-step service times to bench/results/pipeline.json,
 which bench/autoscale.py uses when present.
@@ -543,6 +551,50 @@ def _component_order(name: str) -> tuple[int, str]:
     return ({"api": 0, "postgresql (bench db)": 2, "redis": 3, "clamd": 4}.get(name, 5), name)
 
 
+def wanted_phases(args: argparse.Namespace) -> list[tuple[str, bool]]:
+    """(phase name, no-op?) in the order to run: each pair with the baseline ``args.rounds`` times,
+    this checkout first in the first round and the baseline first in the next."""
+    pairs = []
+    if args.noop_seconds > 0:
+        pairs.append([("no-op", True)] + ([("no-op baseline", True)] if args.baseline_ref else []))
+    if args.seconds > 0:
+        pairs.append([("real", False)] + ([("baseline", False)] if args.baseline_ref else []))
+    rounds = args.rounds if args.baseline_ref else 1
+    return [phase for pair in pairs for n in range(rounds) for phase in (pair if n % 2 == 0 else pair[::-1])]
+
+
+def merge_rounds(phases: list[Phase]) -> list[Phase]:
+    """One phase per name, in the order first run: CPU figures the mean of its rounds, counts summed."""
+    by_name: dict[str, list[Phase]] = {}
+    for phase in phases:
+        by_name.setdefault(phase.name, []).append(phase)
+    return [runs[0] if len(runs) == 1 else _merged(name, runs) for name, runs in by_name.items()]
+
+
+def _merged(name: str, runs: list[Phase]) -> Phase:
+    def mean_of(figures: list[dict[str, float]]) -> dict[str, float]:
+        return {key: statistics.mean(figure.get(key, 0.0) for figure in figures) for key in figures[0]}
+
+    statuses: dict[str, int] = {}
+    for run in runs:
+        for status, count in run.statuses.items():
+            statuses[status] = statuses.get(status, 0) + count
+    return Phase(
+        name,
+        offered=sum(run.offered for run in runs),
+        accepted=sum(run.accepted for run in runs),
+        elapsed_s=sum(run.elapsed_s for run in runs),
+        cpu_ms=mean_of([run.cpu_ms for run in runs]),
+        idle_ms_per_s=mean_of([run.idle_ms_per_s for run in runs]),
+        latency_ms=[ms for run in runs for ms in run.latency_ms],
+        statuses=statuses,
+        step_run_ms=mean_of([run.step_run_ms for run in runs]),
+        copies_planted=sum(run.copies_planted for run in runs),
+        copies_found=sum(run.copies_found for run in runs),
+        copy_scores=[score for run in runs for score in run.copy_scores],
+    )
+
+
 def _pipeline_total(phase: Phase, *, redis: bool = True) -> float:
     """Everything the pipeline costs, the bench itself (load, stand-ins) left out. Redis's figure is
     its whole server's (INFO cpu): on a machine where something else uses the same Redis, read the
@@ -567,11 +619,7 @@ async def main(args: argparse.Namespace) -> None:
             HANDIN_ADMIN__URL=admin.url,
             HANDIN_ADMIN__SECRET="bench-admin-secret-0123456789abcdef",
         )
-        wanted = [("no-op", True)] if args.noop_seconds > 0 else []
-        wanted += [("no-op baseline", True)] if args.noop_seconds > 0 and args.baseline_ref else []
-        wanted += [("real", False)] if args.seconds > 0 else []
-        wanted += [("baseline", False)] if args.seconds > 0 and args.baseline_ref else []
-        for name, noop in wanted:
+        for name, noop in wanted_phases(args):
             of_baseline = name.endswith("baseline")
             with source_tree(args.baseline_ref if of_baseline else None) as source:
                 baseline = source if of_baseline else None
@@ -586,6 +634,10 @@ async def main(args: argparse.Namespace) -> None:
         admin.close()
         sync_redis.Redis.from_url(BENCH_REDIS_URL).flushdb()
         shutil.rmtree(root, ignore_errors=True)
+    if len(phases) > len(merged := merge_rounds(phases)):
+        print("\nrounds, in the order run (total ms/submission, every process):")
+        print("; ".join(f"{phase.name} {_pipeline_total(phase):.1f}" for phase in phases))
+    phases = merged
     report(phases, lookup, args)
     real = next((p for p in phases if p.name == "real"), None)
     if real is not None:
@@ -717,6 +769,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="also run each phase (no-op, real) with the api and workers of this git commit (same load)",
     )
     parser.add_argument("--noop-seconds", type=float, default=20.0, help="length of the no-op run (0: skip it)")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="with --baseline-ref: run each pair this many times, order swapped"
+    )
     parser.add_argument("--size-kb", type=int, default=64)
     parser.add_argument("--lookup-earlier", type=int, default=10_000, help="earlier submissions (0: skip)")
     parser.add_argument("--lookup-prints", type=int, default=200, help="fingerprints per earlier submission")
