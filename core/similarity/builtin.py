@@ -84,7 +84,7 @@ class BuiltinProvider:
         result = self.result(report, hits.owners)
         result["boilerplate_fingerprints"] = len(prints) - len(own)
         places = shared_places(own, hits, [match["submission_id"] for match in result["matches"]])
-        others = {}
+        others: dict[int, str] = {}  # each match's text, by submission
         for match in result["matches"]:
             other = await self.other_text(request.storage, hits.files.get(match["submission_id"]))
             if other is not None:

@@ -128,8 +128,12 @@ def lookup_statement(
     assignment_id: int, submission_id: int, hashes: Sequence[int] | npt.NDArray[np.int64], max_holders: int
 ) -> tuple[TextClause, dict[str, Any]]:
     """The PostgreSQL look-up and its parameters (also for EXPLAIN)."""
-    parameters = {"hashes": hashes, "assignment_id": assignment_id, "submission_id": submission_id}
-    return LOOKUP_SQL, parameters | {"max_holders": max_holders}
+    return LOOKUP_SQL, {
+        "hashes": hashes,
+        "assignment_id": assignment_id,
+        "submission_id": submission_id,
+        "max_holders": max_holders,
+    }
 
 
 async def lookup(
