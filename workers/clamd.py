@@ -5,6 +5,10 @@ big-endian integer, and a zero-length chunk to finish; clamd answers with one
 line ending in NUL: ``stream: OK``, ``stream: <signature> FOUND`` or an error
 such as ``INSTREAM size limit exceeded. ERROR``. Commands use the ``z`` prefix
 (NUL-terminated). Nothing here buffers a whole file.
+
+``scan`` asks for the verdict and for the engine that gave it (VERSION) in one
+session (IDSESSION … END): one connection per file, not two. In a session each
+answer starts with its command's number (``1: stream: OK``).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ class ScanVerdict:
 
 def parse_scan_reply(reply: str) -> ScanVerdict:
     """Turn clamd's INSTREAM answer into a verdict, or raise for an error answer."""
-    text = reply.rstrip("\0").strip()
+    text = _unnumbered(reply)
     _, _, body = text.partition(": ") if text.startswith("stream:") else ("", "", text)
     if body == "OK":
         return ScanVerdict(infected=False, signature=None, reply=text)
@@ -53,6 +57,13 @@ def parse_scan_reply(reply: str) -> ScanVerdict:
     if "size limit exceeded" in text:
         raise ClamdSizeLimitExceeded(text)
     raise ClamdError(text or "empty answer from clamd")
+
+
+def _unnumbered(reply: str) -> str:
+    """An answer without its NUL and, in a session, without its command's number."""
+    text = reply.rstrip("\0").strip()
+    number, separator, rest = text.partition(": ")
+    return rest if separator and number.isdigit() else text
 
 
 def frame_chunk(chunk: bytes) -> list[bytes]:
@@ -101,23 +112,43 @@ class ClamdClient:
 
     async def instream(self, chunks: AsyncIterable[bytes]) -> ScanVerdict:
         """Stream the file to clamd and return its verdict."""
+        verdict, _ = await self._scan(chunks, with_engine=False)
+        return verdict
+
+    async def scan(self, chunks: AsyncIterable[bytes]) -> tuple[ScanVerdict, str]:
+        """Stream the file to clamd: its verdict, and the engine and signatures that gave it (VERSION)."""
+        verdict, engine = await self._scan(chunks, with_engine=True)
+        assert engine is not None
+        return verdict, engine
+
+    async def _scan(self, chunks: AsyncIterable[bytes], *, with_engine: bool) -> tuple[ScanVerdict, str | None]:
+        engine = None
         try:
             async with asyncio.timeout(self.timeout):
                 reader, writer = await self._connect()
-                # Read while sending: clamd answers early (and hangs up) when a limit is
-                # passed, and that answer must be caught before the connection resets.
-                answer = asyncio.ensure_future(self._read_reply(reader))
                 try:
-                    await self._send_stream(writer, chunks, answer)
-                    reply = await answer
+                    if with_engine:
+                        writer.write(b"zIDSESSION\0")
+                    # Read while sending: clamd answers early (and hangs up) when a limit is
+                    # passed, and that answer must be caught before the connection resets.
+                    answer = asyncio.ensure_future(self._read_reply(reader))
+                    try:
+                        await self._send_stream(writer, chunks, answer)
+                        verdict = parse_scan_reply(await answer)
+                    finally:
+                        answer.cancel()
+                    if with_engine:
+                        writer.write(b"zVERSION\0")
+                        await writer.drain()
+                        engine = _unnumbered(await self._read_reply(reader))
+                        writer.write(b"zEND\0")
                 finally:
-                    answer.cancel()
                     await _close(writer)
         except TimeoutError as error:
             raise ClamdUnavailable(f"clamd at {self.address} did not answer within {self.timeout:g} s") from error
         except OSError as error:
             raise ClamdUnavailable(f"clamd at {self.address} unreachable: {error}") from error
-        return parse_scan_reply(reply)
+        return verdict, engine
 
     async def _send_stream(
         self, writer: asyncio.StreamWriter, chunks: AsyncIterable[bytes], answer: asyncio.Future[str]

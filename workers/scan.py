@@ -29,8 +29,7 @@ async def handle(ctx: StepContext) -> Outcome:
     submission = ctx.submission
     area = await _where_is(ctx.storage, submission.storage_key)
     try:
-        verdict = await client.instream(ctx.storage.open(area, submission.storage_key))
-        engine = await client.version()
+        verdict, engine = await client.scan(ctx.storage.open(area, submission.storage_key))
     except ClamdUnavailable as error:
         raise TransientStepError(f"virus scanner unavailable: {error}") from error
     except ClamdSizeLimitExceeded as error:

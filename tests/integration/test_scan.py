@@ -48,6 +48,34 @@ async def test_clamd_client_speaks_ping_and_instream(clamd: Clamd) -> None:
     assert verdict.infected and verdict.signature is not None
     assert verdict.signature.startswith(EICAR_SIGNATURE_NAME)
 
+    # In one session: the verdict and the engine that gave it, each answer unnumbered.
+    clean, engine = await client.scan(chunks())
+    assert not clean.infected and clean.reply == "stream: OK" and engine == await client.version()
+    found, engine = await client.scan(eicar())
+    assert found.infected and (found.signature or "").startswith(EICAR_SIGNATURE_NAME) and engine.startswith("ClamAV")
+
+
+async def test_a_file_is_scanned_and_its_engine_asked_on_one_connection(
+    factory: Any, settings: Settings, sessions: Any, arq_redis: Any, run_burst: Any, clamd: Clamd
+) -> None:
+    proxy = ClamdProxy(clamd)
+    await proxy.start()
+    use_clamd(settings, clamd, port=proxy.port)
+    world = await factory.world()
+    submissions = [await factory.submission(world, f"essay {n}\n".encode() * 200) for n in range(3)]
+    for submission in submissions:
+        await enqueue_step(arq_redis, "scan", submission.id)
+    try:
+        await run_burst("scan", scan.handle)
+    finally:
+        await proxy.stop()
+
+    for submission in submissions:
+        scanned = await step_row(sessions, submission.id, "scan")
+        assert (scanned.state, scanned.result["verdict"]) == ("succeeded", "clean")
+        assert scanned.result["engine"].startswith("ClamAV")
+    assert proxy.connections == len(submissions)
+
 
 async def test_clean_file_is_scanned_then_stored_with_its_checksum_verified(
     factory: Any, settings: Settings, sessions: Any, arq_redis: Any, run_burst: Any, clamd: Clamd

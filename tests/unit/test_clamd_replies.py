@@ -28,6 +28,14 @@ def test_found_answer_names_the_signature() -> None:
     assert (verdict.infected, verdict.signature) == (True, "Eicar-Test-Signature.UNOFFICIAL")
 
 
+def test_answers_in_a_session_carry_their_command_number() -> None:
+    assert parse_scan_reply("1: stream: OK\0").reply == "stream: OK"
+    found = parse_scan_reply("1: stream: Eicar-Test-Signature.UNOFFICIAL FOUND\0")
+    assert (found.infected, found.signature) == (True, "Eicar-Test-Signature.UNOFFICIAL")
+    with pytest.raises(ClamdSizeLimitExceeded):
+        parse_scan_reply("1: INSTREAM size limit exceeded. ERROR\0")
+
+
 def test_size_limit_is_its_own_error() -> None:
     with pytest.raises(ClamdSizeLimitExceeded):
         parse_scan_reply("INSTREAM size limit exceeded. ERROR\0")
