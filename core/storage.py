@@ -210,8 +210,8 @@ class LocalStorage:
 
     async def move(self, source: Area, target: Area, key: str) -> StoredObject:
         src, dst = self.path(source, key), self.path(target, key)
-        await asyncio.to_thread(_move_file, src, dst)
-        size, sha256 = await _hash_stream(self.open(target, key))
+        # One thread hop: the move, then the file read back where it now is and hashed.
+        size, sha256 = await asyncio.to_thread(_move_and_hash, src, dst)
         return StoredObject(key, size, sha256)
 
     async def exists(self, area: Area, key: str) -> bool:
@@ -348,6 +348,20 @@ class _PartialWriter:
         if self.handle is not None:
             self.handle.close()
             self.handle = None
+
+
+def _move_and_hash(src: Path, dst: Path) -> tuple[int, str]:
+    """``_move_file``, then the size and SHA-256 of the file where it now is."""
+    _move_file(src, dst)
+    digest, size = hashlib.sha256(), 0
+    try:
+        with open(dst, "rb") as handle:
+            while chunk := handle.read(CHUNK_SIZE):
+                digest.update(chunk)
+                size += len(chunk)
+    except FileNotFoundError as error:
+        raise ObjectMissing(str(dst)) from error
+    return size, digest.hexdigest()
 
 
 def _move_file(src: Path, dst: Path) -> None:
