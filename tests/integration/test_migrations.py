@@ -105,3 +105,21 @@ async def test_events_keep_one_index_on_topic_and_seq_and_it_stays_unique(kind: 
         await engine.dispose()
     assert len(now) == 1 and "ix_events_topic_seq" not in now
     assert "ix_events_topic_seq" in before and len(before) == 2
+
+
+async def test_the_int8_vector_domain_is_created_by_migrating_and_dropped_by_going_back(tmp_path: Path) -> None:
+    """0008 creates the domain the similarity check's arrays are sent as; without it every check
+    on a migrated PostgreSQL would fail. Downgrading drops it again."""
+    domains = text("SELECT typname FROM pg_type WHERE typtype = 'd' AND typname = 'int8_vector'")
+    async with empty_database("postgres", tmp_path) as url:
+        await asyncio.to_thread(upgrade, url)
+        engine = make_engine(url)
+        async with engine.connect() as connection:
+            created = (await connection.execute(domains)).scalars().all()
+            cast = await connection.scalar(text("SELECT CAST(ARRAY[1, -2] AS int8_vector)"))
+        await asyncio.to_thread(command.downgrade, alembic_config(url), "0007_events_one_index")
+        async with engine.connect() as connection:
+            after = (await connection.execute(domains)).scalars().all()
+        await engine.dispose()
+    assert created == ["int8_vector"] and cast == [1, -2]
+    assert after == []
