@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import os
 import sys
@@ -45,6 +44,7 @@ from core.clock import isoformat, utcnow
 from core.db import entities_from, entity_columns, rows_of
 from core.models import Assignment, Course, Submission, SubmissionStep, User
 from core.settings import ReceiptKeySettings, ReceiptSettings, Settings
+from core.storage import file_sha256
 
 FORMAT = "handin-receipt/1"
 KEYS_FORMAT = "handin-receipt-keys/1"
@@ -466,15 +466,6 @@ def _check_file(verdict: Verdict, payload: dict[str, Any], sha256: str, size: in
 # ---------------------------------------------------------------------------- the command
 
 
-def _file_sha256(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1024 * 1024):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
-
-
 def _load_keys(source: str | None) -> KeyRing:
     """A saved keys document (offline), its URL, or without either this installation's own keys."""
     if source is None:
@@ -493,7 +484,7 @@ def verify_receipt_command(receipt: str, file: str | None, keys: str | None) -> 
     try:
         ring = _load_keys(keys)
         document = parse_receipt(Path(receipt).read_bytes())
-        sha256, size = _file_sha256(Path(file)) if file else (None, None)
+        size, sha256 = file_sha256(Path(file), 1024 * 1024) if file else (None, None)
     except (OSError, ValueError, httpx.HTTPError) as error:  # ReceiptKeyError and bad JSON are ValueErrors
         print(f"cannot check: {error}", file=sys.stderr)
         return 2

@@ -350,18 +350,23 @@ class _PartialWriter:
             self.handle = None
 
 
+def file_sha256(path: Path, chunk_size: int = CHUNK_SIZE) -> tuple[int, str]:
+    """A file's size and SHA-256, read in this thread."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
 def _move_and_hash(src: Path, dst: Path) -> tuple[int, str]:
     """``_move_file``, then the size and SHA-256 of the file where it now is."""
     _move_file(src, dst)
-    digest, size = hashlib.sha256(), 0
     try:
-        with open(dst, "rb") as handle:
-            while chunk := handle.read(CHUNK_SIZE):
-                digest.update(chunk)
-                size += len(chunk)
+        return file_sha256(dst)
     except FileNotFoundError as error:
         raise ObjectMissing(str(dst)) from error
-    return size, digest.hexdigest()
 
 
 def _move_file(src: Path, dst: Path) -> None:
