@@ -118,7 +118,10 @@ _SET_SUBMISSION = (
 # a no-op when it has nothing to do (no step name, empty arrays, set_submission false); they touch
 # disjoint rows (the step ended, the pending steps skipped or queued, the submission already
 # locked). `steps_written` makes the seq bump wait for the step rows' updates, so step rows are
-# locked before the topics' seq rows, as everywhere else (core.events.events_ctes).
+# locked before the topics' seq rows, as everywhere else (core.events.events_ctes). A step whose
+# start was not written (a quick step's: ``UnwrittenStart``) has it written by its end: a non-null
+# `:start_at` counts the attempt and sets the start time, and its step.running event is the first
+# of the statement's events.
 #
 # Guarded (the optimistic end, after an unlocked read): the statement first locks the submission
 # and its steps, as the locked path's read does (a row locked in READ COMMITTED is its latest
@@ -187,7 +190,9 @@ def _write_ending_pg(guarded: bool, columns: tuple[str, ...] = ()) -> TextClause
         f"""
         WITH {guard} ended AS (
             UPDATE submission_steps
-            SET state = :state, finished_at = :now, wait_until = NULL, result = :result, error = :error
+            SET state = :state, finished_at = :now, wait_until = NULL, result = :result, error = :error,
+                attempts = attempts + CAST(CAST(:start_at AS timestamptz) IS NOT NULL AS integer),
+                started_at = coalesce(CAST(:start_at AS timestamptz), started_at)
             WHERE submission_id = :sid AND step = :name{check}
             RETURNING 1
         ), skipped AS (
@@ -208,6 +213,7 @@ def _write_ending_pg(guarded: bool, columns: tuple[str, ...] = ()) -> TextClause
         """
     ).bindparams(
         bindparam("now", type_=_steps.c.finished_at.type),
+        bindparam("start_at", type_=_steps.c.started_at.type),
         bindparam("result", type_=_steps.c.result.type),
         bindparam("error", type_=_steps.c.error.type),
         bindparam("reason", type_=_steps.c.error.type),
@@ -256,6 +262,15 @@ _WRITE_ENDING_PG = _write_ending_pg(guarded=False)
 _WRITE_ENDING_IF_UNCHANGED_PG = _write_ending_if_unchanged(())
 
 
+@dataclass(frozen=True)
+class UnwrittenStart:
+    """A step's start its end writes (a quick step's, ``workers.runner``): when it started, which
+    attempt it is; its row still says it waits to run, and its step.running event is not written."""
+
+    at: datetime
+    attempt: int
+
+
 @dataclass
 class _Ending:
     """What a transition writes: the step ended (if any), steps skipped and queued, the submission."""
@@ -267,6 +282,7 @@ class _Ending:
     skip: list[str] = field(default_factory=list)
     skip_reason: str | None = None
     queue: list[str] = field(default_factory=list)
+    start: UnwrittenStart | None = None  # the ended step's start, written with its end
 
 
 @dataclass
@@ -345,6 +361,7 @@ def _ending_parameters(
     facts: SubmissionFacts, ending: _Ending, now: datetime, staged: list[PendingEvent]
 ) -> dict[str, Any]:
     return {
+        "start_at": ending.start.at if ending.start is not None else None,
         "sid": facts.id,
         "name": ending.step,
         "state": ending.state,
@@ -502,6 +519,7 @@ async def finish_step(
     submission_values: Mapping[str, Any] | None = None,
     carried: list[Delivery] | None = None,
     known: SubmissionFacts | None = None,
+    start: UnwrittenStart | None = None,
 ) -> bool:
     """Move a step to a terminal state, start what follows, finish the submission.
 
@@ -514,6 +532,8 @@ async def finish_step(
     ``known``: the submission as the step's start read it (``workers.runner``), to decide the end
     from on PostgreSQL without reading it again; its write still checks that nothing it depends
     on has changed since.
+    ``start``: the step's start, not written yet (PostgreSQL only): written by the same statement,
+    its step.running event before the end's.
     """
     topic = keys.submission_topic(submission_id)
     who = actor or f"worker:{step}"
@@ -524,12 +544,15 @@ async def finish_step(
             return None
         now = utcnow()
         kept = result if result is not None else facts.results[step]
-        ending = _Ending(step, state.value, kept, error)
+        ending = _Ending(step, state.value, kept, error, start=start)
+        if start is not None:
+            running = {"step": step, "attempt": start.attempt}
+            events.staged.append(PendingEvent(topic, "step.running", start.at, running, who, None))
         facts.states[step] = state
         data: dict[str, Any] = {"step": step, "state": state.value, "result": kept}
         if error:
             data["error"] = error
-        started = facts.started_at[step]
+        started = start.at if start is not None else facts.started_at[step]
         if started is not None:
             data["duration_ms"] = int((now - started).total_seconds() * 1000)
         events.stage(topic, f"step.{state.value}", data, actor=who)
@@ -540,6 +563,8 @@ async def finish_step(
         return ending, now
 
     engine = postgres_engine(sessions)
+    if start is not None and engine is None:
+        raise ValueError("a step's start is written with its end on PostgreSQL only")
     ended = None
     if engine is not None:
         # An end that keeps the step's result needs it as it is now: the step may have written it

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from sqlalchemy import event, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core import steps
+from core.clock import utcnow
 from core.models import Event, Submission, SubmissionStep
 from core.pipeline import StepState
 from core.steps import finish_step
@@ -162,6 +164,61 @@ async def test_an_end_that_also_sets_a_column_of_the_submission_is_the_same_one_
     status, _, types = await _outcome(sessions, submission_id)
     assert key == "previews/essay.png"
     assert status == "complete" and types == ["step.succeeded", "submission.complete"]
+
+
+@pytest.mark.parametrize("attempts", [steps.END_ATTEMPTS, 0])
+async def test_an_end_that_writes_its_steps_start_counts_the_attempt_and_sends_the_start_first(
+    factory: Factory,
+    sessions: Any,
+    engine: AsyncEngine,
+    redis: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    attempts: int,
+) -> None:
+    """A quick step's start is written by its end (workers.runner.StartOwed): in the end's one
+    statement, or under the lock when the optimistic write gives up (no attempts), the row gets
+    its attempt and start time and the page its step.running before the end."""
+    warm_up, submission_id = await _two_steps_left(factory, sessions), await _two_steps_left(factory, sessions)
+    async with sessions() as session, session.begin():
+        await session.execute(
+            update(SubmissionStep)
+            .where(SubmissionStep.submission_id == submission_id, SubmissionStep.step == "admin")
+            .values(state=StepState.queued.value, attempts=0, started_at=None)
+        )
+    known = await _facts(engine, submission_id)
+    started = utcnow() - timedelta(seconds=2)
+    monkeypatch.setattr(steps, "END_ATTEMPTS", attempts)
+
+    async with _statements_sent(engine, sessions, redis, warm_up) as queries:
+        ended = await finish_step(
+            sessions,
+            redis,
+            submission_id,
+            "admin",
+            StepState.succeeded,
+            result={"ok": 1},
+            known=known,
+            start=steps.UnwrittenStart(started, 1),
+        )
+
+    assert ended
+    if attempts:
+        assert len(queries) == 1 and "guard" in queries[0], _summary(queries)
+    async with sessions() as session:
+        row = await session.scalar(
+            select(SubmissionStep).where(SubmissionStep.submission_id == submission_id, SubmissionStep.step == "admin")
+        )
+        trail = list(
+            await session.scalars(select(Event).where(Event.topic == f"submission.{submission_id}").order_by(Event.seq))
+        )
+    assert row is not None and (row.state, row.attempts, row.started_at) == ("succeeded", 1, started)
+    assert [(event.type, event.data["step"]) for event in trail] == [
+        ("step.running", "admin"),
+        ("step.succeeded", "admin"),
+    ]
+    running, succeeded = trail
+    assert (running.data, running.at, running.actor) == ({"step": "admin", "attempt": 1}, started, "worker:admin")
+    assert succeeded.seq == running.seq + 1 and succeeded.data["duration_ms"] >= 2000
 
 
 async def _facts(engine: AsyncEngine, submission_id: int) -> steps.SubmissionFacts:
