@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from arq import Retry
 from arq.connections import ArqRedis
-from sqlalchemy import String, Table, bindparam, select, text, update
+from sqlalchemy import String, Table, TextClause, bindparam, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -32,7 +32,7 @@ from core.models import Submission, SubmissionStep
 from core.pipeline import STEP_NAMES, StepState
 from core.queues import CARRIED_TO_FINISH
 from core.settings import Settings
-from core.steps import SubmissionFacts, finish_step
+from core.steps import SubmissionFacts, UnwrittenStart, finish_step
 from core.unit_of_work import unit_of_work
 
 log = logging.getLogger(__name__)
@@ -72,9 +72,12 @@ class StepContext:
     step: str
     attempt: int
     previous_result: dict[str, Any]
+    # The step's start, when not written yet (written before its progress).
+    owed_start: StartOwed | None = None
 
     async def progress(self, message: str, fraction: float | None = None) -> None:
         """Tell the student's page how far the step has come."""
+        await _owed_written(self.owed_start)
         data: dict[str, Any] = {"step": self.step, "message": message}
         if fraction is not None:
             data["fraction"] = round(max(0.0, min(1.0, fraction)), 3)
@@ -116,12 +119,22 @@ async def _once_slow(after: float, work: Callable[[], Coroutine[Any, Any, None]]
 Handler = Callable[[StepContext], Awaitable[Outcome]]
 
 
-def _announced_if_slow(redis: ArqRedis) -> contextlib.AbstractAsyncContextManager[None]:
-    """Publish what the job holds back (its start: core.events.HELD_BACK) once the work inside has
-    taken SLOW_WORK_SECONDS. A step that ends sooner sends its start with its end, in the job's
-    finishing transaction (workers.run): a round trip fewer, and the page still sees both, in
-    order. Sent before the block ends, so before anything the step's end publishes."""
-    return _once_slow(SLOW_WORK_SECONDS, lambda: publish(redis, []))
+def _announced_if_slow(redis: ArqRedis, owed: StartOwed | None) -> contextlib.AbstractAsyncContextManager[None]:
+    """Publish what the job holds back (its start: core.events.HELD_BACK), or write the start it
+    owes and publish it, once the work inside has taken SLOW_WORK_SECONDS. A step that ends sooner
+    sends its start with its end, in the job's finishing transaction (workers.run): a round trip
+    fewer, and the page still sees both, in order. Sent before the block ends, so before anything
+    the step's end publishes."""
+    if owed is None:
+        return _once_slow(SLOW_WORK_SECONDS, lambda: publish(redis, []))
+
+    async def write() -> None:
+        try:
+            await owed.write()
+        except Exception as error:  # still owed: the step's end writes it
+            log.warning("step start not recorded yet", extra={"step": owed.step, "error": str(error)})
+
+    return _once_slow(SLOW_WORK_SECONDS, write)
 
 
 async def run_step(ctx: dict[str, Any], step: str, submission_id: int, handler: Handler) -> str:
@@ -133,7 +146,8 @@ async def run_step(ctx: dict[str, Any], step: str, submission_id: int, handler: 
     # The worker's finishing MULTI/EXEC sends what the step's end publishes and queues (None: sent at once).
     carried = CARRIED_TO_FINISH.get()
 
-    started = await _start(sessions, redis, step, submission_id, policy.timeout_seconds, policy.max_tries)
+    job_try = int(ctx.get("job_try") or 1)
+    started = await _start(sessions, redis, step, submission_id, policy.timeout_seconds, policy.max_tries, job_try)
     if isinstance(started, _Abandoned):
         # Every attempt so far ended with the worker gone (killed, OOM): a file that
         # takes the worker down must not be retried for ever.
@@ -149,22 +163,31 @@ async def run_step(ctx: dict[str, Any], step: str, submission_id: int, handler: 
         return "failed"
     if isinstance(started, str):
         return started
-    row, submission, known = started
+    row, submission, known, owed = started
     step_ctx = StepContext(
-        settings, sessions, redis, ctx.get("storage"), submission, step, row.attempts, dict(row.result or {})
+        settings, sessions, redis, ctx.get("storage"), submission, step, row.attempts, dict(row.result or {}), owed
     )
     try:
         # A timeout scope, not wait_for: no second task per job beside the one arq runs it in.
-        async with asyncio.timeout(policy.timeout_seconds), _announced_if_slow(redis):
+        async with asyncio.timeout(policy.timeout_seconds), _announced_if_slow(redis, owed):
             outcome = await handler(step_ctx)
     except asyncio.CancelledError:
         # The worker is shutting down (or arq's backstop timeout fired). Say so in the
         # row, so the next delivery starts at once instead of waiting out the time limit.
         with contextlib.suppress(Exception):
-            await asyncio.shield(_mark_retrying(sessions, redis, submission_id, step, "worker stopped mid-step", 0))
+            await asyncio.shield(_handed_back(sessions, redis, submission_id, step, owed))
         raise
     except PermanentStepError as error:
-        await finish_step(sessions, redis, submission_id, step, StepState.failed, error=str(error), carried=carried)
+        await finish_step(
+            sessions,
+            redis,
+            submission_id,
+            step,
+            StepState.failed,
+            error=str(error),
+            carried=carried,
+            start=_for_the_end(owed),
+        )
         return "failed"
     except (TransientStepError, TimeoutError, Exception) as error:
         reason = "timed out" if isinstance(error, TimeoutError) else str(error) or type(error).__name__
@@ -179,12 +202,15 @@ async def run_step(ctx: dict[str, Any], step: str, submission_id: int, handler: 
                 StepState.failed,
                 error=f"{reason} (gave up after {row.attempts} attempts)",
                 carried=carried,
+                start=_for_the_end(owed),
             )
             return "failed"
         delay = policy.delay(row.attempts)
+        await _owed_written(owed)
         await _mark_retrying(sessions, redis, submission_id, step, reason, delay)
         raise Retry(defer=timedelta(seconds=delay)) from error
     if outcome.state == "waiting":
+        await _owed_written(owed)
         await _mark_waiting(sessions, redis, submission_id, step, outcome)
         return "waiting"
     state = StepState.skipped if outcome.state == "skipped" else StepState.succeeded
@@ -199,8 +225,16 @@ async def run_step(ctx: dict[str, Any], step: str, submission_id: int, handler: 
         submission_values=outcome.submission_values,
         carried=carried,
         known=known,
+        start=_for_the_end(owed),
     )
     return state.value
+
+
+async def _handed_back(
+    sessions: async_sessionmaker[AsyncSession], redis: ArqRedis, submission_id: int, step: str, owed: StartOwed | None
+) -> None:
+    await _owed_written(owed)
+    await _mark_retrying(sessions, redis, submission_id, step, "worker stopped mid-step", 0)
 
 
 async def _lock_step(session: AsyncSession, submission_id: int, step: str) -> SubmissionStep | None:
@@ -241,19 +275,34 @@ _READ_SUBMISSION = select(_submissions).where(_submissions.c.id == bindparam("si
 # before this statement, which marks it running). One round trip instead of BEGIN, two
 # statements and COMMIT. Nothing is written when the step is not waiting to run. The step row is
 # locked before the topic's seq row, the order every transaction ending or starting a step takes.
+# The attempt is arq's delivery count where that is more (``job_try``): a first delivery whose start
+# was owed (StartOwed) and never written, because the worker died first, still counts.
+# Unwritten (``written=False``): the same answer, read only, for a start its end writes (StartOwed).
 _RUNNING_EVENT = """SELECT CAST(:topic AS text) AS topic, 'step.running' AS type, CAST(:now AS timestamptz) AS at,
             CAST(json_build_object('step', CAST(:name AS text), 'attempt', attempts) AS text) AS data,
             CAST(:actor AS text) AS actor, CAST(NULL AS bigint) AS actor_id, 1 AS ord
         FROM started"""
-_START_RUNNING_PG = text(
-    f"""
-    WITH started AS (
-        UPDATE submission_steps
-        SET state = :running, attempts = attempts + 1, started_at = :now, wait_until = NULL, error = NULL
+
+
+def _start_pg(written: bool) -> TextClause:
+    if written:
+        started = f"""UPDATE submission_steps
+        SET state = :running, attempts = GREATEST(attempts + 1, :job_try), started_at = :now, wait_until = NULL,
+            error = NULL
         WHERE submission_id = :sid AND step = :name AND state = ANY(:startable)
         RETURNING attempts, result, submission_id
-    ), {events_ctes(staged_from=_RUNNING_EVENT)}
-    SELECT started.attempts AS step_attempts, started.result AS step_result, bumped.seq AS event_seq,
+    ), {events_ctes(staged_from=_RUNNING_EVENT)}"""
+        seq, bumped = "bumped.seq", "CROSS JOIN bumped"
+    else:
+        started = """SELECT attempts + 1 AS attempts, result, submission_id FROM submission_steps
+        WHERE submission_id = :sid AND step = :name AND state = ANY(:startable)
+    )"""
+        seq, bumped = "CAST(NULL AS bigint)", ""
+    statement = text(
+        f"""
+    WITH started AS (
+        {started}
+    SELECT started.attempts AS step_attempts, started.result AS step_result, {seq} AS event_seq,
            assignments.course_id AS course_id, steps.names AS step_names, steps.states AS step_states,
            {", ".join(f"submissions.{column.name}" for column in _submissions.c)}
     FROM started JOIN submissions ON submissions.id = started.submission_id
@@ -262,29 +311,40 @@ _START_RUNNING_PG = text(
         SELECT array_agg(step ORDER BY step) AS names, array_agg(state ORDER BY step) AS states
         FROM submission_steps WHERE submission_id = started.submission_id
     ) AS steps
-    CROSS JOIN bumped
+    {bumped}
     """
-).bindparams(
-    bindparam("now", type_=_steps.c.started_at.type),
-    bindparam("startable", type_=ARRAY(String)),
-)
+    )
+    if written:
+        statement = statement.bindparams(bindparam("now", type_=_steps.c.started_at.type))
+    return statement.bindparams(bindparam("startable", type_=ARRAY(String)))
+
+
+_START_RUNNING_PG = _start_pg(written=True)
+_READ_STARTABLE_PG = _start_pg(written=False)
+
+
+@dataclass
+class _Started:
+    """What a start read (and wrote): the step, its submission, its step.running event (None when
+    not written yet) and the facts the step's end is decided from."""
+
+    row: SubmissionStep
+    submission: Submission
+    running: Envelope | None
+    facts: SubmissionFacts
 
 
 async def _start_in_one_statement(
-    engine: AsyncEngine, step: str, submission_id: int, now: datetime
-) -> tuple[SubmissionStep, Submission, Envelope, SubmissionFacts] | None:
-    """PostgreSQL's usual start (see _START_RUNNING_PG); None when the step is in any other state."""
+    engine: AsyncEngine, step: str, submission_id: int, now: datetime, job_try: int, written: bool = True
+) -> _Started | None:
+    """PostgreSQL's usual start (see _START_RUNNING_PG), or the same read without writing it
+    (``written`` False); None when the step is in any other state."""
     topic = keys.submission_topic(submission_id)
-    parameters = {
-        "sid": submission_id,
-        "name": step,
-        "now": now,
-        "running": StepState.running.value,
-        "startable": _STARTABLE,
-        "topic": topic,
-        "actor": f"worker:{step}",
-    }
-    rows = await driver_rows(engine, _START_RUNNING_PG, parameters)
+    parameters: dict[str, Any] = {"sid": submission_id, "name": step, "startable": _STARTABLE}
+    if written:
+        running = {"now": now, "running": StepState.running.value, "job_try": job_try}
+        parameters |= running | {"topic": topic, "actor": f"worker:{step}"}
+    rows = await driver_rows(engine, _START_RUNNING_PG if written else _READ_STARTABLE_PG, parameters)
     if not rows:
         return None
     both = rows[0]
@@ -292,7 +352,11 @@ async def _start_in_one_statement(
     attempts = both["step_attempts"]
     row = SubmissionStep(submission_id=submission_id, step=step, attempts=attempts, result=both["step_result"])
     data = {"step": step, "attempt": attempts}
-    envelope = Envelope(seq=both["event_seq"], topic=topic, type="step.running", at=isoformat(now), data=data)
+    envelope = (
+        Envelope(seq=both["event_seq"], topic=topic, type="step.running", at=isoformat(now), data=data)
+        if written
+        else None
+    )
     states = dict(zip(both["step_names"], both["step_states"], strict=True))
     facts = SubmissionFacts(
         submission_id,
@@ -305,7 +369,7 @@ async def _start_in_one_statement(
         started_at={step: now},
         results={step: dict(both["step_result"] or {})},
     )
-    return row, Submission(**columns), envelope, facts
+    return _Started(row, Submission(**columns), envelope, facts)
 
 
 async def _start_waiting_step(
@@ -324,6 +388,52 @@ async def _start_waiting_step(
     return row, Submission(**columns)
 
 
+class StartOwed:
+    """A step's start not written yet (PostgreSQL, a job's first delivery): a quick step's end
+    writes it (core.steps.UnwrittenStart), a statement fewer per step. Written sooner where
+    something needs it first: once the step has run SLOW_WORK_SECONDS (the page shows it
+    running), before the step's progress is recorded, and before any end other than the one
+    writing it (a retry, a wait, a handback). A job's later deliveries write their start at once,
+    counting arq's deliveries: a first attempt the worker died in before its start was written
+    still counts."""
+
+    def __init__(self, engine: AsyncEngine, redis: ArqRedis, step: str, submission_id: int, start: UnwrittenStart):
+        self.engine, self.redis, self.step, self.submission_id = engine, redis, step, submission_id
+        self.start = start
+        self.settled = False  # written, or handed to the end that writes it
+        self.turn = asyncio.Lock()
+
+    async def write(self) -> None:
+        """Written now, its event published (once; what follows waits until it is)."""
+        async with self.turn:
+            if self.settled:
+                return
+            started = await _start_in_one_statement(self.engine, self.step, self.submission_id, self.start.at, 1)
+            self.settled = True
+            if started is None:  # ended or started by someone else meanwhile: its end will find out
+                where = {"step": self.step, "submission_id": self.submission_id}
+                log.warning("step no longer waiting to start", extra=where)
+                return
+            assert started.running is not None
+            await publish(self.redis, [started.running])
+
+    def for_the_end(self) -> UnwrittenStart | None:
+        """The start for the step's end to write; None once written."""
+        if self.settled:
+            return None
+        self.settled = True
+        return self.start
+
+
+async def _owed_written(owed: StartOwed | None) -> None:
+    if owed is not None:
+        await owed.write()
+
+
+def _for_the_end(owed: StartOwed | None) -> UnwrittenStart | None:
+    return owed.for_the_end() if owed is not None else None
+
+
 @dataclass(frozen=True)
 class _Abandoned:
     attempts: int
@@ -336,18 +446,22 @@ async def _start(
     submission_id: int,
     time_limit: float,
     max_tries: int,
-) -> str | _Abandoned | tuple[SubmissionStep, Submission, SubmissionFacts | None]:
-    """The step marked running and its submission, and what its end may be decided from
-    (PostgreSQL's usual start, else None); or why it does not run now."""
+    job_try: int,
+) -> str | _Abandoned | tuple[SubmissionStep, Submission, SubmissionFacts | None, StartOwed | None]:
+    """The step marked running (or its start owed: StartOwed) and its submission, and what its
+    end may be decided from (PostgreSQL's usual start, else None); or why it does not run now."""
     now = utcnow()
     engine = postgres_engine(sessions)
     if engine is not None:
-        fast_pg = await _start_in_one_statement(engine, step, submission_id, now)
+        fast_pg = await _start_in_one_statement(engine, step, submission_id, now, job_try, written=job_try > 1)
         if fast_pg is not None:
+            if fast_pg.running is None:
+                owed = StartOwed(engine, redis, step, submission_id, UnwrittenStart(now, fast_pg.row.attempts))
+                return fast_pg.row, fast_pg.submission, fast_pg.facts, owed
             # In a worker's job the start is held back (_announced_if_slow: sent with a quick end).
-            if not hold_back([fast_pg[2]]):
-                await publish(redis, [fast_pg[2]])
-            return fast_pg[0], fast_pg[1], fast_pg[3]
+            if not hold_back([fast_pg.running]):
+                await publish(redis, [fast_pg.running])
+            return fast_pg.row, fast_pg.submission, fast_pg.facts, None
     else:
         async with unit_of_work(sessions, None) as work:
             fast = await _start_waiting_step(work.session, step, submission_id, now)
@@ -361,7 +475,7 @@ async def _start(
         if fast is not None:
             if not hold_back(work.envelopes):
                 await work.publish(redis)
-            return fast[0], fast[1], None
+            return fast[0], fast[1], None, None
     async with unit_of_work(sessions, redis) as work:
         session = work.session
         row = await _lock_step(session, submission_id, step)
@@ -397,7 +511,7 @@ async def _start(
             {"step": step, "attempt": row.attempts},
             actor=f"worker:{step}",
         )
-    return row, submission, None
+    return row, submission, None, None
 
 
 async def _mark_retrying(

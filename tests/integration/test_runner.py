@@ -20,6 +20,7 @@ from sqlalchemy import update
 
 from core import keys
 from core.clock import isoformat, utcnow
+from core.db import postgres_engine
 from core.models import SubmissionStep
 from core.queues import enqueue_step, job_exists
 from core.settings import Settings
@@ -119,6 +120,67 @@ async def test_what_a_page_is_sent_is_the_audit_trail_in_order_without_gaps(
     assert running["data"] == {"step": "store", "attempt": 1}
 
 
+async def test_a_quick_first_attempt_is_recorded_whole_by_its_end(
+    factory: Any, sessions: Any, arq_redis: Any, run_burst: Any
+) -> None:
+    """On PostgreSQL a quick step's start is not written apart: its end writes it (a statement
+    fewer per step), so while the handler runs the row still says queued. What is recorded
+    afterwards is whole: the attempt, the start time, step.running before the end."""
+    submission = await _at_store(factory, arq_redis, run_burst)
+    seen_while_running: list[str] = []
+
+    async def looks_at_its_row(ctx: StepContext) -> Outcome:
+        seen_while_running.append((await step_row(sessions, submission.id, "store")).state)
+        return Outcome(result={"stored": True})
+
+    await run_burst("store", looks_at_its_row)
+
+    assert seen_while_running == ["queued" if postgres_engine(sessions) is not None else "running"]
+    row = await step_row(sessions, submission.id, "store")
+    assert (row.state, row.attempts) == ("succeeded", 1)
+    trail = [
+        event
+        for event in await events(sessions, keys.submission_topic(submission.id))
+        if event.data.get("step") == "store"
+    ]
+    assert [event.type for event in trail] == ["step.queued", "step.running", "step.succeeded"]
+    _, running, succeeded = trail
+    assert running.data == {"step": "store", "attempt": 1}
+    assert row.started_at is not None and row.finished_at is not None
+    assert row.started_at <= running.at <= succeeded.at and row.started_at <= row.finished_at
+    assert running.seq < succeeded.seq
+
+
+async def test_a_retried_attempt_is_shown_running_from_its_start(
+    factory: Any, settings: Settings, sessions: Any, arq_redis: Any, run_burst: Any
+) -> None:
+    """Only a job's first delivery leaves its start to its end: a retry is recorded running, as
+    its attempt, before its handler runs."""
+    quick_retries(settings, "store")
+    submission = await _at_store(factory, arq_redis, run_burst)
+    seen_while_running: list[tuple[str, int]] = []
+
+    async def unavailable_once(ctx: StepContext) -> Outcome:
+        if ctx.attempt == 1:
+            raise TransientStepError("upstream said 503")
+        row = await step_row(sessions, submission.id, "store")
+        seen_while_running.append((row.state, row.attempts))
+        return Outcome()
+
+    await run_burst("store", unavailable_once)
+
+    assert seen_while_running == [("running", 2)]
+    assert await step_events(sessions, submission.id, "store") == [
+        "step.queued",
+        "step.running",
+        "step.retrying",
+        "step.running",
+        "step.succeeded",
+    ]
+    running = await events(sessions, keys.submission_topic(submission.id), "step.running")
+    assert [event.data["attempt"] for event in running if event.data["step"] == "store"] == [1, 2]
+
+
 async def test_a_step_that_already_succeeded_is_a_no_op_when_delivered_again(
     factory: Any, settings: Settings, sessions: Any, arq_redis: Any, run_burst: Any
 ) -> None:
@@ -216,6 +278,7 @@ async def test_a_permanent_failure_is_not_retried(
 
     row = await step_row(sessions, submission.id, "store")
     assert (row.state, row.attempts, row.error) == ("failed", 1, "admin system answered 422: unknown course")
+    assert await step_events(sessions, submission.id, "store") == ["step.queued", "step.running", "step.failed"]
 
 
 async def test_a_second_delivery_while_the_first_is_within_its_time_limit_is_put_back(
@@ -376,6 +439,7 @@ async def test_a_step_still_running_after_its_grace_is_shown_running_while_it_ru
     submission = await _at_store(factory, arq_redis, run_burst)
     page = await subscribed(redis, keys.events_channel(keys.submission_topic(submission.id)))
     seen: list[str] = []
+    rows_while_running: list[tuple[str, int]] = []
 
     async def until_running_is_seen() -> None:
         while "step.running" not in seen:
@@ -385,6 +449,8 @@ async def test_a_step_still_running_after_its_grace_is_shown_running_while_it_ru
 
     async def works(ctx: StepContext) -> Outcome:
         await asyncio.wait_for(until_running_is_seen(), 10)
+        row = await step_row(sessions, submission.id, "store")
+        rows_while_running.append((row.state, row.attempts))
         return Outcome(result={})
 
     await run_burst("store", works)
@@ -396,6 +462,9 @@ async def test_a_step_still_running_after_its_grace_is_shown_running_while_it_ru
     await page.aclose()
     assert seen == ["step.running", "step.succeeded"]
     assert await step_events(sessions, submission.id, "store") == ["step.queued", "step.running", "step.succeeded"]
+    # Written while it ran, and counted once (the end does not write the start again).
+    assert rows_while_running == [("running", 1)]
+    assert (await step_row(sessions, submission.id, "store")).attempts == 1
 
 
 async def test_a_steps_end_is_sent_with_its_jobs_finish_in_one_transaction(

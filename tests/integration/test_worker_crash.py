@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from core import keys
 from core.queues import enqueue_step, job_exists
 from core.settings import Settings
@@ -78,8 +80,18 @@ async def wait_for_state(sessions: Any, submission_id: int, step: str, state: st
         await asyncio.sleep(0.2)
 
 
+# Killed once the page could have seen the step running (its start written), or as soon as the scan
+# is under way: on PostgreSQL a first delivery's start is then most likely still owed to its end.
+@pytest.mark.parametrize("kill", ["once shown running", "at once"])
 async def test_a_worker_killed_mid_step_leaves_a_step_that_completes_exactly_once(
-    factory: Any, settings: Settings, sessions: Any, arq_redis: Any, run_burst: Any, clamd: Clamd, tmp_path: Path
+    factory: Any,
+    settings: Settings,
+    sessions: Any,
+    arq_redis: Any,
+    run_burst: Any,
+    clamd: Clamd,
+    tmp_path: Path,
+    kill: str,
 ) -> None:
     proxy = ClamdProxy(clamd)
     await proxy.start()
@@ -95,8 +107,9 @@ async def test_a_worker_killed_mid_step_leaves_a_step_that_completes_exactly_onc
         first = await start_worker("scan", env, log)
         processes.append(first)
         await asyncio.wait_for(proxy.stalled.wait(), 60)  # the worker is inside the scan now
-        row = await step_row(sessions, submission.id, "scan")
-        assert (row.state, row.attempts) == ("running", 1)
+        if kill == "once shown running":
+            await wait_for_state(sessions, submission.id, "scan", "running", 10, log)
+            assert (await step_row(sessions, submission.id, "scan")).attempts == 1
 
         first.kill()
         await first.wait()
@@ -116,14 +129,16 @@ async def test_a_worker_killed_mid_step_leaves_a_step_that_completes_exactly_onc
     await run_burst("store", store.handle)
 
     scanned = await step_row(sessions, submission.id, "scan")
+    # The second delivery is the second attempt, whether or not the first lived to record its start.
     assert (scanned.attempts, scanned.result["verdict"]) == (2, "clean")
     topic = keys.submission_topic(submission.id)
     succeeded = [e.data["step"] for e in await events(sessions, topic, "step.succeeded")]
     assert succeeded == ["scan", "store"]  # each exactly once
-    assert [e.data["attempt"] for e in await events(sessions, topic, "step.running") if e.data["step"] == "scan"] == [
-        1,
-        2,
-    ]
+    running = [e.data["attempt"] for e in await events(sessions, topic, "step.running") if e.data["step"] == "scan"]
+    if kill == "once shown running":
+        assert running == [1, 2]
+    else:
+        assert running[-1:] == [2]
     storage = make_storage(settings)
     assert await storage.exists(Area.store, submission.storage_key)
     assert not await storage.exists(Area.incoming, submission.storage_key)
