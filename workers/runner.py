@@ -148,19 +148,17 @@ async def run_step(ctx: dict[str, Any], step: str, submission_id: int, handler: 
 
     job_try = int(ctx.get("job_try") or 1)
     started = await _start(sessions, redis, step, submission_id, policy.timeout_seconds, policy.max_tries, job_try)
+
+    async def fail(error: str, start: UnwrittenStart | None = None) -> str:
+        await finish_step(
+            sessions, redis, submission_id, step, StepState.failed, error=error, carried=carried, start=start
+        )
+        return "failed"
+
     if isinstance(started, _Abandoned):
         # Every attempt so far ended with the worker gone (killed, OOM): a file that
         # takes the worker down must not be retried for ever.
-        await finish_step(
-            sessions,
-            redis,
-            submission_id,
-            step,
-            StepState.failed,
-            error=f"the worker stopped during each of {started.attempts} attempts (gave up)",
-            carried=carried,
-        )
-        return "failed"
+        return await fail(f"the worker stopped during each of {started.attempts} attempts (gave up)")
     if isinstance(started, str):
         return started
     row, submission, known, owed = started
@@ -178,33 +176,13 @@ async def run_step(ctx: dict[str, Any], step: str, submission_id: int, handler: 
             await asyncio.shield(_handed_back(sessions, redis, submission_id, step, owed))
         raise
     except PermanentStepError as error:
-        await finish_step(
-            sessions,
-            redis,
-            submission_id,
-            step,
-            StepState.failed,
-            error=str(error),
-            carried=carried,
-            start=_for_the_end(owed),
-        )
-        return "failed"
+        return await fail(str(error), _for_the_end(owed))
     except (TransientStepError, TimeoutError, Exception) as error:
         reason = "timed out" if isinstance(error, TimeoutError) else str(error) or type(error).__name__
         if not isinstance(error, (TransientStepError, TimeoutError)):
             log.exception("step raised unexpectedly", extra={"step": step, "submission_id": submission_id})
         if row.attempts >= policy.max_tries:
-            await finish_step(
-                sessions,
-                redis,
-                submission_id,
-                step,
-                StepState.failed,
-                error=f"{reason} (gave up after {row.attempts} attempts)",
-                carried=carried,
-                start=_for_the_end(owed),
-            )
-            return "failed"
+            return await fail(f"{reason} (gave up after {row.attempts} attempts)", _for_the_end(owed))
         delay = policy.delay(row.attempts)
         await _owed_written(owed)
         await _mark_retrying(sessions, redis, submission_id, step, reason, delay)
