@@ -75,9 +75,14 @@ class StepContext:
     # The step's start, when not written yet (written before its progress).
     owed_start: StartOwed | None = None
 
+    async def record_start(self) -> None:
+        """Write the step's start now if it is still owed (StartOwed): before anything that lets
+        someone else act on the step's row, as a provider's webhook or a poll does."""
+        await _owed_written(self.owed_start)
+
     async def progress(self, message: str, fraction: float | None = None) -> None:
         """Tell the student's page how far the step has come."""
-        await _owed_written(self.owed_start)
+        await self.record_start()
         data: dict[str, Any] = {"step": self.step, "message": message}
         if fraction is not None:
             data["fraction"] = round(max(0.0, min(1.0, fraction)), 3)

@@ -41,6 +41,8 @@ POLL_ACTOR = "worker:similarity-poll"
 
 async def handle(ctx: StepContext) -> Outcome:
     async def remember(result: dict[str, Any]) -> None:
+        # From here the provider's webhook and our polls act on the row: it must say running.
+        await ctx.record_start()
         await save_result(ctx.sessions, ctx.submission.id, result)
 
     try:

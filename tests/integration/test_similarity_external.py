@@ -249,6 +249,35 @@ async def test_without_a_webhook_deferred_polls_complete_it_and_the_worker_is_fr
     assert done.actor == "worker:similarity-poll"
 
 
+async def test_the_row_says_running_before_the_provider_knows_the_submission(
+    factory: Factory,
+    sessions: Any,
+    settings: Settings,
+    arq_redis: ArqRedis,
+    redis: Redis,
+    similarity_provider: FakeProvider,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The provider's webhook and our polls act on the step's row once the provider knows the
+    submission: from then on it must say running (a webhook is refused for a retry, a poll waits),
+    also on a first attempt whose start would otherwise be written with its end."""
+    use_provider(settings, similarity_provider, poll_interval=60)
+    submission = await submitted(factory, arq_redis)
+    states_when_saved: list[str] = []
+    save_result = similarity.save_result
+
+    async def noting_the_state(sessions: Any, submission_id: int, result: dict[str, Any]) -> None:
+        states_when_saved.append((await step_row(sessions, submission_id, similarity.STEP)).state)
+        await save_result(sessions, submission_id, result)
+
+    monkeypatch.setattr(similarity, "save_result", noting_the_state)
+    async with watching(redis, sessions, submission.id) as seen, similarity_worker(settings):
+        await seen("step.waiting")
+
+    assert states_when_saved and set(states_when_saved) == {"running"}, states_when_saved
+    assert await step_events(sessions, submission.id, similarity.STEP) == ["step.running", "step.waiting"]
+
+
 async def test_a_webhook_racing_a_poll_is_recorded_once(
     factory: Factory,
     sessions: Any,
