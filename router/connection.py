@@ -36,17 +36,22 @@ log = logging.getLogger("router")
 PROTOCOL_LOG = logging.getLogger("websockets.server")
 
 
-def _refusals_only(record: logging.LogRecord) -> bool:
+def _worth_a_line(record: logging.LogRecord) -> bool:
     """websockets logs every answer that is not an upgrade as "connection rejected (<status>)": a
     refusal (origin, subprotocol, shutting down) is worth a line, a probe or a scrape answered
-    200 (/healthz, /metrics, every few seconds per replica) is not."""
+    200 (/healthz, /metrics, every few seconds per replica) is not. Nor is its "connection open"
+    for each upgrade it answers: no user, no address, thousands a second when a deadline's pages
+    open, and router CPU per session that shows at INFO (docs/performance.md, "Log level"); the
+    sessions gauge counts them."""
+    if record.msg == "connection open":
+        return False
     if record.msg == "connection rejected (%d %s)" and isinstance(record.args, tuple) and record.args:
         return not (isinstance(record.args[0], int) and record.args[0] < 400)
     return True
 
 
 # On the logger, not a handler: the main port's connections and the health port's server both log there.
-PROTOCOL_LOG.addFilter(_refusals_only)
+PROTOCOL_LOG.addFilter(_worth_a_line)
 
 
 class Endpoint(Protocol):

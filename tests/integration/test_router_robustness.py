@@ -132,6 +132,34 @@ async def test_healthz_and_metrics(
     assert said == ["connection rejected (404 Not Found)"]
 
 
+async def test_an_opened_connection_is_not_a_log_line_of_its_own(
+    wamp_router: RunningRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At the shipped INFO level websockets says "connection open" for each upgrade it answers: a
+    line with no user and no address, thousands a second when a deadline's pages open. The router
+    leaves it out. The request here comes with its first frame in the same write, so websockets,
+    not the router's short path for a plain request alone, answers the upgrade."""
+    caplog.set_level(logging.INFO, logger="websockets.server")
+    reader, writer = await asyncio.open_connection("127.0.0.1", wamp_router.port)
+    try:
+        hello = b'[1,"handin",{"roles":{"subscriber":{}},"authmethods":["ticket"]}]'
+        writer.write(
+            b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Protocol: wamp.2.json\r\n\r\n"
+            + bytes([0x81, 0x80 | len(hello), 0, 0, 0, 0])  # FIN + text, masked with a zero key
+            + hello
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 101")
+        challenge = await asyncio.wait_for(reader.readexactly(2), 10)
+        assert challenge[0] == 0x81  # the router read the HELLO and answered it (CHALLENGE)
+    finally:
+        writer.close()
+    said = [record.getMessage() for record in caplog.records if record.name == "websockets.server"]
+    assert "connection open" not in said, said
+
+
 async def test_slow_consumer_is_dropped_and_others_get_everything(
     settings: Settings, redis: Redis, wamp_world: World
 ) -> None:
