@@ -398,7 +398,6 @@ async def handin_router(
         "HANDIN_DATABASE_URL": database_url,
         "HANDIN_REDIS_URL": BENCH_REDIS_URL,
         "HANDIN_SECRET_KEY": SECRET,
-        "HANDIN_LOG_LEVEL": "WARNING",
         "PYTHONPATH": str(source),
         **(extra_env or {}),
     }
