@@ -22,7 +22,7 @@ from arq.constants import (
 from arq.utils import timestamp_ms, to_ms
 from arq.worker import Worker, get_kwargs
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from core import keys
 from core.event_loop import event_loop_factory
@@ -41,17 +41,24 @@ WORKER_TASKS = (*keys.TASKS, keys.MAINTENANCE_TASK)
 REDIS_RETRY_SECONDS = 1.0
 # Reads the queue and claims what is due, as arq's ZRANGEBYSCORE and its claim of each job (WATCH,
 # EXISTS, MULTI/EXEC) do in a round trip or more per job: a due job nobody holds (no in-progress key)
-# is held for the given milliseconds, up to the worker's free slots. KEYS: queue; ARGV: now ms,
-# offset, count, hold ms, free slots, in-progress key prefix (the in-progress keys are arq's, named
+# is held for the given milliseconds, up to the worker's free slots. KEYS: queue; ARGV: now ms (or
+# SERVER_TIME: Redis's clock as the script runs), offset, count, hold ms, free slots, in-progress
+# key prefix (the in-progress keys are arq's, named
 # from the job ids read, so not passed as KEYS: handin's Redis is never a cluster). Answers the claimed
 # jobs as id, score pairs, then 1 if every due job read was tried (0: out of slots first), then the
 # score of the earliest job not yet due (-1: none). With ARGV 7 and 8 (arq's job and retry key
 # prefixes) it also does for each job claimed what arq's run_job opens with (GET the job, INCR and
 # EXPIRE its try count) and answers the job ('' if it has expired) and its try after its score.
+SERVER_TIME = "redis-time"  # as the script spells it
 POLL_AND_CLAIM = AsyncScript(
     None,  # type: ignore[arg-type]  # the client is given per call
     b"""
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', ARGV[2], ARGV[3])
+local now = ARGV[1]
+if now == 'redis-time' then
+  local time = redis.call('TIME')
+  now = tostring(time[1] * 1000 + math.floor(time[2] / 1000))
+end
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', ARGV[2], ARGV[3])
 local answer = {}
 local free = tonumber(ARGV[5])
 local tried_all = 1
@@ -73,7 +80,7 @@ for i = 1, #due, 2 do
     free = free - 1
   end
 end
-local later = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+local later = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
 answer[#answer + 1] = tried_all
 answer[#answer + 1] = later[2] or '-1'
 return answer
@@ -126,8 +133,10 @@ class HandinWorker(Worker):
     Redis traffic. This worker polls while it finds work; once a poll has
     claimed everything that was due, it waits on the queue's wake list (a token
     per job queued to run now, core.queues) until a token comes, the earliest
-    deferred job is due, or WAKE_WAIT_SECONDS pass. Full (max_jobs running) or
-    with more due than it could take, it polls every poll_delay as arq does.
+    deferred job is due, or WAKE_WAIT_SECONDS pass, and polls as the wait ends:
+    the poll goes with the wait (one round trip) and its answer is the next
+    iteration's poll. Full (max_jobs running) or with more due than it could
+    take, it polls every poll_delay as arq does.
 
     arq lets a Redis error out of its poll loop, which ends the process and
     cancels every running job (burning a try each). Here the poll is tried again
@@ -169,34 +178,65 @@ class HandinWorker(Worker):
         _CLAIMED_READ.set(None)
         return cast(ArqRedis, _ReadAtClaim(*claimed))
 
+    # When the last wait's own poll took everything due, when the earliest deferred job is due: the
+    # next iteration waits again without a poll of its own (None: it polls first).
+    _caught_up_until: float | None = None
+
     async def _poll_iteration(self) -> None:
         self._polling = True
         try:
-            next_due = await self._poll_once()
-            if next_due is not None:
-                await (self._wait_in_burst(next_due) if self.burst else self._wait_for_work(next_due))
+            next_due, self._caught_up_until = self._caught_up_until, None
+            if next_due is None or not self._free_to_claim():
+                next_due = await self._poll_once()
+            if next_due is None:
+                return
+            if self.burst:
+                await self._wait_in_burst(next_due)
+                return
+            answer = await self._wait_for_work(next_due)
+            if answer is not None:
+                self._caught_up_until = await self._take_claimed(answer)
         except (RedisError, OSError) as error:
             log.warning("redis unreachable; polling again", extra={"queue": self.queue_name, "error": str(error)})
             await asyncio.sleep(REDIS_RETRY_SECONDS)
+
+    def _free_to_claim(self) -> bool:
+        return self.allow_pick_jobs and self.job_counter < self.max_jobs
 
     async def _poll_once(self) -> float | None:
         """arq's poll iteration, claiming with POLL_AND_CLAIM. Answers, once every due job was taken
         (by this worker or another), when the earliest deferred job is due (epoch seconds,
         inf if none); None while there is more to take."""
+        claim_args = self._claim_args()
+        if claim_args is None:
+            return None
+        answer = None
+        if self._free_to_claim():
+            answer = await POLL_AND_CLAIM(keys=[self.queue_name], args=claim_args, client=self._pool)
+        return await self._take_claimed(answer)
+
+    def _claim_args(self, now: str | int | None = None) -> list[str | int] | None:
+        """POLL_AND_CLAIM's arguments for this worker now (None: a burst worker that has started its last job)."""
         count = self.queue_read_limit
         if self.burst and self.max_burst_jobs >= 0:
             count = min(self.max_burst_jobs - self._jobs_started(), count)
             if count < 1:
                 return None
+        args: list[str | int] = [timestamp_ms() if now is None else now, self._queue_read_offset, count]
+        args += [int(self.in_progress_timeout_s * 1000), self.max_jobs - self.job_counter, in_progress_key_prefix]
+        return [*args, *self._read_at_claim()]
+
+    def _read_at_claim(self) -> list[str]:
+        # Aborting jobs makes run_job's opening read a different one: then it reads for itself.
+        return [] if self.allow_abort_jobs else [job_key_prefix, retry_key_prefix]
+
+    async def _take_claimed(self, answer: list[Any] | None) -> float | None:
+        """Start the jobs a POLL_AND_CLAIM answer claimed (None: nothing was polled), then do the
+        rest of arq's poll iteration. Answers as _poll_once does."""
         caught_up: float | None = None
-        if self.allow_pick_jobs and self.job_counter < self.max_jobs:
-            # Aborting jobs makes run_job's opening read a different one: then it reads for itself.
-            read_jobs = [] if self.allow_abort_jobs else [job_key_prefix, retry_key_prefix]
-            args: list[str | int] = [timestamp_ms(), self._queue_read_offset, count]
-            args += [int(self.in_progress_timeout_s * 1000), self.max_jobs - self.job_counter, in_progress_key_prefix]
-            *claimed, tried_all, later = await POLL_AND_CLAIM(
-                keys=[self.queue_name], args=[*args, *read_jobs], client=self._pool
-            )
+        if answer is not None:
+            *claimed, tried_all, later = answer
+            read_jobs = bool(self._read_at_claim())
             width = 4 if read_jobs else 2
             for at in range(0, len(claimed), width):
                 job_id, score = claimed[at].decode(), int(float(claimed[at + 1]))
@@ -214,11 +254,31 @@ class HandinWorker(Worker):
         await self.heart_beat()
         return caught_up
 
-    async def _wait_for_work(self, next_due: float) -> None:
+    async def _wait_for_work(self, next_due: float) -> list[Any] | None:
+        """Wait for a wake token, the earliest deferred job or WAKE_WAIT_SECONDS, whichever comes
+        first, and poll as the wait ends: the poll is sent with the wait (Redis runs it as soon as
+        the BLPOP returns), a round trip fewer per wake. Answers the poll's answer (None if there
+        was no wait: the next iteration polls)."""
         timeout = min(WAKE_WAIT_SECONDS, next_due - time.time())
-        if timeout > 0.001:
+        if timeout <= 0.001:
+            return None
+        # The poll reads Redis's clock as it runs: the time here is the wait's start, and a job that
+        # fell due during the wait would not look due by it.
+        claim_args = self._claim_args(now=SERVER_TIME)
+        assert claim_args is not None  # a long-running worker's
+        async with self._pool.pipeline(transaction=False) as pipe:
             # Redis 6 and later take a fractional timeout; redis-py's hints say int.
-            await self.pool.blpop([keys.wake_list(self.queue_name)], timeout=timeout)  # type: ignore[misc, arg-type]
+            pipe.blpop([keys.wake_list(self.queue_name)], timeout=timeout)  # type: ignore[arg-type]
+            pipe.evalsha(POLL_AND_CLAIM.sha, 1, self.queue_name, *claim_args)
+            token, answer = await pipe.execute(raise_on_error=False)
+        if isinstance(token, Exception):
+            raise token
+        if isinstance(answer, NoScriptError):
+            # Redis restarted or its scripts flushed during the wait; POLL_AND_CLAIM's own call loads it.
+            return await POLL_AND_CLAIM(keys=[self.queue_name], args=self._claim_args(), client=self._pool)
+        if isinstance(answer, Exception):
+            raise answer
+        return cast(list[Any], answer)
 
     async def _wait_in_burst(self, next_due: float) -> None:
         """A burst worker that took everything due waits for what can change that: one of its own

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -193,13 +195,20 @@ async def test_a_step_end_publishes_its_events_and_queues_what_follows_in_one_go
 
 @asynccontextmanager
 async def waiting_worker(
-    arq_redis: ArqRedis, ran: list[int], monkeypatch: pytest.MonkeyPatch, max_jobs: int = 10
+    arq_redis: ArqRedis,
+    ran: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+    max_jobs: int = 10,
+    started_at: dict[int, float] | None = None,
 ) -> AsyncIterator[HandinWorker]:
     """A long-running scan worker, running for the block, whose wait for a wake token outlasts any
-    test: only a token or a deferred job's due time can end it."""
+    test: only a token or a deferred job's due time can end it. Its jobs note their submission
+    in `ran`, and when they started in `started_at`."""
     monkeypatch.setattr(run, "WAKE_WAIT_SECONDS", 600.0)
 
     async def scan(_ctx: dict[str, Any], submission_id: int) -> None:
+        if started_at is not None:
+            started_at[submission_id] = time.time()
         ran.append(submission_id)
 
     worker = HandinWorker(
@@ -266,6 +275,43 @@ async def test_a_worker_waits_while_the_jobs_due_are_all_held_by_other_workers(
     async with waiting_worker(arq_redis, ran, monkeypatch, max_jobs=1) as worker:
         await blocked_waiting(redis)
         assert ran == [] and worker.job_counter == 0
+
+
+async def test_a_woken_worker_does_not_start_a_deferred_job_before_it_is_due(
+    arq_redis: ArqRedis, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The poll sent with a wait runs when the wait ends, and reads Redis's clock then: a job due
+    later (a retry's backoff) is left to its time, whatever wakes the worker first."""
+    ran: list[int] = []
+    started_at: dict[int, float] = {}
+    async with waiting_worker(arq_redis, ran, monkeypatch, started_at=started_at):
+        await blocked_waiting(redis)
+        deferred = await enqueue_step(arq_redis, "scan", 57, defer_seconds=0.8)
+        assert deferred is not None
+        due_at = (await deferred.info()).score / 1000  # type: ignore[union-attr]
+        await enqueue_step(arq_redis, "scan", 58)  # due now: its token wakes the worker
+        await until(lambda: 58 in ran, "the job due now to run", within=10, poll=0.02)
+        await until(lambda: 57 in ran, "the deferred job to run", within=10, poll=0.02)
+    assert ran == [58, 57] and started_at[57] >= due_at
+
+
+async def test_a_waiting_worker_whose_redis_lost_its_scripts_still_takes_the_job_that_wakes_it(
+    arq_redis: ArqRedis, redis: Redis, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis forgets its scripts (SCRIPT FLUSH, a failover to a replica that never ran them) while
+    the worker waits: the poll sent with the wait is refused, and the worker polls again at once,
+    loading the script, rather than report Redis unreachable and leave the job a second."""
+    ran: list[int] = []
+    async with waiting_worker(arq_redis, ran, monkeypatch):
+        await blocked_waiting(redis)
+        await redis.script_flush()
+        with caplog.at_level(logging.WARNING, logger="workers.run"):
+            await enqueue_step(arq_redis, "scan", 59)
+            await until(lambda: ran == [59], "the job to run", within=10, poll=0.02)
+            await blocked_waiting(redis)  # waiting again, its poll's script loaded
+            await enqueue_step(arq_redis, "scan", 60)
+            await until(lambda: ran == [59, 60], "the next job to run", within=10, poll=0.02)
+    assert [record.getMessage() for record in caplog.records if record.name == "workers.run"] == []
 
 
 def recording_worker(arq_redis: ArqRedis, runs: list[tuple[int, tuple[Any, ...]]], *, abortable: bool) -> HandinWorker:
