@@ -134,9 +134,9 @@ class HandinWorker(Worker):
     claimed everything that was due, it waits on the queue's wake list (a token
     per job queued to run now, core.queues) until a token comes, the earliest
     deferred job is due, or WAKE_WAIT_SECONDS pass, and polls as the wait ends:
-    the poll goes with the wait (one round trip) and its answer is the next
-    iteration's poll. Full (max_jobs running) or with more due than it could
-    take, it polls every poll_delay as arq does.
+    the poll goes with the wait (one round trip), and while it finds itself
+    caught up it waits again at once. Full (max_jobs running) or with more due
+    than it could take, it polls every poll_delay as arq does.
 
     arq lets a Redis error out of its poll loop, which ends the process and
     cancels every running job (burning a try each). Here the poll is tried again
@@ -178,24 +178,22 @@ class HandinWorker(Worker):
         _CLAIMED_READ.set(None)
         return cast(ArqRedis, _ReadAtClaim(*claimed))
 
-    # When the last wait's own poll took everything due, when the earliest deferred job is due: the
-    # next iteration waits again without a poll of its own (None: it polls first).
-    _caught_up_until: float | None = None
-
     async def _poll_iteration(self) -> None:
         self._polling = True
         try:
-            next_due, self._caught_up_until = self._caught_up_until, None
-            if next_due is None or not self._free_to_claim():
-                next_due = await self._poll_once()
-            if next_due is None:
-                return
+            next_due = await self._poll_once()
             if self.burst:
-                await self._wait_in_burst(next_due)
+                if next_due is not None:
+                    await self._wait_in_burst(next_due)
                 return
-            answer = await self._wait_for_work(next_due)
-            if answer is not None:
-                self._caught_up_until = await self._take_claimed(answer)
+            # Caught up, it waits, and the poll sent with the wait says whether it is caught up
+            # again: then it waits again at once. arq's loop would first sleep out the rest of its
+            # poll_delay, up to 50 ms more before a job woken for here starts.
+            while next_due is not None and self._free_to_claim():
+                answer = await self._wait_for_work(next_due)
+                if answer is None:
+                    return
+                next_due = await self._take_claimed(answer)
         except (RedisError, OSError) as error:
             log.warning("redis unreachable; polling again", extra={"queue": self.queue_name, "error": str(error)})
             await asyncio.sleep(REDIS_RETRY_SECONDS)

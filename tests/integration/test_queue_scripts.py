@@ -200,6 +200,7 @@ async def waiting_worker(
     monkeypatch: pytest.MonkeyPatch,
     max_jobs: int = 10,
     started_at: dict[int, float] | None = None,
+    poll_delay: float = 0.5,
 ) -> AsyncIterator[HandinWorker]:
     """A long-running scan worker, running for the block, whose wait for a wake token outlasts any
     test: only a token or a deferred job's due time can end it. Its jobs note their submission
@@ -218,6 +219,7 @@ async def waiting_worker(
         handle_signals=False,
         keep_result=0,
         max_jobs=max_jobs,
+        poll_delay=poll_delay,
     )
     running = asyncio.create_task(worker.main())
     try:
@@ -251,6 +253,21 @@ async def test_a_waiting_worker_is_woken_by_the_job_queued_for_it(
         await blocked_waiting(redis)  # waiting again, not polling
         await publish_and_enqueue(arq_redis, [], ["scan"], 52)
         await until(lambda: ran == [51, 52], "the second job to run", within=10, poll=0.02)
+
+
+async def test_a_worker_woken_for_one_job_is_straight_back_waiting_for_the_next(
+    arq_redis: ArqRedis, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between two jobs a waiting worker does not sit out arq's poll_delay (here far longer than
+    the test): a step queued just after another starts when its token comes, not up to a poll
+    delay later."""
+    ran: list[int] = []
+    async with waiting_worker(arq_redis, ran, monkeypatch, poll_delay=600):
+        await blocked_waiting(redis)
+        await enqueue_step(arq_redis, "scan", 61)
+        await until(lambda: ran == [61], "the first job to run", within=10, poll=0.02)
+        await enqueue_step(arq_redis, "scan", 62)
+        await until(lambda: ran == [61, 62], "the second job to run", within=10, poll=0.02)
 
 
 async def test_a_waiting_worker_starts_a_deferred_job_when_it_is_due(
