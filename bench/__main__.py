@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ("bench.intake", "bench.pipeline", "bench.router", "bench.autoscale")
+BENCHMARKS = ("bench.intake", "bench.pipeline", "bench.wake", "bench.router", "bench.autoscale")
 
 
 def main() -> int:

@@ -42,13 +42,13 @@ REDIS_RETRY_SECONDS = 1.0
 # Reads the queue and claims what is due, as arq's ZRANGEBYSCORE and its claim of each job (WATCH,
 # EXISTS, MULTI/EXEC) do in a round trip or more per job: a due job nobody holds (no in-progress key)
 # is held for the given milliseconds, up to the worker's free slots. KEYS: queue; ARGV: now ms (or
-# SERVER_TIME: Redis's clock as the script runs), offset, count, hold ms, free slots, in-progress
-# key prefix (the in-progress keys are arq's, named
-# from the job ids read, so not passed as KEYS: handin's Redis is never a cluster). Answers the claimed
-# jobs as id, score pairs, then 1 if every due job read was tried (0: out of slots first), then the
-# score of the earliest job not yet due (-1: none). With ARGV 7 and 8 (arq's job and retry key
-# prefixes) it also does for each job claimed what arq's run_job opens with (GET the job, INCR and
-# EXPIRE its try count) and answers the job ('' if it has expired) and its try after its score.
+# SERVER_TIME: Redis's clock as the script runs), offset, count, hold ms, free slots, in-progress key
+# prefix (the in-progress keys are arq's, named from the job ids read, so not passed as KEYS: handin's
+# Redis is never a cluster). Answers the claimed jobs as id, score pairs, then 1 if every due job
+# read was tried (0: out of slots first), then the score of the earliest job not yet due (-1: none).
+# With ARGV 7 and 8 (arq's job and retry key prefixes) it also does for each job claimed what arq's
+# run_job opens with (GET the job, INCR and EXPIRE its try count) and answers the job ('' if it has
+# expired) and its try after its score.
 SERVER_TIME = "redis-time"  # as the script spells it
 POLL_AND_CLAIM = AsyncScript(
     None,  # type: ignore[arg-type]  # the client is given per call
