@@ -5,8 +5,8 @@
     python -m bench.wake --job-ms 30              # each job then waits 30 ms (I/O): jobs overlap
 
 A worker process (`workers.run.serve`, the shipped settings: poll_delay,
-max_jobs, the wake list) serves a task whose job does nothing but note when it
-started (an RPUSH). This process queues jobs as the pipeline does
+max_jobs, the wake list) serves a task whose job only notes when it started
+and that it is done (an RPUSH each). This process queues jobs as the pipeline does
 (core.queues.enqueue_step, which leaves a wake token) at random gaps of 5 to
 100 ms, so the worker is mostly waiting when a job comes, as a step's worker
 is between uploads; with --job-ms each job, once started, awaits that long
@@ -159,7 +159,7 @@ async def main() -> None:
     print()
     print(line("shipped", results["shipped"]))
     if results["baseline"]:
-        print(line("baseline", results["baseline"]).replace("baseline", f"baseline ({options.baseline_ref})", 1))
+        print(line(f"baseline ({options.baseline_ref})", results["baseline"]))
         ratio = sum(r.worker_cpu_ms for r in results["shipped"]) / sum(r.worker_cpu_ms for r in results["baseline"])
         print(f"worker CPU per job, shipped / baseline: {ratio:.2f}x")
 
