@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.pipeline import Phase, merge_rounds, parse, wanted_phases
+from bench.pipeline import Phase, lookup_order, merge_rounds, parse, wanted_phases
 
 
 def test_each_pair_runs_in_both_orders_so_drift_is_not_charged_to_one_side() -> None:
@@ -28,3 +28,14 @@ def test_rounds_of_a_phase_merge_into_their_mean_and_their_counts() -> None:
     assert (real.offered, real.accepted, real.elapsed_s) == (200, 199, 20.5)
     assert sorted(real.latency_ms) == [50.0, 70.0] and real.statuses == {"complete": 199}
     assert merged[1] is other
+
+
+def test_look_ups_take_turns_in_both_orders_so_drift_is_shared() -> None:
+    order = lookup_order(["100", "10000", "100 beside 10000"], 4)
+    assert order == [
+        "100", "10000", "100 beside 10000", "100 beside 10000", "10000", "100",
+        "100", "10000", "100 beside 10000", "100 beside 10000", "10000", "100",
+    ]  # fmt: skip
+    # Each one is timed as often as the others, and none always first or always last.
+    assert {order.count(name) for name in set(order)} == {4}
+    assert order[0] != order[3] and order[2] != order[5]
