@@ -17,8 +17,10 @@ server and clamd (from /proc, sampled before and after; each process's idle
 CPU over the same span is printed too), and upload-to-complete p50/p95/p99
 counted from when each upload was due. Then the similarity look-up: one
 64 KB document looked up against an assignment with 100 and with 10,000
-earlier submissions in a never-analysed table, wall time and PostgreSQL CPU
-per look-up, and the ratio.
+earlier submissions in a never-analysed table of its own, and with 100
+beside another assignment's 10,000 in one table; the three take turns, 100
+look-ups each; median wall time and mean PostgreSQL CPU per look-up, and
+the ratios.
 
     python -m bench.pipeline [--rate 10] [--seconds 60] [--noop-seconds 20] [--size-kb 64]
                              [--baseline-ref REF [--rounds 2]]
