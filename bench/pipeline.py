@@ -511,10 +511,10 @@ async def _seed_earlier(session: Any, assignment_id: int, user_id: int, earlier:
     )
 
 
-def lookup_order(names: list[str], repeats: int) -> list[str]:
-    """The look-ups in the order run: every one once a round, the order reversed every other
-    round, so the machine's drift is shared between them instead of charged to one."""
-    return [name for n in range(repeats) for name in (names if n % 2 == 0 else names[::-1])]
+def in_turns(items: list[Any], rounds: int) -> list[Any]:
+    """``items`` once a round for ``rounds`` rounds, the order reversed every other round, so the
+    machine's drift is shared between them instead of charged to whichever runs last."""
+    return [item for n in range(rounds) for item in (items if n % 2 == 0 else items[::-1])]
 
 
 async def measure_lookup(args: argparse.Namespace) -> dict[str, LookupCost]:
@@ -535,11 +535,11 @@ async def measure_lookup(args: argparse.Namespace) -> dict[str, LookupCost]:
         await admin.close()
         names = list(probes)
         # The first look-ups set the hint bits of the freshly written rows they read.
-        for name in lookup_order(names, LOOKUP_WARM_UP):
+        for name in in_turns(names, LOOKUP_WARM_UP):
             await probes[name].timed()
         walls: dict[str, list[float]] = {name: [] for name in names}
         cpu_ms = dict.fromkeys(names, 0.0)
-        for name in lookup_order(names, args.lookup_repeats):
+        for name in in_turns(names, args.lookup_repeats):
             wall, cpu = await probes[name].timed()
             walls[name].append(wall)
             cpu_ms[name] += cpu
@@ -644,7 +644,7 @@ def wanted_phases(args: argparse.Namespace) -> list[tuple[str, bool]]:
     if args.seconds > 0:
         pairs.append([("real", False)] + ([("baseline", False)] if args.baseline_ref else []))
     rounds = args.rounds if args.baseline_ref else 1
-    return [phase for pair in pairs for n in range(rounds) for phase in (pair if n % 2 == 0 else pair[::-1])]
+    return [phase for pair in pairs for phase in in_turns(pair, rounds)]
 
 
 def merge_rounds(phases: list[Phase]) -> list[Phase]:

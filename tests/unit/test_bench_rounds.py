@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.pipeline import Phase, lookup_order, merge_rounds, parse, wanted_phases
+from bench.pipeline import Phase, in_turns, merge_rounds, parse, wanted_phases
 
 
 def test_each_pair_runs_in_both_orders_so_drift_is_not_charged_to_one_side() -> None:
@@ -31,7 +31,7 @@ def test_rounds_of_a_phase_merge_into_their_mean_and_their_counts() -> None:
 
 
 def test_look_ups_take_turns_in_both_orders_so_drift_is_shared() -> None:
-    order = lookup_order(["100", "10000", "100 beside 10000"], 4)
+    order = in_turns(["100", "10000", "100 beside 10000"], 4)
     assert order == [
         "100", "10000", "100 beside 10000", "100 beside 10000", "10000", "100",
         "100", "10000", "100 beside 10000", "100 beside 10000", "10000", "100",
